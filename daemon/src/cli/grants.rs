@@ -1,0 +1,145 @@
+//! `agentd status`, `agentd request`, `agentd revoke`.
+
+use super::{call, RequestArgs, RevokeArgs};
+use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Request, Response, RevokeTarget};
+use anyhow::bail;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use std::path::Path;
+
+/// `agentd status [--json]`. Exits non-zero when the daemon is down (and says so).
+pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let response = match Client::connect(socket).await {
+        Ok(mut c) => c.call(Request::Status).await?,
+        Err(_) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"daemon": "down", "socket": socket})
+                );
+            } else {
+                println!("agentd daemon: not running (socket {})", socket.display());
+            }
+            bail!("daemon not running; start it with `agentd daemon`");
+        }
+    };
+    let Response::Status(status) = response else {
+        bail!("unexpected reply from the daemon: {response:?}")
+    };
+    if json {
+        let mut value = serde_json::to_value(&status)?;
+        value["daemon"] = "up".into();
+        value["socket"] = socket.display().to_string().into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "agentd daemon: up (pid {}, version {}, uptime {}s)\nsocket: {}\nconfig: {}",
+        status.pid,
+        status.daemon_version,
+        status.uptime_seconds,
+        socket.display(),
+        status.config_path
+    );
+    if status.grants.is_empty() {
+        println!("\nno active grants");
+    } else {
+        let mut table = Table::new();
+        table.load_preset(UTF8_BORDERS_ONLY).set_header([
+            "grant",
+            "resource",
+            "permission",
+            "agent",
+            "remaining",
+            "listener",
+            "connections",
+        ]);
+        for g in &status.grants {
+            table.add_row([
+                g.id.clone(),
+                g.resource.clone(),
+                g.permission.clone(),
+                g.agent.agent_type.clone(),
+                humantime::format_duration(std::time::Duration::from_secs(g.remaining_seconds))
+                    .to_string(),
+                g.listener.clone(),
+                g.connections.to_string(),
+            ]);
+        }
+        println!("\n{table}");
+    }
+    if !status.pending_requests.is_empty() {
+        println!("\npending requests:");
+        for r in &status.pending_requests {
+            println!(
+                "  {} {}/{} by {}: {}",
+                r.id, r.resource, r.permission, r.agent.agent_type, r.justification
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `agentd request RESOURCE --permission P [--ttl D] [--json]`.
+pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
+    let spec = AccessRequestSpec {
+        resource: args.resource.clone(),
+        permission: args.permission.clone(),
+        duration_seconds: args.ttl.map(|d| d.as_secs().max(1)),
+        justification: args.justification.clone(),
+        agent: AgentInfo {
+            agent_type: "cli".to_owned(),
+            ..Default::default()
+        },
+    };
+    let response = call(socket, Request::RequestAccess(spec)).await?;
+    let Response::AccessRequest(view) = response else {
+        bail!("unexpected reply from the daemon: {response:?}")
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    println!("request {}: {:?}", view.id, view.state);
+    if let Some(message) = &view.message {
+        println!("{message}");
+    }
+    if let (Some(grant), Some(handle)) = (&view.grant, &view.handle) {
+        let clamped = if view.clamped {
+            " (clamped to the permission's max_ttl)"
+        } else {
+            ""
+        };
+        println!("grant {} for {}s{clamped}", grant.id, view.duration_seconds);
+        println!("\nDSN:  {}\npsql: {}", handle.dsn, handle.psql);
+        println!("env:");
+        for (k, v) in &handle.env {
+            println!("  export {k}={v}");
+        }
+    }
+    Ok(())
+}
+
+/// `agentd revoke GRANT_ID | --all [--json]`.
+pub async fn revoke(socket: &Path, args: &RevokeArgs) -> anyhow::Result<()> {
+    let target = match (&args.grant_id, args.all) {
+        (_, true) => RevokeTarget::All,
+        (Some(id), false) => RevokeTarget::Grant {
+            grant_id: id.clone(),
+        },
+        (None, false) => bail!("name a grant id or pass --all"),
+    };
+    let response = call(socket, Request::Revoke { target }).await?;
+    let Response::Revoked { grant_ids } = response else {
+        bail!("unexpected reply from the daemon: {response:?}")
+    };
+    if args.json {
+        println!("{}", serde_json::json!({ "revoked": grant_ids }));
+    } else if grant_ids.is_empty() {
+        println!("no active grants to revoke");
+    } else {
+        for id in &grant_ids {
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}

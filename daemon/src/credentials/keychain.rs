@@ -1,0 +1,122 @@
+//! The OS keychain through the `keyring` crate: macOS Keychain, Windows Credential Manager,
+//! and on Linux the desktop Secret Service when a session bus is present, else the kernel's
+//! keyutils (headless servers, containers, CI).
+//!
+//! Set `AGENTD_KEYRING_BACKEND=keyutils|secret-service` to force a Linux backend.
+
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Once;
+
+/// Keychain failures. Never carries the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum KeychainError {
+    /// No entry under that name.
+    #[error("no such keychain entry")]
+    NotFound,
+    /// The platform store failed; the text comes from the store.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The keychain account name for a permission's secret: `RESOURCE/PERMISSION`.
+pub fn entry_name(resource: &str, permission: &str) -> String {
+    format!("{resource}/{permission}")
+}
+
+static BACKEND: Once = Once::new();
+
+/// Whether this Linux process uses the kernel keyutils store (see the module docs).
+#[cfg(target_os = "linux")]
+fn use_keyutils() -> bool {
+    let forced = std::env::var("AGENTD_KEYRING_BACKEND").unwrap_or_default();
+    match forced.as_str() {
+        "secret-service" => false,
+        "keyutils" => true,
+        _ => std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none(),
+    }
+}
+
+/// Picks the platform backend once per process (see the module docs).
+fn select_backend() {
+    BACKEND.call_once(|| {
+        #[cfg(target_os = "linux")]
+        if !use_keyutils() {
+            keyring::set_default_credential_builder(
+                keyring::secret_service::default_credential_builder(),
+            );
+        }
+    });
+}
+
+/// Runs `op` on the entry for `service`/`name`.
+///
+/// With keyutils, keyring-rs links each key into the user's persistent keyring as well as
+/// the session keyring; where the persistent keyring exists but cannot be linked to
+/// (containers, some sandboxes) that fails with ENOKEY. We then retry on the session
+/// keyring alone, which is what the daemon started from the same session reads.
+fn with_entry<T>(
+    service: &str,
+    name: &str,
+    op: impl Fn(&keyring::Entry) -> keyring::Result<T>,
+) -> Result<T, KeychainError> {
+    select_backend();
+    #[cfg(target_os = "linux")]
+    if use_keyutils() {
+        use keyring::keyutils::KeyutilsCredential;
+        let credential =
+            KeyutilsCredential::new_with_target(None, service, name).map_err(store_error)?;
+        let persistent = credential.persistent;
+        let first = op(&keyring::Entry::new_with_credential(Box::new(
+            credential.clone(),
+        )));
+        return match (first, persistent) {
+            (Err(_), Some(persistent)) => {
+                let persistent_only = KeyutilsCredential {
+                    session: persistent,
+                    persistent: None,
+                    ..credential
+                };
+                op(&keyring::Entry::new_with_credential(Box::new(
+                    persistent_only,
+                )))
+                .map_err(store_error)
+            }
+            (other, _) => other.map_err(store_error),
+        };
+    }
+    let entry = keyring::Entry::new(service, name).map_err(store_error)?;
+    op(&entry).map_err(store_error)
+}
+
+fn store_error(e: keyring::Error) -> KeychainError {
+    match e {
+        keyring::Error::NoEntry => KeychainError::NotFound,
+        // keyring's Display for its errors never includes the password.
+        other => KeychainError::Store(other.to_string()),
+    }
+}
+
+/// Reads a secret. Blocking.
+///
+/// # Errors
+/// [`KeychainError::NotFound`] or [`KeychainError::Store`].
+pub fn get(service: &str, name: &str) -> Result<SecretString, KeychainError> {
+    let password = with_entry(service, name, |e| e.get_password())?;
+    Ok(SecretString::from(password))
+}
+
+/// Stores (or replaces) a secret. Blocking.
+///
+/// # Errors
+/// [`KeychainError::Store`].
+pub fn set(service: &str, name: &str, secret: &SecretString) -> Result<(), KeychainError> {
+    with_entry(service, name, |e| e.set_password(secret.expose_secret()))
+}
+
+/// Deletes a secret. Blocking.
+///
+/// # Errors
+/// [`KeychainError::NotFound`] when there was none, [`KeychainError::Store`] otherwise.
+pub fn delete(service: &str, name: &str) -> Result<(), KeychainError> {
+    with_entry(service, name, |e| e.delete_credential())
+}

@@ -1,0 +1,324 @@
+//! `agentd demo`: the whole path on a throwaway PostgreSQL.
+//!
+//! [`Sandbox::create`] starts a [`Cluster`] (SCRAM + TLS), creates a login role with a
+//! random password and a database with a sample `orders` table, writes a config that points
+//! at it (`verify-full` against the cluster's CA) and stores the password in the OS keychain
+//! under a one-off keychain service. [`run`] then starts the daemon in-process on a private
+//! socket, requests a grant over the control protocol, runs the real `psql` through the
+//! grant's listener, prints the rows and the handle, and cleans everything up. The end-to-end
+//! tests build on the same [`Sandbox`].
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::credentials::keychain;
+use crate::pgcluster::{psql_path, Cluster};
+use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Handle, Request, Response, RevokeTarget};
+use anyhow::{bail, Context as _};
+use rand::RngCore as _;
+use secrecy::{ExposeSecret, SecretString};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the demo resource in the generated config.
+pub const RESOURCE: &str = "demo";
+/// Name of the demo permission in the generated config.
+pub const PERMISSION: &str = "read_only";
+/// The upstream login role the demo permission maps to.
+pub const ROLE: &str = "agent_ro";
+/// The demo database.
+pub const DATABASE: &str = "agentd_demo";
+
+/// A throwaway cluster plus everything agentd needs to proxy to it.
+pub struct Sandbox {
+    /// The running cluster.
+    pub cluster: Cluster,
+    /// Private (0700) directory holding the config and the control socket.
+    pub dir: tempfile::TempDir,
+    /// The generated config file.
+    pub config_path: PathBuf,
+    /// Control socket path inside [`Sandbox::dir`].
+    pub socket_path: PathBuf,
+    /// The one-off keychain service the secret is stored under.
+    pub keyring_service: String,
+    /// The upstream password of [`ROLE`] (what agentd must never leak).
+    pub upstream_password: SecretString,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("cluster", &self.cluster)
+            .field("config_path", &self.config_path)
+            .field("upstream_password", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Options for [`Sandbox::create`].
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// Policy of the demo permission: `auto`, `approval` or `deny`.
+    pub policy: String,
+    /// `max_ttl` of the demo permission, e.g. `1h`.
+    pub max_ttl: String,
+    /// Upstream password to use; random when `None`.
+    pub password: Option<SecretString>,
+    /// `[daemon] listen_host` (default loopback).
+    pub listen_host: Option<String>,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            policy: "auto".to_owned(),
+            max_ttl: "1h".to_owned(),
+            password: None,
+            listen_host: None,
+        }
+    }
+}
+
+/// 24 random bytes as 48 hex characters.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Sandbox {
+    /// Starts the cluster, creates the role, database and table, writes the config and
+    /// stores the secret. Blocking (a few seconds): call from `spawn_blocking` in async code.
+    ///
+    /// # Errors
+    /// Missing PostgreSQL binaries (the message names the package), cluster or keychain
+    /// failures.
+    pub fn create(options: SandboxOptions) -> anyhow::Result<Self> {
+        let cluster = Cluster::start()?;
+        let password = options
+            .password
+            .unwrap_or_else(|| SecretString::from(format!("demo-{}", random_hex())));
+        seed_database(&cluster, &password)?;
+        let dir = tempfile::Builder::new().prefix("agentd-demo-").tempdir()?;
+        let config_path = dir.path().join("config.toml");
+        let socket_path = dir.path().join("agentd.sock");
+        let keyring_service = format!("agentd-demo-{}", &random_hex()[..12]);
+        let listen_host = options
+            .listen_host
+            .map(|h| format!("listen_host = \"{h}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            r#"# Written by `agentd demo`; removed when it exits.
+[daemon]
+keyring_service = "{keyring_service}"
+{listen_host}
+[resources.{RESOURCE}]
+kind = "postgres"
+description = "Throwaway demo database with a sample orders table"
+host = "127.0.0.1"
+port = {port}
+database = "{DATABASE}"
+tls = "verify-full"
+ca_file = "{ca}"
+
+[resources.{RESOURCE}.permissions.{PERMISSION}]
+description = "SELECT on public.orders"
+username = "{ROLE}"
+policy = "{policy}"
+max_ttl = "{max_ttl}"
+"#,
+            port = cluster.port,
+            ca = cluster.ca_file.display(),
+            policy = options.policy,
+            max_ttl = options.max_ttl,
+        );
+        std::fs::write(&config_path, config)?;
+        keychain::set(
+            &keyring_service,
+            &keychain::entry_name(RESOURCE, PERMISSION),
+            &password,
+        )
+        .context("storing the demo secret in the OS keychain")?;
+        Ok(Self {
+            cluster,
+            dir,
+            config_path,
+            socket_path,
+            keyring_service,
+            upstream_password: password,
+        })
+    }
+
+    /// The loaded config.
+    ///
+    /// # Errors
+    /// Config errors (should not happen for the generated file).
+    pub fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(&self.config_path)?)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = keychain::delete(
+            &self.keyring_service,
+            &keychain::entry_name(RESOURCE, PERMISSION),
+        );
+    }
+}
+
+/// Creates [`ROLE`] (with a SCRAM verifier computed here, so the password itself never
+/// reaches the server or its logs), [`DATABASE`] and a sample `orders` table.
+fn seed_database(cluster: &Cluster, password: &SecretString) -> anyhow::Result<()> {
+    let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {ROLE} LOGIN PASSWORD '{verifier}';\nCREATE DATABASE {DATABASE};\n"
+            ),
+        )
+        .context("creating the demo role and database")?;
+    cluster
+        .psql(
+            DATABASE,
+            &format!(
+                "CREATE TABLE orders (id int PRIMARY KEY, customer text NOT NULL, total_cents int NOT NULL);\n\
+                 INSERT INTO orders VALUES (1, 'ada', 4200), (2, 'grace', 1999), (3, 'linus', 75000);\n\
+                 GRANT SELECT ON orders TO {ROLE};\n"
+            ),
+        )
+        .context("creating the demo table")?;
+    Ok(())
+}
+
+/// The demo's query.
+pub const DEMO_QUERY: &str = "SELECT id, customer, total_cents FROM orders ORDER BY id";
+
+/// Runs `psql` with the handle's libpq environment (the token stays out of argv) and
+/// returns its stdout.
+///
+/// # Errors
+/// psql's failure, with its stderr.
+pub async fn psql_through(
+    handle: &Handle,
+    sql: &str,
+    extra_args: &[&str],
+) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(psql_path())
+        .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .args(extra_args)
+        .args(["-c", sql])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(&handle.env)
+        .env("PGAPPNAME", "agentd-demo")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!(
+            "psql through the proxy failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `agentd demo` (see the module docs). With `serve`, prints one JSON line
+/// `{"dsn","socket","config"}` and keeps running until Ctrl-C.
+///
+/// # Errors
+/// Any step's failure, with what to do about it.
+pub async fn run(serve: bool) -> anyhow::Result<()> {
+    eprintln!("agentd demo: starting a throwaway PostgreSQL cluster (SCRAM-SHA-256, TLS on)…");
+    let sandbox =
+        tokio::task::spawn_blocking(|| Sandbox::create(SandboxOptions::default())).await??;
+    let result = run_in(&sandbox, serve).await;
+    let stop = tokio::task::spawn_blocking(move || {
+        let stopped = sandbox.cluster.stop();
+        drop(sandbox);
+        stopped
+    })
+    .await?;
+    result?;
+    stop?;
+    Ok(())
+}
+
+async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
+    let listener = crate::control::bind(&sandbox.socket_path)
+        .with_context(|| format!("binding {}", sandbox.socket_path.display()))?;
+    let broker = Broker::new(sandbox.config()?, sandbox.config_path.clone());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(crate::control::serve(
+        listener,
+        broker.clone(),
+        stop.clone(),
+    ));
+    let result = demo_session(sandbox, serve).await;
+    stop.cancel();
+    broker.shutdown();
+    let _ = server.await;
+    result
+}
+
+async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
+    let mut client = Client::connect(&sandbox.socket_path).await?;
+    let handle = request_grant(&mut client).await?;
+    if serve {
+        let line = serde_json::json!({
+            "dsn": handle.dsn,
+            "socket": sandbox.socket_path,
+            "config": sandbox.config_path,
+        });
+        println!("{line}");
+        eprintln!(
+            "agentd demo: serving; try `AGENTD_SOCKET={} agentd status`. Ctrl-C to stop and clean up.",
+            sandbox.socket_path.display()
+        );
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
+    eprintln!(
+        "agentd demo: granted; running psql through the proxy on {}:{}",
+        handle.host, handle.port
+    );
+    let rows = psql_through(&handle, DEMO_QUERY, &[]).await?;
+    println!("{rows}");
+    println!("handle (what an agent receives; the upstream password never leaves the daemon):");
+    println!("  dsn:  {}", handle.dsn);
+    println!("  psql: {}", handle.psql);
+    match client
+        .call(Request::Revoke {
+            target: RevokeTarget::All,
+        })
+        .await?
+    {
+        Response::Revoked { grant_ids } => {
+            eprintln!("agentd demo: revoked {}; cleaning up", grant_ids.join(", "))
+        }
+        other => bail!("unexpected reply to revoke: {other:?}"),
+    }
+    Ok(())
+}
+
+async fn request_grant(client: &mut Client) -> anyhow::Result<Handle> {
+    let spec = AccessRequestSpec {
+        resource: RESOURCE.to_owned(),
+        permission: PERMISSION.to_owned(),
+        duration_seconds: Some(600),
+        justification: "agentd demo: read the sample orders".to_owned(),
+        agent: AgentInfo {
+            agent_type: "agentd-demo".to_owned(),
+            ..AgentInfo::default()
+        },
+    };
+    match client.call(Request::RequestAccess(spec)).await? {
+        Response::AccessRequest(view) => view
+            .handle
+            .with_context(|| format!("no grant: {}", view.message.unwrap_or_default())),
+        Response::Error { code, message } => bail!("request refused ({code:?}): {message}"),
+        other => bail!("unexpected reply: {other:?}"),
+    }
+}

@@ -1,0 +1,17 @@
+//! agentd: a credential-isolating local proxy daemon for AI agents.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map. In short: [`control`] serves
+//! the local control socket, [`broker`] turns access requests into grants, [`listener`]
+//! opens a PostgreSQL proxy per grant, [`credentials`] fetches upstream secrets, [`config`]
+//! reads the TOML config, [`pgcluster`] starts throwaway PostgreSQL clusters for the demo
+//! and the tests, and [`cli`] implements the `agentd` subcommands.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod credentials;
+pub mod daemon;
+pub mod demo;
+pub mod listener;
+pub mod pgcluster;

@@ -1,0 +1,3 @@
+//! Local listeners the daemon opens for grants. Only PostgreSQL today.
+
+pub mod postgres;

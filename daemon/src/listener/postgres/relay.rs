@@ -1,0 +1,216 @@
+//! The relay: after both sides are authenticated, bytes pass through untouched in both
+//! directions. The server→client direction tracks message boundaries (type byte + Int32
+//! length) without buffering messages, so that when the grant ends we can inject a FATAL
+//! ErrorResponse at a boundary instead of cutting a message in half.
+
+use super::wire;
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Relay buffer size per direction, in bytes.
+pub const RELAY_BUFFER_BYTES: usize = 32 * 1024;
+
+/// How a relayed session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The client closed (or sent Terminate and closed).
+    ClientClosed,
+    /// The upstream closed (e.g. `pg_terminate_backend`, server shutdown).
+    UpstreamClosed,
+    /// The grant ended; the client was told with a FATAL ErrorResponse when possible.
+    Cut,
+    /// A socket error on either side.
+    Error,
+}
+
+/// Bytes relayed and how it ended.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayStats {
+    /// Client → upstream bytes.
+    pub bytes_up: u64,
+    /// Upstream → client bytes.
+    pub bytes_down: u64,
+    /// How it ended.
+    pub end: RelayEnd,
+}
+
+/// Tracks PostgreSQL message boundaries in a byte stream without buffering bodies.
+#[derive(Debug, Default)]
+pub struct BoundaryTracker {
+    header: [u8; 5],
+    header_len: usize,
+    remaining: u64,
+}
+
+impl BoundaryTracker {
+    /// Consumes `bytes`.
+    ///
+    /// # Errors
+    /// `InvalidData` when a message length is below 4 (a broken stream).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(bytes.len() as u64);
+                self.remaining -= take;
+                bytes = &bytes[take as usize..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
+            bytes = &bytes[take..];
+            if self.header_len == 5 {
+                let len = i32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                if len < 4 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "message length below 4",
+                    ));
+                }
+                self.remaining = len as u64 - 4;
+                self.header_len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the bytes seen so far end exactly at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+}
+
+/// Relays until either side closes or `cut` fires; on `cut`, sends `cut_message` as a FATAL
+/// ErrorResponse (SQLSTATE 57P01) to the client if the server→client stream is at a message
+/// boundary, then closes both.
+pub async fn relay<C, U, M>(
+    client: C,
+    upstream: U,
+    cut: CancellationToken,
+    cut_message: M,
+) -> RelayStats
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    M: FnOnce() -> String,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
+    let mut bytes_up = 0u64;
+    let mut bytes_down = 0u64;
+    let mut tracker = BoundaryTracker::default();
+
+    let up = copy_up(&mut client_rd, &mut up_wr, &mut bytes_up);
+    let down = copy_down(
+        &mut up_rd,
+        &mut client_wr,
+        &mut bytes_down,
+        &mut tracker,
+        &cut,
+    );
+    let end = tokio::select! {
+        r = up => r,
+        r = down => r,
+    };
+    if end == RelayEnd::Cut && tracker.at_boundary() {
+        wire::send_fatal(&mut client_wr, "57P01", &cut_message()).await;
+    }
+    let _ = client_wr.shutdown().await;
+    let _ = up_wr.shutdown().await;
+    RelayStats {
+        bytes_up,
+        bytes_down,
+        end,
+    }
+}
+
+async fn copy_up<R, W>(rd: &mut R, wr: &mut W, count: &mut u64) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER_BYTES];
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) => return RelayEnd::ClientClosed,
+            Ok(n) => n,
+            Err(_) => return RelayEnd::Error,
+        };
+        if wr.write_all(&buf[..n]).await.is_err() {
+            return RelayEnd::UpstreamClosed;
+        }
+        if wr.flush().await.is_err() {
+            return RelayEnd::UpstreamClosed;
+        }
+        *count += n as u64;
+    }
+}
+
+async fn copy_down<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    count: &mut u64,
+    tracker: &mut BoundaryTracker,
+    cut: &CancellationToken,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; RELAY_BUFFER_BYTES];
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = cut.cancelled() => return RelayEnd::Cut,
+            r = rd.read(&mut buf) => match r {
+                Ok(0) => return RelayEnd::UpstreamClosed,
+                Ok(n) => n,
+                Err(_) => return RelayEnd::Error,
+            },
+        };
+        if tracker.feed(&buf[..n]).is_err() {
+            return RelayEnd::Error;
+        }
+        if wr.write_all(&buf[..n]).await.is_err() || wr.flush().await.is_err() {
+            return RelayEnd::ClientClosed;
+        }
+        *count += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_boundaries_across_chunks() {
+        let mut msgs = Vec::new();
+        for (kind, body) in [
+            (b'Z', &b"I"[..]),
+            (b'D', &[7u8; 100][..]),
+            (b'C', &b"SELECT 1\0"[..]),
+        ] {
+            msgs.push(kind);
+            msgs.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            msgs.extend_from_slice(body);
+        }
+        for chunk in 1..20 {
+            let mut t = BoundaryTracker::default();
+            for part in msgs.chunks(chunk) {
+                t.feed(part).unwrap();
+            }
+            assert!(t.at_boundary(), "chunk size {chunk}");
+        }
+        let mut t = BoundaryTracker::default();
+        t.feed(&msgs[..8]).unwrap();
+        assert!(!t.at_boundary());
+        let mut t = BoundaryTracker::default();
+        assert!(t.feed(&[b'Z', 0, 0, 0, 3]).is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! The upstream side: connect to the real PostgreSQL server, negotiate TLS (rustls), log in
+//! with the permission's secret (SCRAM-SHA-256, md5 or cleartext, whichever the server asks),
+//! and hand back a stream positioned right after AuthenticationOk.
+//!
+//! Source: PostgreSQL docs, "Frontend/Backend Protocol" → "Start-up", "SSL Session
+//! Encryption", "SASL Authentication".
+
+use super::startup::{StartupParams, PROTOCOL_3_0};
+use super::wire::{self, parse_error_fields, put_message, WireError, MAX_AUTH_MESSAGE_BYTES};
+use crate::config::{Resource, TlsMode};
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use secrecy::{ExposeSecret, SecretString};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Everything needed to reach and log in to one upstream, built once per grant.
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    /// Resource name (for messages).
+    pub resource: String,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database to open.
+    pub database: String,
+    /// Upstream user name.
+    pub username: String,
+    /// The secret for `username`; never logged.
+    pub secret: Arc<SecretString>,
+    /// `None` for `tls = "disable"`.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// TCP connect + TLS + auth deadline.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("resource", &self.resource)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("secret", &"[REDACTED]")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Why the upstream could not be used. `Display` goes to the log; [`UpstreamError::client_message`]
+/// is what the client sees. Neither ever contains the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// host:port.
+        addr: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The whole login took longer than the connect timeout.
+    #[error("timed out after {0:?} connecting and logging in")]
+    Timeout(Duration),
+    /// The server answered `N` to SSLRequest while TLS is required.
+    #[error("server does not accept TLS, but the resource requires it")]
+    TlsRefused,
+    /// The TLS handshake failed (bad certificate, name mismatch, …).
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
+    /// Framing failure.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The server sent an ErrorResponse during login.
+    #[error("server refused login: {sqlstate} {message}")]
+    Refused {
+        /// SQLSTATE.
+        sqlstate: String,
+        /// The server's message.
+        message: String,
+    },
+    /// An authentication method we do not implement.
+    #[error("unsupported authentication request {0}")]
+    UnsupportedAuth(i32),
+    /// The server broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// A message safe to show an agent: what happened and what the human should look at.
+    pub fn client_message(&self, resource: &str) -> String {
+        match self {
+            UpstreamError::Refused { sqlstate, .. } if sqlstate.starts_with("28") => format!(
+                "agentd: upstream {resource} refused agentd's stored credential; ask the operator to check it (agentd secret set) and the agentd log"
+            ),
+            UpstreamError::Refused { sqlstate, message } => {
+                format!("agentd: upstream {resource} refused the connection: {sqlstate} {message}")
+            }
+            UpstreamError::Connect { .. } | UpstreamError::Timeout(_) => {
+                format!("agentd: upstream {resource} is unreachable; the agentd log has the reason")
+            }
+            _ => format!("agentd: could not open a session on upstream {resource}; the agentd log has the reason"),
+        }
+    }
+}
+
+/// The upstream byte stream: plain TCP or TLS over TCP.
+pub enum UpstreamStream {
+    /// `tls = "disable"`.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Builds the TLS part of an [`UpstreamTarget`] from a resource's config.
+///
+/// # Errors
+/// A message naming the CA file or host when they cannot be used.
+pub fn tls_for(resource: &Resource) -> Result<Option<(TlsConnector, ServerName<'static>)>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let config = match resource.tls {
+        TlsMode::Disable => return Ok(None),
+        TlsMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
+            .with_no_client_auth(),
+        TlsMode::VerifyFull => builder
+            .with_root_certificates(root_store(resource)?)
+            .with_no_client_auth(),
+    };
+    let name = ServerName::try_from(resource.host.clone()).map_err(|e| {
+        format!(
+            "host {:?} is not a valid TLS server name: {e}",
+            resource.host
+        )
+    })?;
+    Ok(Some((TlsConnector::from(Arc::new(config)), name)))
+}
+
+fn root_store(resource: &Resource) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &resource.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "ca_file {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// `tls = "require"`: encrypt, check handshake signatures, but accept any certificate
+/// (libpq's `sslmode=require`).
+#[derive(Debug)]
+struct NoCertificateCheck(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoCertificateCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Connects, negotiates TLS and logs in; returns the stream right after AuthenticationOk,
+/// so the server's ParameterStatus/BackendKeyData/ReadyForQuery follow on it.
+///
+/// # Errors
+/// [`UpstreamError`]; never carries the secret.
+pub async fn connect(
+    target: &UpstreamTarget,
+    client: &StartupParams,
+) -> Result<UpstreamStream, UpstreamError> {
+    tokio::time::timeout(target.connect_timeout, connect_inner(target, client))
+        .await
+        .map_err(|_| UpstreamError::Timeout(target.connect_timeout))?
+}
+
+async fn connect_inner(
+    target: &UpstreamTarget,
+    client: &StartupParams,
+) -> Result<UpstreamStream, UpstreamError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &target.tls {
+        None => UpstreamStream::Plain(tcp),
+        Some((connector, name)) => {
+            UpstreamStream::Tls(Box::new(start_tls(tcp, connector, name).await?))
+        }
+    };
+    stream
+        .write_all(&startup_message(target, client))
+        .await
+        .map_err(WireError::Io)?;
+    authenticate(&mut stream, target).await?;
+    Ok(stream)
+}
+
+async fn start_tls(
+    mut tcp: TcpStream,
+    connector: &TlsConnector,
+    name: &ServerName<'static>,
+) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    // SSLRequest: Int32 8, Int32 80877103.
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .map_err(WireError::Io)?;
+    match tcp.read_u8().await.map_err(WireError::Io)? {
+        b'S' => connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(UpstreamError::Tls),
+        b'N' => Err(UpstreamError::TlsRefused),
+        other => Err(UpstreamError::Protocol(format!(
+            "unexpected answer {other:#04x} to SSLRequest"
+        ))),
+    }
+}
+
+/// The StartupMessage we send upstream: the permission's user, the resource's database, and
+/// the client's other parameters (`application_name`, `client_encoding`, `DateStyle`, …).
+fn startup_message(target: &UpstreamTarget, client: &StartupParams) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_i32(PROTOCOL_3_0);
+    let mut param = |k: &str, v: &str| {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    };
+    param("user", &target.username);
+    param("database", &target.database);
+    for (k, v) in &client.options {
+        if !k.starts_with("_pq_.") {
+            param(k, v);
+        }
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    out.put_i32((body.len() + 4) as i32);
+    out.put_slice(&body);
+    out
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn authenticate(
+    stream: &mut UpstreamStream,
+    target: &UpstreamTarget,
+) -> Result<(), UpstreamError> {
+    let password = target.secret.expose_secret().as_bytes();
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let msg = wire::read_message(stream, MAX_AUTH_MESSAGE_BYTES).await?;
+        match msg.kind {
+            b'R' => {}
+            b'E' => return Err(refused(&msg.body)),
+            b'N' => continue, // NoticeResponse during login: nothing for the client yet.
+            b'v' => continue, // NegotiateProtocolVersion: we asked for nothing optional.
+            other => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                )))
+            }
+        }
+        if msg.body.len() < 4 {
+            return Err(UpstreamError::Protocol(
+                "short Authentication message".into(),
+            ));
+        }
+        let code = i32::from_be_bytes([msg.body[0], msg.body[1], msg.body[2], msg.body[3]]);
+        let data = &msg.body[4..];
+        let mut out = BytesMut::new();
+        match code {
+            0 => return Ok(()),
+            3 => {
+                let mut body = password.to_vec();
+                body.push(0);
+                put_message(&mut out, b'p', &body);
+                zeroize::Zeroize::zeroize(&mut body);
+            }
+            5 => {
+                let salt: [u8; 4] = data
+                    .get(..4)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(|| UpstreamError::Protocol("short md5 salt".into()))?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    target.username.as_bytes(),
+                    password,
+                    salt,
+                );
+                let mut body = hash.into_bytes();
+                body.push(0);
+                put_message(&mut out, b'p', &body);
+            }
+            10 => {
+                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                if !offers_scram {
+                    return Err(UpstreamError::Protocol(
+                        "server offers no SCRAM-SHA-256".into(),
+                    ));
+                }
+                let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                let mut body = b"SCRAM-SHA-256\0".to_vec();
+                body.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                body.extend_from_slice(s.message());
+                put_message(&mut out, b'p', &body);
+                scram = Some(s);
+            }
+            11 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| UpstreamError::Protocol("SASLContinue before SASL".into()))?;
+                s.update(data)
+                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
+                put_message(&mut out, b'p', s.message());
+            }
+            12 => {
+                let mut s = scram
+                    .take()
+                    .ok_or_else(|| UpstreamError::Protocol("SASLFinal before SASL".into()))?;
+                s.finish(data)
+                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
+                continue;
+            }
+            other => return Err(UpstreamError::UnsupportedAuth(other)),
+        }
+        stream.write_all(&out).await.map_err(WireError::Io)?;
+        stream.flush().await.map_err(WireError::Io)?;
+    }
+}
+
+fn refused(body: &[u8]) -> UpstreamError {
+    let fields = parse_error_fields(body);
+    let get = |t: u8| {
+        fields
+            .iter()
+            .find(|(f, _)| *f == t)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    UpstreamError::Refused {
+        sqlstate: get(b'C'),
+        message: get(b'M'),
+    }
+}

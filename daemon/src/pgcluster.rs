@@ -1,0 +1,335 @@
+//! Throwaway PostgreSQL clusters for `agentd demo` and the end-to-end tests.
+//!
+//! [`Cluster::start`] finds the machine's PostgreSQL server binaries, runs `initdb` in a
+//! temporary directory (as the `postgres` OS user when we are root, since PostgreSQL refuses
+//! to run as root), turns on `ssl` with a freshly generated CA and server certificate,
+//! requires `scram-sha-256` for TCP logins, and starts the server on a free loopback port.
+//! Local (Unix-socket) logins are `trust` so the harness can administer it. Dropping the
+//! [`Cluster`] stops the server and deletes the directory.
+
+use anyhow::{anyhow, bail, Context as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A running throwaway cluster.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin_dir: PathBuf,
+    run_as: Option<String>,
+    /// Loopback TCP port the server listens on.
+    pub port: u16,
+    /// Directory of the server's Unix socket (trust auth for the superuser).
+    pub socket_dir: PathBuf,
+    /// PEM file of the CA that signed the server certificate (for `verify-full`).
+    pub ca_file: PathBuf,
+    /// The server log file.
+    pub log_file: PathBuf,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// Where the PostgreSQL server binaries are: `$AGENTD_PG_BINDIR`, the newest
+/// `/usr/lib/postgresql/*/bin`, `pg_config --bindir`, or `initdb` on `PATH`.
+///
+/// # Errors
+/// None found: the message names the package to install.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("AGENTD_PG_BINDIR").map(PathBuf::from) {
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+        bail!("AGENTD_PG_BINDIR={} has no initdb/pg_ctl", dir.display());
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            has_server(&bin).then_some((version, bin))
+        })
+        .collect();
+    versioned.sort();
+    if let Some((_, dir)) = versioned.pop() {
+        return Ok(dir);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    bail!(
+        "no PostgreSQL server binaries (initdb, pg_ctl) found; install them: \
+         `sudo apt-get install postgresql` (Debian/Ubuntu), `sudo dnf install postgresql-server` (Fedora), \
+         `brew install postgresql@15` (macOS), or set AGENTD_PG_BINDIR"
+    )
+}
+
+/// The `psql` client: next to the server binaries, else on `PATH`.
+pub fn psql_path() -> PathBuf {
+    find_bin_dir()
+        .map(|d| d.join("psql"))
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("psql"))
+}
+
+fn is_root() -> bool {
+    #[cfg(unix)]
+    {
+        agentd_proto::socket::current_uid() == 0
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn check(output: Output, what: &str) -> anyhow::Result<Output> {
+    if output.status.success() {
+        return Ok(output);
+    }
+    bail!(
+        "{what} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+impl Cluster {
+    /// Creates and starts a cluster (blocking; a few seconds).
+    ///
+    /// # Errors
+    /// Missing binaries, `initdb`/`pg_ctl` failures (with their output), or file errors.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin_dir = find_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("agentd-pg-").tempdir()?;
+        let run_as = is_root().then(|| "postgres".to_owned());
+        let data_dir = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir_all(&socket_dir)?;
+        if let Some(user) = &run_as {
+            chown_tree(dir.path(), user)?;
+        }
+        let cluster = Cluster {
+            port: free_port()?,
+            ca_file: dir.path().join("ca.crt"),
+            log_file: dir.path().join("postgres.log"),
+            socket_dir,
+            bin_dir,
+            run_as,
+            dir,
+        };
+        cluster.initdb(&data_dir)?;
+        cluster.write_tls_files(&data_dir)?;
+        cluster.write_config(&data_dir)?;
+        cluster.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&cluster.log_file))?;
+        Ok(cluster)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A command for a server binary, run as the `postgres` user when we are root.
+    fn server_command(&self, program: &str) -> Command {
+        let path = self.bin_dir.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn initdb(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let out = self
+            .server_command("initdb")
+            .arg("-D")
+            .arg(data_dir)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        check(out, "initdb")?;
+        Ok(())
+    }
+
+    fn pg_ctl(&self, args: &[&str], log: Option<&Path>) -> anyhow::Result<()> {
+        let mut cmd = self.server_command("pg_ctl");
+        cmd.args(args);
+        if let Some(log) = log {
+            cmd.arg(log);
+        }
+        cmd.arg("-D").arg(self.data_dir());
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl")?;
+        check(
+            out,
+            &format!("pg_ctl {}", args.first().copied().unwrap_or_default()),
+        )
+        .map_err(|e| {
+            anyhow!(
+                "{e}\nserver log {}:\n{}",
+                self.log_file.display(),
+                std::fs::read_to_string(&self.log_file).unwrap_or_default()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// A CA and a server certificate for `localhost` / `127.0.0.1`, written as `ca.crt`
+    /// (outside the data dir) and `server.crt` / `server.key` (0600, owned by the server user).
+    fn write_tls_files(&self, data_dir: &Path) -> anyhow::Result<()> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "agentd throwaway CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        std::fs::write(&self.ca_file, ca.pem())?;
+        let crt = data_dir.join("server.crt");
+        let key_file = data_dir.join("server.key");
+        std::fs::write(&crt, cert.pem())?;
+        write_private(&key_file, key.serialize_pem().as_bytes())?;
+        if let Some(user) = &self.run_as {
+            chown_tree(&crt, user)?;
+            chown_tree(&key_file, user)?;
+        }
+        Ok(())
+    }
+
+    fn write_config(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let conf = format!(
+            "\n# agentd throwaway cluster\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
+             unix_socket_directories = '{sock}'\nssl = on\nssl_cert_file = 'server.crt'\n\
+             ssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
+            port = self.port,
+            sock = self.socket_dir.display()
+        );
+        let mut text = std::fs::read_to_string(data_dir.join("postgresql.conf"))?;
+        text.push_str(&conf);
+        std::fs::write(data_dir.join("postgresql.conf"), text)?;
+        let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+        std::fs::write(data_dir.join("pg_hba.conf"), hba)?;
+        Ok(())
+    }
+
+    /// Runs SQL as the superuser over the Unix socket with `psql -v ON_ERROR_STOP=1 -At`;
+    /// returns stdout. The SQL goes through stdin, never argv, so a password in it does not
+    /// show in the process list.
+    ///
+    /// # Errors
+    /// psql's stderr when it fails.
+    pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let mut child = Command::new(psql_path())
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"])
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running psql")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, sql.as_bytes()).context("writing SQL to psql")?;
+        }
+        let out = check(child.wait_with_output()?, "psql")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Where the cluster's files live.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server (fast shutdown).
+    ///
+    /// # Errors
+    /// pg_ctl's failure.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"], None)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"], None);
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    std::io::Write::write_all(&mut opts.open(path)?, bytes)
+}
+
+/// `chown -R user:user path`.
+fn chown_tree(path: &Path, user: &str) -> anyhow::Result<()> {
+    let out = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{user}:"))
+        .arg(path)
+        .output()
+        .context("running chown")?;
+    check(out, "chown")?;
+    Ok(())
+}

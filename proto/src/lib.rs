@@ -1,0 +1,22 @@
+//! `agentd-proto`: the control protocol between the agentd daemon and its clients
+//! (the `agentd` CLI and the `agentd-mcp` shim).
+//!
+//! * [`messages`]: versioned serde request/response types ([`Request`], [`Response`]).
+//! * [`framing`]: one JSON document per frame, each frame prefixed by a 4-byte
+//!   big-endian length, capped at [`MAX_FRAME_BYTES`].
+//! * [`socket`]: where the control socket lives (Unix socket or Windows named pipe).
+//! * [`client`]: a small async client that sends one request and reads one response.
+//!
+//! This crate never carries an upstream secret: the most sensitive value in it is a
+//! grant-scoped listener token inside a [`Handle`], which is loopback-only and expires with
+//! its grant.
+
+pub mod client;
+pub mod framing;
+pub mod messages;
+pub mod socket;
+
+pub use client::{Client, ClientError};
+pub use framing::{FrameError, MAX_FRAME_BYTES};
+pub use messages::*;
+pub use socket::{default_socket_path, SocketPathError};

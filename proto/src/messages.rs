@@ -1,0 +1,339 @@
+//! Request and response types of the control protocol, version [`PROTOCOL_VERSION`].
+//!
+//! Every frame carries an [`Envelope`] whose `version` must equal [`PROTOCOL_VERSION`];
+//! the daemon answers a mismatch with [`ErrorCode::UnsupportedVersion`]. Field names are
+//! snake_case JSON; enums are internally tagged by `"op"` (requests) or `"kind"` (responses).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The control protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One frame on the control socket: a version and a body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope<T> {
+    /// Protocol version of the sender; must be [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The request or response.
+    pub body: T,
+}
+
+impl<T> Envelope<T> {
+    /// Wraps `body` with the current [`PROTOCOL_VERSION`].
+    pub fn new(body: T) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            body,
+        }
+    }
+}
+
+/// Who is asking: filled in by the shim or CLI, completed by the daemon with the peer's
+/// pid and uid taken from the socket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentInfo {
+    /// Agent type, e.g. `claude-code`, `cursor`, `cli`.
+    pub agent_type: String,
+    /// MCP `clientInfo.name` (and version) when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Peer process id, taken by the daemon from the control socket (clients' values are
+    /// overwritten).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Peer user id, taken by the daemon from the control socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness check; answered with [`Response::Pong`].
+    Ping,
+    /// The configured resources and their permissions; answered with [`Response::Resources`].
+    ListResources,
+    /// Ask for access; answered with [`Response::AccessRequest`].
+    RequestAccess(AccessRequestSpec),
+    /// Look up an access request by id; answered with [`Response::AccessRequest`].
+    GetRequest {
+        /// The request id (`r_…`).
+        request_id: String,
+    },
+    /// Daemon status and grants; answered with [`Response::Status`].
+    Status,
+    /// Revoke grants; answered with [`Response::Revoked`].
+    Revoke {
+        /// Which grants.
+        target: RevokeTarget,
+    },
+}
+
+/// An access request as sent by an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessRequestSpec {
+    /// Resource name from the config, e.g. `prod-db`.
+    pub resource: String,
+    /// Permission name on that resource, e.g. `read_only`.
+    pub permission: String,
+    /// Requested duration in seconds; `None` means the permission's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<u64>,
+    /// Why the agent needs it; shown to approvers and recorded.
+    pub justification: String,
+    /// Who is asking.
+    #[serde(default)]
+    pub agent: AgentInfo,
+}
+
+/// Which grants a [`Request::Revoke`] ends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum RevokeTarget {
+    /// One grant by id (`g_…`).
+    Grant {
+        /// The grant id.
+        grant_id: String,
+    },
+    /// Every active grant.
+    All,
+}
+
+/// A response from the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// Daemon version (`CARGO_PKG_VERSION`).
+        daemon_version: String,
+        /// Daemon process id.
+        pid: u32,
+    },
+    /// Answer to [`Request::ListResources`].
+    Resources {
+        /// The configured resources, sorted by name.
+        resources: Vec<ResourceInfo>,
+    },
+    /// Answer to [`Request::RequestAccess`] and [`Request::GetRequest`].
+    AccessRequest(AccessRequestView),
+    /// Answer to [`Request::Status`].
+    Status(StatusView),
+    /// Answer to [`Request::Revoke`].
+    Revoked {
+        /// Ids of the grants that were active and are now revoked.
+        grant_ids: Vec<String>,
+    },
+    /// The request failed; `message` is safe to show to an agent.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason with what to do next.
+        message: String,
+    },
+}
+
+/// Machine-readable error reasons.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The envelope's version is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The frame was not a valid request.
+    BadRequest,
+    /// No such resource, permission, request or grant.
+    NotFound,
+    /// The policy refuses this request.
+    Denied,
+    /// Something failed inside the daemon; details are in its log.
+    Internal,
+}
+
+/// A configured resource as shown to clients (no host secrets, no credentials).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResourceInfo {
+    /// Resource name.
+    pub name: String,
+    /// Resource kind; `postgres` for now.
+    pub kind: String,
+    /// Free-text description from the config.
+    #[serde(default)]
+    pub description: String,
+    /// Database name on the upstream server.
+    pub database: String,
+    /// Permissions on this resource.
+    pub permissions: Vec<PermissionInfo>,
+}
+
+/// A permission as shown to clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PermissionInfo {
+    /// Permission name.
+    pub name: String,
+    /// Free-text description from the config.
+    #[serde(default)]
+    pub description: String,
+    /// `auto`, `approval` or `deny`.
+    pub policy: PolicyDecision,
+    /// Longest grant the policy allows, in seconds.
+    pub max_ttl_seconds: u64,
+    /// Duration used when the request names none, in seconds.
+    pub default_ttl_seconds: u64,
+}
+
+/// What the policy says about a request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyDecision {
+    /// Approved at once.
+    Auto,
+    /// Needs a human's approval.
+    Approval,
+    /// Refused.
+    Deny,
+}
+
+/// State of an access request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Waiting for a human.
+    Pending,
+    /// Approved; a grant exists.
+    Approved,
+    /// Refused by policy or a human.
+    Denied,
+    /// Not decided in time.
+    Expired,
+    /// Withdrawn.
+    Cancelled,
+}
+
+/// State of a grant.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantState {
+    /// Usable.
+    Active,
+    /// Its TTL ran out.
+    Expired,
+    /// Ended by a human.
+    Revoked,
+    /// Given back by the agent.
+    Released,
+}
+
+/// An access request as the daemon sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessRequestView {
+    /// Request id (`r_…`).
+    pub id: String,
+    /// Resource name.
+    pub resource: String,
+    /// Permission name.
+    pub permission: String,
+    /// Current state.
+    pub state: RequestState,
+    /// Granted (or to-be-granted) duration in seconds, after clamping to `max_ttl`.
+    pub duration_seconds: u64,
+    /// True when the requested duration was cut down to the policy's `max_ttl`.
+    #[serde(default)]
+    pub clamped: bool,
+    /// The justification given.
+    pub justification: String,
+    /// Who asked.
+    pub agent: AgentInfo,
+    /// Why it was denied, or what the human must do for a pending request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The grant, once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantView>,
+    /// How to connect, once approved and while the grant is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<Handle>,
+}
+
+/// A grant as shown by `agentd status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GrantView {
+    /// Grant id (`g_…`).
+    pub id: String,
+    /// Request id that produced it.
+    pub request_id: String,
+    /// Resource name.
+    pub resource: String,
+    /// Permission name.
+    pub permission: String,
+    /// Who holds it.
+    pub agent: AgentInfo,
+    /// Current state.
+    pub state: GrantState,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Expiry time, seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// Seconds until expiry (0 once ended).
+    pub remaining_seconds: u64,
+    /// Local listener address, `127.0.0.1:PORT`.
+    pub listener: String,
+    /// Live proxied connections right now.
+    pub connections: u32,
+    /// Connections accepted so far (authenticated).
+    pub connections_total: u64,
+}
+
+/// What an agent receives to connect: never the upstream secret, only a grant-scoped token
+/// for a loopback listener.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Handle {
+    /// `postgresql://USER:TOKEN@127.0.0.1:PORT/DB?sslmode=disable`.
+    pub dsn: String,
+    /// libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGSSLMODE`).
+    pub env: BTreeMap<String, String>,
+    /// A ready-to-run `psql` command line.
+    pub psql: String,
+    /// Listener host (always loopback).
+    pub host: String,
+    /// Listener TCP port.
+    pub port: u16,
+    /// Database name to connect to.
+    pub database: String,
+    /// User name to present to the listener (the grant id).
+    pub user: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("token", &"[REDACTED]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Daemon status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    /// Daemon version.
+    pub daemon_version: String,
+    /// Daemon process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// Config file in use.
+    pub config_path: String,
+    /// Active grants, oldest first.
+    pub grants: Vec<GrantView>,
+    /// Pending access requests.
+    pub pending_requests: Vec<AccessRequestView>,
+}
