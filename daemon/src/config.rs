@@ -342,9 +342,34 @@ fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
+            match field_at(before) {
+                Some(field) => format!("line {line}, column {column}, field {field}: {message}"),
+                None => format!("line {line}, column {column}: {message}"),
+            }
         }
         None => message,
+    }
+}
+
+/// The dotted field an error offset points into, from the nearest `[table]` header above it
+/// and the `key =` on its own line (e.g. `resources.app.permissions.ro.max_ttl`).
+fn field_at(before: &str) -> Option<String> {
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let key = before[line_start..]
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
     }
 }
 
@@ -396,7 +421,11 @@ default_ttl = "2h"
         let err = Config::parse(&bad, Path::new("c.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 11"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
+        assert!(
+            err.contains("field resources.app.permissions.ro.max_ttl"),
+            "{err}"
+        );
         assert!(err.contains("invalid duration"), "{err}");
 
         let bad = GOOD.replace("tls = \"require\"", "tls = \"disable\"");

@@ -1,5 +1,6 @@
-//! `agentd daemon`: loads the config, binds the control socket and serves until SIGINT or
-//! SIGTERM, then ends every grant (cutting their sessions) and removes the socket.
+//! `agentd daemon`: loads the config, binds the control socket, prints one ready line on
+//! stdout and serves until SIGINT or SIGTERM, then ends every grant (cutting their
+//! sessions) and removes the socket. Logs go to stderr.
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -22,6 +23,7 @@ pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     let broker = Broker::new(config, config_path.clone());
     let stop = CancellationToken::new();
     info!(socket = %socket.display(), config = %config_path.display(), pid = std::process::id(), "agentd daemon ready");
+    announce_ready(&socket);
     let server = tokio::spawn(control::serve(listener, broker.clone(), stop.clone()));
     wait_for_shutdown_signal().await;
     info!("shutting down: ending all grants");
@@ -31,6 +33,17 @@ pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     #[cfg(unix)]
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Prints the one stdout line a supervisor (the MCP shim's autostart, scripts, tests) can
+/// wait for: `{"ready":true,"socket":PATH,"pid":N}`. Nothing else is written to stdout, so
+/// the reader may close the pipe afterwards.
+fn announce_ready(socket: &Path) {
+    use std::io::Write as _;
+    let line = serde_json::json!({"ready": true, "socket": socket, "pid": std::process::id()});
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Makes sure the socket's directory is private and no other daemon is serving there; a

@@ -99,6 +99,11 @@ impl Sandbox {
             .unwrap_or_else(|| SecretString::from(format!("demo-{}", random_hex())));
         seed_database(&cluster, &password)?;
         let dir = tempfile::Builder::new().prefix("agentd-demo-").tempdir()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        }
         let config_path = dir.path().join("config.toml");
         let socket_path = dir.path().join("agentd.sock");
         let keyring_service = format!("agentd-demo-{}", &random_hex()[..12]);
@@ -315,9 +320,11 @@ async fn request_grant(client: &mut Client) -> anyhow::Result<Handle> {
         },
     };
     match client.call(Request::RequestAccess(spec)).await? {
-        Response::AccessRequest(view) => view
-            .handle
-            .with_context(|| format!("no grant: {}", view.message.unwrap_or_default())),
+        Response::AccessRequest(view) => {
+            let view = *view;
+            let message = view.message.unwrap_or_default();
+            view.handle.with_context(|| format!("no grant: {message}"))
+        }
         Response::Error { code, message } => bail!("request refused ({code:?}): {message}"),
         other => bail!("unexpected reply: {other:?}"),
     }

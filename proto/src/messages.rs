@@ -118,7 +118,7 @@ pub enum Response {
         resources: Vec<ResourceInfo>,
     },
     /// Answer to [`Request::RequestAccess`] and [`Request::GetRequest`].
-    AccessRequest(AccessRequestView),
+    AccessRequest(Box<AccessRequestView>),
     /// Answer to [`Request::Status`].
     Status(StatusView),
     /// Answer to [`Request::Revoke`].

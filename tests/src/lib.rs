@@ -1,1 +1,428 @@
-//! placeholder
+//! The end-to-end harness: real PostgreSQL (through [`agentd::demo::Sandbox`], which starts
+//! a throwaway cluster with SCRAM-SHA-256 and TLS), the real `agentd` and `agentd-mcp`
+//! binaries, real `psql`, and rmcp's MCP client over the shim's stdio.
+//!
+//! Nothing here mocks agentd: tests drive the binaries a user runs.
+
+use agentd::demo::{Sandbox, SandboxOptions};
+use anyhow::{bail, Context as _};
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::ServiceExt as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
+
+/// Longest any single step may take before a test fails instead of hanging (seconds).
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the `agentd` and `agentd-mcp` binaries once per test process (a no-op when they
+/// are fresh) and returns the directory holding them. `cargo test` only builds the binaries
+/// of packages with their own integration tests, so the harness asks cargo itself.
+///
+/// # Panics
+/// When cargo fails to build them: no end-to-end test can run then.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let release = !cfg!(debug_assertions);
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "agentd",
+            "-p",
+            "agentd-mcp",
+            "--bins",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "building agentd and agentd-mcp failed: {status:?}"
+        );
+        // Tests run from target/<profile>/deps/; the binaries are one level up.
+        let exe = std::env::current_exe().unwrap_or_default();
+        exe.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    })
+}
+
+/// Path of one of our binaries (`agentd` or `agentd-mcp`).
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A random canary password: if it ever shows up outside the daemon's memory and the
+/// keychain, a test fails.
+pub fn canary_password() -> SecretString {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    SecretString::from(format!("canary-{hex}"))
+}
+
+/// A sandbox (cluster + config + stored secret) whose upstream password is a canary.
+///
+/// # Errors
+/// Cluster or keychain failures.
+pub async fn sandbox(mut options: SandboxOptions) -> anyhow::Result<Sandbox> {
+    if options.password.is_none() {
+        options.password = Some(canary_password());
+    }
+    tokio::task::spawn_blocking(move || Sandbox::create(options)).await?
+}
+
+/// A running `agentd daemon` child process, its stderr captured to a file.
+pub struct DaemonProcess {
+    child: tokio::process::Child,
+    /// The daemon's stderr (its log).
+    pub log_path: PathBuf,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl DaemonProcess {
+    /// Starts `agentd daemon` for `sandbox` and waits for its ready line.
+    ///
+    /// # Errors
+    /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
+    pub async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
+        let log_path = sandbox.dir.path().join("daemon.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = tokio::process::Command::new(bin("agentd"))
+            .arg("--config")
+            .arg(&sandbox.config_path)
+            .arg("--socket")
+            .arg(&sandbox.socket_path)
+            .arg("daemon")
+            .env("AGENTD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting agentd daemon")?;
+        let pid = child.id().context("daemon pid")?;
+        let stdout = child.stdout.take().context("daemon stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(STEP_TIMEOUT, lines.next_line())
+            .await
+            .context("daemon ready line timed out")??;
+        match line {
+            Some(l) if l.contains("\"ready\":true") => Ok(Self {
+                child,
+                log_path,
+                pid,
+            }),
+            other => bail!(
+                "daemon did not start: {other:?}; log: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (Unix) and waits for it to exit.
+    ///
+    /// # Errors
+    /// Waiting fails or it does not exit within [`STEP_TIMEOUT`].
+    pub async fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        terminate(self.pid);
+        Ok(tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??)
+    }
+
+    /// The daemon log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Sends SIGTERM to `pid` (Unix); kills it elsewhere is left to `kill_on_drop`.
+pub fn terminate(pid: u32) {
+    #[cfg(unix)]
+    {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code (-1 when killed).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// stdout parsed as JSON.
+    ///
+    /// # Errors
+    /// stdout is not JSON.
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("not JSON: {:?} / {:?}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `agentd --config … --socket … ARGS`.
+///
+/// # Errors
+/// The binary cannot run or hangs past [`STEP_TIMEOUT`].
+pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliOutput> {
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::process::Command::new(bin("agentd"))
+            .arg("--config")
+            .arg(&sandbox.config_path)
+            .arg("--socket")
+            .arg(&sandbox.socket_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await??;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// An MCP client connected to `agentd-mcp` over stdio.
+pub struct McpSession {
+    /// rmcp's running client.
+    pub client: RunningService<RoleClient, ClientConfig>,
+    /// The shim's stderr (its log).
+    pub log_path: PathBuf,
+}
+
+impl McpSession {
+    /// Starts `agentd-mcp --socket … --config … --agent-type e2e-test` and initialises MCP.
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start(sandbox: &Sandbox, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let log_path = sandbox
+            .dir
+            .path()
+            .join(format!("shim-{}.log", std::process::id()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut cmd = tokio::process::Command::new(bin("agentd-mcp"));
+        cmd.arg("--socket")
+            .arg(&sandbox.socket_path)
+            .arg("--config")
+            .arg(&sandbox.config_path)
+            .args(["--agent-type", "e2e-test"])
+            .args(extra_args)
+            .env("AGENTD_BIN", bin("agentd"));
+        let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
+        let config = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("agentd-e2e", "1.0"),
+        );
+        let client = tokio::time::timeout(STEP_TIMEOUT, config.serve(transport)).await??;
+        Ok(Self { client, log_path })
+    }
+
+    /// Calls a tool and returns (structured result, is_error, all text content).
+    ///
+    /// # Errors
+    /// MCP failures or a hang past [`STEP_TIMEOUT`].
+    pub async fn call(&self, tool: &'static str, arguments: Value) -> anyhow::Result<ToolOutcome> {
+        let mut params = CallToolRequestParams::new(tool);
+        if let Value::Object(map) = arguments {
+            params = params.with_arguments(map);
+        }
+        let result = tokio::time::timeout(STEP_TIMEOUT, self.client.call_tool(params)).await??;
+        let raw = serde_json::to_string(&result)?;
+        Ok(ToolOutcome {
+            value: result.structured_content.clone().unwrap_or(Value::Null),
+            is_error: result.is_error.unwrap_or(false),
+            raw,
+        })
+    }
+
+    /// Closes the MCP session (the shim exits).
+    ///
+    /// # Errors
+    /// rmcp's shutdown error.
+    pub async fn close(self) -> anyhow::Result<String> {
+        let _ = self.client.cancel().await;
+        Ok(std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+}
+
+/// A tool call's result.
+#[derive(Debug)]
+pub struct ToolOutcome {
+    /// `structuredContent`.
+    pub value: Value,
+    /// `isError`.
+    pub is_error: bool,
+    /// The whole result as JSON text, for leak scans.
+    pub raw: String,
+}
+
+/// The libpq environment from a handle JSON (`handle.env`).
+pub fn handle_env(handle: &Value) -> Vec<(String, String)> {
+    handle["env"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs real `psql -X -At -v ON_ERROR_STOP=1 -c SQL` with `env`; returns (success, stdout,
+/// stderr).
+///
+/// # Errors
+/// psql cannot run or hangs past [`STEP_TIMEOUT`].
+pub async fn psql(env: &[(String, String)], sql: &str) -> anyhow::Result<(bool, String, String)> {
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        psql_command(env)
+            .args(["-At", "-c", sql])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await??;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A `psql -X -v ON_ERROR_STOP=1` command with only `PATH` and `env` set.
+pub fn psql_command(env: &[(String, String)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(agentd::pgcluster::psql_path());
+    cmd.args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .kill_on_drop(true);
+    cmd
+}
+
+/// An interactive `psql` session fed through stdin, for tests that need a live connection.
+pub struct LivePsql {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LivePsql {
+    /// Starts `psql -At` reading commands from stdin.
+    ///
+    /// # Errors
+    /// psql cannot start.
+    pub fn start(env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut child = psql_command(env)
+            .args(["-At"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().context("psql stdin")?;
+        let stdout = tokio::io::BufReader::new(child.stdout.take().context("psql stdout")?).lines();
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Sends one single-row query and returns its one line of output.
+    ///
+    /// # Errors
+    /// psql exits or hangs past [`STEP_TIMEOUT`].
+    pub async fn query_line(&mut self, sql: &str) -> anyhow::Result<String> {
+        self.stdin.write_all(format!("{sql}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        let line = tokio::time::timeout(STEP_TIMEOUT, self.stdout.next_line()).await??;
+        line.context("psql closed its output")
+    }
+
+    /// Sends a query expected to fail because the connection was cut, closes stdin and
+    /// returns psql's exit success and stderr.
+    ///
+    /// # Errors
+    /// psql hangs past [`STEP_TIMEOUT`].
+    pub async fn finish_with(mut self, sql: &str) -> anyhow::Result<(bool, String)> {
+        let _ = self.stdin.write_all(format!("{sql}\n").as_bytes()).await;
+        drop(self.stdin);
+        let out = tokio::time::timeout(STEP_TIMEOUT, self.child.wait_with_output()).await??;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+/// Fails if `secret` occurs in any of `(label, text)`; the message names where, never the
+/// secret.
+///
+/// # Errors
+/// The first place the secret was found.
+pub fn assert_no_leak<'a>(
+    secret: &SecretString,
+    places: impl IntoIterator<Item = (String, &'a str)>,
+) -> anyhow::Result<()> {
+    let needle = secret.expose_secret();
+    for (label, text) in places {
+        if text.contains(needle) {
+            bail!("the upstream secret leaked into {label}");
+        }
+    }
+    Ok(())
+}
+
+/// Every regular file under `dir` (recursively) as `(path, lossy text)`.
+pub fn files_under(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => {
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    out.push((
+                        path.display().to_string(),
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}

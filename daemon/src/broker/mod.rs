@@ -162,7 +162,7 @@ impl Broker {
               agent = %spec.agent.agent_type, state = ?record.state, "access request");
         let mut state = self.state();
         state.requests.insert(id.clone(), record);
-        Response::AccessRequest(view_request(&state, &id))
+        Response::AccessRequest(Box::new(view_request(&state, &id)))
     }
 
     /// Looks up a request.
@@ -174,7 +174,7 @@ impl Broker {
                 format!("no access request {request_id}; request ids look like r_…"),
             );
         }
-        Response::AccessRequest(view_request(&state, request_id))
+        Response::AccessRequest(Box::new(view_request(&state, request_id)))
     }
 
     /// Daemon status.

@@ -31,7 +31,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon in the foreground (logs to stderr; AGENTD_LOG sets the level).
+    /// Run the daemon in the foreground. Logs go to stderr (AGENTD_LOG sets the level); once
+    /// the control socket is bound it prints one line on stdout: {"ready":true,"socket":…,"pid":…}.
     Daemon,
     /// Show whether the daemon is up, and its active grants and pending requests.
     Status(JsonFlag),
