@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket (daemon not running) or it cannot be reached.
-    #[error("cannot reach the agentd daemon at {path}: {source}")]
+    #[error("cannot reach the agentd daemon at {path}")]
     Connect {
         /// The socket path.
         path: PathBuf,

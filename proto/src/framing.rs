@@ -14,7 +14,7 @@ pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The socket failed or the length prefix exceeded [`MAX_FRAME_BYTES`].
-    #[error("control socket I/O: {0}")]
+    #[error("control socket I/O")]
     Io(#[from] std::io::Error),
     /// The frame body was not the expected JSON.
     #[error("malformed control message: {0}")]

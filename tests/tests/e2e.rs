@@ -50,17 +50,19 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
         .to_owned();
     let env = handle_env(handle);
 
-    // Real psql through the proxy: rows, and the upstream leg is TLS.
+    // Real psql through the proxy: rows; the upstream leg is TLS, logged in as the
+    // permission's role, with the client's application_name forwarded.
     let (ok, out, err) = psql(
         &env,
         "SELECT string_agg(customer, ',' ORDER BY id) FROM orders; \
-         SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(); SELECT current_user",
+         SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(); SELECT current_user; \
+         SELECT current_setting('application_name')",
     )
     .await?;
     assert!(ok, "psql failed: {err}");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["ada,grace,linus", "t", "agent_ro"]
+        ["ada,grace,linus", "t", "agent_ro", "psql"]
     );
 
     // get_request returns the same grant.
@@ -350,6 +352,48 @@ async fn shim_reports_errors_as_tool_errors() -> anyhow::Result<()> {
         bad_duration.raw
     );
     mcp.close().await?;
+    daemon.stop().await?;
+    Ok(())
+}
+
+/// The daemon itself refuses control connections from another uid, even when the socket's
+/// file permissions are opened up (defence in depth behind the 0700 directory).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_refuses_other_uids() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if agentd_proto::socket::current_uid() != 0 {
+        eprintln!("SKIPPED: needs root to connect as another user (runuser -u postgres)");
+        return Ok(());
+    }
+    let sandbox = sandbox(SandboxOptions::default()).await?;
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&sandbox.socket_path, std::fs::Permissions::from_mode(0o666))?;
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin("agentd"))
+            .arg("--socket")
+            .arg(&sandbox.socket_path)
+            .args(["status", "--json"])
+            .output(),
+    )
+    .await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "another uid got a status: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("serves only the user that started it"),
+        "{stderr}"
+    );
+    assert!(daemon
+        .log()
+        .contains("refused control connection from another user"));
     daemon.stop().await?;
     Ok(())
 }

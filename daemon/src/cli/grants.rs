@@ -22,8 +22,10 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
             bail!("daemon not running; start it with `agentd daemon`");
         }
     };
-    let Response::Status(status) = response else {
-        bail!("unexpected reply from the daemon: {response:?}")
+    let status = match response {
+        Response::Status(status) => status,
+        Response::Error { code, message } => bail!("{message} ({code:?})"),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
     };
     if json {
         let mut value = serde_json::to_value(&status)?;

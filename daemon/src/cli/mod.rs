@@ -148,9 +148,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Sends one request to the daemon; a daemon-side error becomes an `Err`.
 pub(crate) async fn call(socket: &std::path::Path, request: Request) -> anyhow::Result<Response> {
-    let mut client = Client::connect(socket)
-        .await
-        .map_err(|e| anyhow!("{e}\nIs the daemon running? Start it with `agentd daemon`."))?;
+    let mut client = Client::connect(socket).await.map_err(|e| {
+        anyhow!(
+            "{:#}\nIs the daemon running? Start it with `agentd daemon`.",
+            anyhow::Error::from(e)
+        )
+    })?;
     match client.call(request).await? {
         Response::Error { code, message } => bail!("{message} ({code:?})"),
         other => Ok(other),

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+/// How long a refused peer gets to send its first request before the refusal is sent.
+const REFUSAL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds the control socket at `path` (mode 0600 on Unix; the directory must be private).
 ///
 /// # Errors
@@ -86,6 +89,13 @@ async fn serve_connection(stream: Stream, broker: Arc<Broker>) {
             code: ErrorCode::Denied,
             message: "this agentd daemon serves only the user that started it".to_owned(),
         });
+        // Read the peer's first request (bounded in size and time) before answering, so the
+        // refusal reaches it instead of a broken pipe.
+        let _ = tokio::time::timeout(
+            REFUSAL_READ_TIMEOUT,
+            framing::recv::<_, serde_json::Value>(&mut framed),
+        )
+        .await;
         let _ = framing::send(&mut framed, &reply).await;
         return;
     }
