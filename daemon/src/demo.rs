@@ -65,6 +65,9 @@ pub struct SandboxOptions {
     pub password: Option<SecretString>,
     /// `[daemon] listen_host` (default loopback).
     pub listen_host: Option<String>,
+    /// Make [`ROLE`] the owner of [`DATABASE`] and its `public` schema (for tests that
+    /// create tables, e.g. `pgbench -i`); otherwise it may only SELECT from `orders`.
+    pub role_owns_database: bool,
 }
 
 impl Default for SandboxOptions {
@@ -74,6 +77,7 @@ impl Default for SandboxOptions {
             max_ttl: "1h".to_owned(),
             password: None,
             listen_host: None,
+            role_owns_database: false,
         }
     }
 }
@@ -98,6 +102,12 @@ impl Sandbox {
             .password
             .unwrap_or_else(|| SecretString::from(format!("demo-{}", random_hex())));
         seed_database(&cluster, &password)?;
+        if options.role_owns_database {
+            cluster.psql(
+                DATABASE,
+                &format!("ALTER DATABASE {DATABASE} OWNER TO {ROLE};\nALTER SCHEMA public OWNER TO {ROLE};\n"),
+            )?;
+        }
         let dir = tempfile::Builder::new().prefix("agentd-demo-").tempdir()?;
         #[cfg(unix)]
         {

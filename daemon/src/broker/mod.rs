@@ -342,6 +342,7 @@ impl Broker {
             cut_reason: Default::default(),
             live_connections: Default::default(),
             total_connections: Default::default(),
+            cancels: Default::default(),
         });
         let addr = pg::spawn(listener.clone(), self.config.daemon.listen_host)
             .await

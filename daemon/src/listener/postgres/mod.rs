@@ -1,13 +1,16 @@
 //! The PostgreSQL listener a grant opens on loopback.
 //!
 //! One TCP listener per grant, on an ephemeral port. Each accepted connection goes through:
-//! [`startup`] (SSLRequest/GSSENCRequest → `N`, StartupMessage, 10,000-byte cap) →
-//! [`auth`] (SCRAM-SHA-256 with the grant token) → [`upstream`] (TLS + login with the real
-//! secret) → AuthenticationOk → [`relay`] (bytes pass through until either side closes or
-//! the grant ends). Errors go to the client as an ErrorResponse and close only that
+//! [`startup`] (SSLRequest/GSSENCRequest → `N`, StartupMessage, 10,000-byte cap,
+//! NegotiateProtocolVersion for 3.x > 3.0) → [`auth`] (SCRAM-SHA-256 with the grant token)
+//! → [`upstream`] (TLS + login with the real secret) → AuthenticationOk, the server's
+//! ParameterStatus messages and our own BackendKeyData ([`cancel`]) → [`relay`] (bytes pass
+//! through until either side closes or the grant ends). A CancelRequest with one of our keys
+//! is forwarded upstream. Errors go to the client as an ErrorResponse and close only that
 //! connection.
 
 pub mod auth;
+pub mod cancel;
 pub mod relay;
 pub mod startup;
 pub mod upstream;
@@ -23,7 +26,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn, Instrument};
 use upstream::UpstreamTarget;
 
 /// Time a client has to finish startup and authentication, in seconds.
@@ -46,6 +49,8 @@ pub struct GrantListener {
     pub live_connections: AtomicU32,
     /// Authenticated sessions so far.
     pub total_connections: AtomicU64,
+    /// Our BackendKeyData per live session → the upstream backend's, for CancelRequests.
+    pub cancels: Arc<cancel::CancelRegistry>,
 }
 
 impl GrantListener {
@@ -89,6 +94,7 @@ async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
 }
 
 /// Why a session ended before the relay; split into what the client sees and what is logged.
+/// An empty `client_message` means the client was already told (or cannot be).
 #[derive(Debug)]
 struct Refusal {
     sqlstate: &'static str,
@@ -119,12 +125,14 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<Gr
     }
     let _ = stream.set_nodelay(true);
     let handshake = tokio::time::timeout(AUTH_TIMEOUT, handshake(&mut stream, &grant));
-    let upstream = match handshake.await {
-        Ok(Ok(Some(upstream))) => upstream,
+    let (upstream, _cancel_registration) = match handshake.await {
+        Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,
         Ok(Err(refusal)) => {
             warn!(reason = %refusal.log_message, "session refused");
-            wire::send_fatal(&mut stream, refusal.sqlstate, &refusal.client_message).await;
+            if !refusal.client_message.is_empty() {
+                wire::send_fatal(&mut stream, refusal.sqlstate, &refusal.client_message).await;
+            }
             return;
         }
         Err(_) => {
@@ -153,22 +161,28 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<Gr
     );
 }
 
-/// Startup, client auth, upstream login. `Ok(None)` for a CancelRequest (handled and done).
+/// Startup, client auth, upstream login, and the login tail up to ReadyForQuery. `Ok(None)`
+/// for a CancelRequest (handled and done).
 async fn handshake(
     stream: &mut TcpStream,
     grant: &GrantListener,
-) -> Result<Option<upstream::UpstreamStream>, Refusal> {
+) -> Result<Option<(upstream::UpstreamStream, cancel::Registration)>, Refusal> {
     let params = match startup::read_startup(stream).await {
         Ok(Startup::Session(p)) => p,
-        Ok(Startup::Cancel { .. }) => {
-            debug!("CancelRequest ignored (no session matches)");
+        Ok(Startup::Cancel(key)) => {
+            handle_cancel(grant, key).await;
             return Ok(None);
         }
         Err(e) => return Err(startup_refusal(e)),
     };
+    if params.needs_negotiation() {
+        let mut buf = BytesMut::new();
+        startup::put_negotiate_protocol_version(&mut buf, &params.protocol_options);
+        write_client(stream, &buf).await?;
+    }
     authenticate(stream, grant, &params).await?;
     check_database(grant, &params)?;
-    let upstream = upstream::connect(&grant.upstream, &params)
+    let mut upstream = upstream::connect(&grant.upstream, &params)
         .await
         .map_err(|e| {
             Refusal::new(
@@ -179,11 +193,93 @@ async fn handshake(
         })?;
     let mut ok = BytesMut::new();
     wire::put_authentication(&mut ok, 0, &[]);
+    write_client(stream, &ok).await?;
+    let registration = finish_login(&mut upstream, stream, grant).await?;
+    Ok(Some((upstream, registration)))
+}
+
+async fn write_client(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Refusal> {
     stream
-        .write_all(&ok)
+        .write_all(bytes)
         .await
-        .map_err(|e| Refusal::new("08006", String::new(), format!("client write: {e}")))?;
-    Ok(Some(upstream))
+        .map_err(|e| Refusal::new("08006", String::new(), format!("client write: {e}")))
+}
+
+/// Largest message accepted between AuthenticationOk and ReadyForQuery, in bytes
+/// (ParameterStatus, NoticeResponse, BackendKeyData are small).
+const MAX_LOGIN_TAIL_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Passes the upstream's messages after AuthenticationOk (ParameterStatus, NoticeResponse)
+/// to the client up to and including ReadyForQuery, replacing BackendKeyData with a key of
+/// our own registered for cancellation.
+async fn finish_login(
+    upstream: &mut upstream::UpstreamStream,
+    client: &mut TcpStream,
+    grant: &GrantListener,
+) -> Result<cancel::Registration, Refusal> {
+    let protocol = |what: String| {
+        Refusal::new(
+            "08P01",
+            format!(
+                "agentd: upstream {} broke the protocol during login",
+                grant.upstream.resource
+            ),
+            what,
+        )
+    };
+    let mut out = BytesMut::new();
+    let mut registration = None;
+    loop {
+        let msg = wire::read_message(upstream, MAX_LOGIN_TAIL_MESSAGE_BYTES)
+            .await
+            .map_err(|e| protocol(format!("upstream login tail: {e}")))?;
+        match msg.kind {
+            b'K' => {
+                let key = cancel::BackendKey::from_body(&msg.body)
+                    .ok_or_else(|| protocol("malformed BackendKeyData".into()))?;
+                let (ours, guard) = grant.cancels.register(key);
+                wire::put_message(&mut out, b'K', &ours.to_body());
+                registration = Some(guard);
+            }
+            b'E' => {
+                // A post-auth failure (e.g. too many connections): the client sees the
+                // server's own ErrorResponse.
+                wire::put_message(&mut out, b'E', &msg.body);
+                let _ = client.write_all(&out).await;
+                let fields = wire::parse_error_fields(&msg.body);
+                let code = fields
+                    .iter()
+                    .find(|(f, _)| *f == b'C')
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                return Err(Refusal::new(
+                    "08P01",
+                    String::new(), // the client already has the server's ErrorResponse
+                    format!("upstream ErrorResponse {code} after AuthenticationOk"),
+                ));
+            }
+            kind => {
+                wire::put_message(&mut out, kind, &msg.body);
+                if kind == b'Z' {
+                    break;
+                }
+            }
+        }
+    }
+    write_client(client, &out).await?;
+    registration.ok_or_else(|| protocol("no BackendKeyData before ReadyForQuery".into()))
+}
+
+/// Forwards a CancelRequest whose key matches one of this grant's sessions; any other is
+/// ignored, as PostgreSQL does (the requester learns nothing either way).
+async fn handle_cancel(grant: &GrantListener, key: cancel::BackendKey) {
+    match grant.cancels.lookup(key) {
+        Some(upstream_key) => match cancel::forward(&grant.upstream, upstream_key).await {
+            Ok(()) => info!("CancelRequest forwarded upstream"),
+            Err(e) => warn!(error = %e, "CancelRequest could not be forwarded"),
+        },
+        None => info!("CancelRequest with an unknown key ignored"),
+    }
 }
 
 fn startup_refusal(e: StartupError) -> Refusal {

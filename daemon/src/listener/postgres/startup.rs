@@ -5,6 +5,7 @@
 //! length (counting itself), an Int32 code, then a body; we cap it at
 //! [`MAX_STARTUP_PACKET_BYTES`] as Neon's proxy does.
 
+use super::cancel::{BackendKey, CANCEL_REQUEST_CODE};
 use super::wire::{take_cstr, WireError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -15,7 +16,6 @@ pub const MAX_STARTUP_PACKET_BYTES: usize = 10_000;
 pub const PROTOCOL_3_0: i32 = 196_608;
 const SSL_REQUEST_CODE: i32 = 80_877_103;
 const GSSENC_REQUEST_CODE: i32 = 80_877_104;
-const CANCEL_REQUEST_CODE: i32 = 80_877_102;
 
 /// A parsed StartupMessage.
 #[derive(Debug, Clone, Default)]
@@ -26,9 +26,19 @@ pub struct StartupParams {
     pub database: Option<String>,
     /// Every other parameter in arrival order (`application_name`, `client_encoding`, …).
     pub options: Vec<(String, String)>,
+    /// The minor protocol version the client asked for (3.x); we speak 3.0.
+    pub protocol_minor: i32,
+    /// `_pq_.*` protocol options the client sent; we support none of them.
+    pub protocol_options: Vec<String>,
 }
 
 impl StartupParams {
+    /// True when the client must be sent NegotiateProtocolVersion: it asked for a newer
+    /// minor version than 3.0 or for `_pq_.*` options.
+    pub fn needs_negotiation(&self) -> bool {
+        self.protocol_minor > 0 || !self.protocol_options.is_empty()
+    }
+
     /// Value of a parameter other than `user`/`database`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.options
@@ -43,13 +53,8 @@ impl StartupParams {
 pub enum Startup {
     /// A StartupMessage for protocol 3.0.
     Session(StartupParams),
-    /// A CancelRequest: backend process id and secret key.
-    Cancel {
-        /// ProcessID from BackendKeyData.
-        process_id: i32,
-        /// SecretKey from BackendKeyData.
-        secret_key: i32,
-    },
+    /// A CancelRequest carrying the BackendKeyData we gave a session.
+    Cancel(BackendKey),
 }
 
 /// Startup failures; the message is safe to send to the client.
@@ -59,7 +64,7 @@ pub enum StartupError {
     #[error(transparent)]
     Wire(#[from] WireError),
     /// A protocol version we do not speak.
-    #[error("unsupported frontend protocol {major}.{minor}: agentd supports 3.0")]
+    #[error("unsupported frontend protocol {major}.{minor}: agentd supports 3.0 (and answers 3.x with NegotiateProtocolVersion)")]
     UnsupportedProtocol {
         /// Major version.
         major: i32,
@@ -98,7 +103,11 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
                 stream.flush().await.map_err(WireError::Io)?;
             }
             CANCEL_REQUEST_CODE => return parse_cancel(&body),
-            PROTOCOL_3_0 => return parse_startup_params(&body).map(Startup::Session),
+            code if code >> 16 == 3 => {
+                let mut params = parse_startup_params(&body)?;
+                params.protocol_minor = code & 0xffff;
+                return Ok(Startup::Session(params));
+            }
             other => {
                 return Err(StartupError::UnsupportedProtocol {
                     major: other >> 16,
@@ -107,6 +116,22 @@ pub async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Appends a NegotiateProtocolVersion message: we speak 3.0 and none of `options`.
+///
+/// Format ("Message Formats" → NegotiateProtocolVersion): `v`, Int32 length, Int32 newest
+/// minor version supported, Int32 count of unrecognised options, then each option name
+/// as a String.
+pub fn put_negotiate_protocol_version(buf: &mut bytes::BytesMut, options: &[String]) {
+    let mut body = Vec::with_capacity(8 + options.iter().map(|o| o.len() + 1).sum::<usize>());
+    body.extend_from_slice(&0i32.to_be_bytes());
+    body.extend_from_slice(&(options.len() as i32).to_be_bytes());
+    for option in options {
+        body.extend_from_slice(option.as_bytes());
+        body.push(0);
+    }
+    super::wire::put_message(buf, b'v', &body);
 }
 
 /// Reads one startup packet: (code, body after the code).
@@ -126,15 +151,9 @@ async fn read_startup_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<(i32, Ve
 }
 
 fn parse_cancel(body: &[u8]) -> Result<Startup, StartupError> {
-    if body.len() != 8 {
-        return Err(WireError::Malformed("CancelRequest").into());
-    }
-    let process_id = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    let secret_key = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-    Ok(Startup::Cancel {
-        process_id,
-        secret_key,
-    })
+    BackendKey::from_body(body)
+        .map(Startup::Cancel)
+        .ok_or_else(|| WireError::Malformed("CancelRequest").into())
 }
 
 /// Parses the NUL-terminated name/value pairs of a StartupMessage body.
@@ -156,6 +175,7 @@ fn parse_startup_params(body: &[u8]) -> Result<StartupParams, StartupError> {
             "replication" if value != "false" && value != "off" && value != "0" => {
                 return Err(StartupError::Replication)
             }
+            _ if name.starts_with("_pq_.") => params.protocol_options.push(name),
             _ => params.options.push((name, value)),
         }
     }
@@ -230,5 +250,28 @@ mod tests {
             read_startup(&mut server).await,
             Err(StartupError::Replication)
         ));
+    }
+
+    #[tokio::test]
+    async fn protocol_3_2_and_pq_options_are_kept_for_negotiation() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let code = (3 << 16) | 2;
+        client
+            .write_all(&packet(code, b"user\0u\0_pq_.command_marker\0x\0\0"))
+            .await
+            .unwrap();
+        let Startup::Session(p) = read_startup(&mut server).await.unwrap() else {
+            panic!("expected a session")
+        };
+        assert_eq!(p.protocol_minor, 2);
+        assert_eq!(p.protocol_options, ["_pq_.command_marker"]);
+        assert!(p.options.is_empty());
+        assert!(p.needs_negotiation());
+        let mut buf = bytes::BytesMut::new();
+        put_negotiate_protocol_version(&mut buf, &p.protocol_options);
+        assert_eq!(
+            &buf[..],
+            b"v\0\0\0\x20\0\0\0\0\0\0\0\x01_pq_.command_marker\0"
+        );
     }
 }

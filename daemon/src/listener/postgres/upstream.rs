@@ -285,23 +285,43 @@ async fn connect_inner(
     target: &UpstreamTarget,
     client: &StartupParams,
 ) -> Result<UpstreamStream, UpstreamError> {
-    let addr = format!("{}:{}", target.host, target.port);
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|source| UpstreamError::Connect { addr, source })?;
-    let _ = tcp.set_nodelay(true);
-    let mut stream = match &target.tls {
-        None => UpstreamStream::Plain(tcp),
-        Some((connector, name)) => {
-            UpstreamStream::Tls(Box::new(start_tls(tcp, connector, name).await?))
-        }
-    };
+    let mut stream = open(target).await?;
     stream
         .write_all(&startup_message(target, client))
         .await
         .map_err(WireError::Io)?;
     authenticate(&mut stream, target).await?;
     Ok(stream)
+}
+
+/// Opens a byte stream to the upstream: TCP (nodelay, keepalive), then TLS when the
+/// resource asks for it. Used for sessions and for forwarding CancelRequests.
+///
+/// # Errors
+/// [`UpstreamError::Connect`], [`UpstreamError::TlsRefused`] or [`UpstreamError::Tls`].
+pub async fn open(target: &UpstreamTarget) -> Result<UpstreamStream, UpstreamError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp);
+    Ok(match &target.tls {
+        None => UpstreamStream::Plain(tcp),
+        Some((connector, name)) => {
+            UpstreamStream::Tls(Box::new(start_tls(tcp, connector, name).await?))
+        }
+    })
+}
+
+/// TCP keepalive on the upstream socket, so a vanished server or a dropped NAT entry ends
+/// an idle session instead of leaving it hanging: first probe after 60 s idle, then every
+/// 15 s.
+fn set_keepalive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15));
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
 async fn start_tls(

@@ -1,0 +1,589 @@
+//! Wire fidelity: real clients through the proxy behave as they do directly against
+//! PostgreSQL — cancel, protocol negotiation, extended protocol, COPY, LISTEN/NOTIFY,
+//! errors, pgbench, psycopg — and hostile startup packets end only their own connection.
+
+use agentd::demo::{Sandbox, SandboxOptions};
+use agentd_tests::*;
+use bytes::BytesMut;
+use futures_util::{SinkExt as _, StreamExt as _, TryStreamExt as _};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+
+/// A sandbox, its daemon and one granted handle.
+struct Proxy {
+    sandbox: Sandbox,
+    daemon: DaemonProcess,
+    handle: Value,
+}
+
+impl Proxy {
+    async fn start(options: SandboxOptions) -> anyhow::Result<Self> {
+        let sandbox = sandbox(options).await?;
+        let daemon = DaemonProcess::start(&sandbox).await?;
+        let out = agentd_cli(
+            &sandbox,
+            &[
+                "request",
+                RESOURCE,
+                "--permission",
+                PERMISSION,
+                "--ttl",
+                "30m",
+                "--json",
+            ],
+        )
+        .await?;
+        anyhow::ensure!(out.code == 0, "request failed: {}", out.stderr);
+        let handle = out.json()?["handle"].clone();
+        Ok(Self {
+            sandbox,
+            daemon,
+            handle,
+        })
+    }
+
+    fn port(&self) -> u16 {
+        self.handle["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(0)
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        handle_env(&self.handle)
+    }
+
+    /// tokio-postgres config for the proxy.
+    fn config(&self) -> Config {
+        let mut c = Config::new();
+        c.host("127.0.0.1")
+            .port(self.port())
+            .user(self.handle["user"].as_str().unwrap_or_default())
+            .password(
+                self.handle["env"]["PGPASSWORD"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+            .dbname(DATABASE)
+            .connect_timeout(STEP_TIMEOUT);
+        c
+    }
+
+    /// tokio-postgres config for a direct superuser connection over the Unix socket.
+    fn direct_config(&self) -> Config {
+        let mut c = Config::new();
+        c.host_path(&self.sandbox.cluster.socket_dir)
+            .port(self.sandbox.cluster.port)
+            .user("postgres")
+            .dbname(DATABASE);
+        c
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        let log = self.daemon.log();
+        self.daemon.stop().await?;
+        assert_no_leak(
+            &self.sandbox.upstream_password,
+            [("daemon log".to_owned(), log.as_str())],
+        )
+    }
+}
+
+/// Connects and drives the connection on a task; notifications go to the returned channel.
+async fn connect(
+    config: &Config,
+) -> anyhow::Result<(Client, tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>)> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            let _ = tx.send(message);
+        }
+    });
+    Ok((client, rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_reaches_the_right_backend_and_wrong_keys_do_nothing() -> anyhow::Result<()>
+{
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let (client, _) = connect(&proxy.config()).await?;
+
+    // A wrong key is ignored: the statement runs to completion.
+    let sleeper = {
+        let (c, _) = connect(&proxy.config()).await?;
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(1)").await.map(|_| ()) })
+    };
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    let wrong = agentd::listener::postgres::cancel::BackendKey {
+        process_id: 12345,
+        secret_key: 678,
+    };
+    raw.write_all(&wrong.cancel_request()).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP_TIMEOUT, raw.read_to_end(&mut rest)).await??;
+    assert!(rest.is_empty(), "a CancelRequest gets no reply");
+    tokio::time::timeout(STEP_TIMEOUT, sleeper).await???;
+
+    // The client's own key cancels its running statement.
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = client.simple_query("SELECT pg_sleep(30)").await;
+        (result, started.elapsed())
+    });
+    wait_for_active_query(&proxy.sandbox, "pg_sleep(30)").await?;
+    token.cancel_query(NoTls).await?;
+    let (result, elapsed) = tokio::time::timeout(STEP_TIMEOUT, running).await??;
+    let err = result
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("pg_sleep(30) was not cancelled"))?;
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err}"
+    );
+    eprintln!("cancelled pg_sleep(30) after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(20));
+    proxy.finish().await
+}
+
+/// Waits until the cluster shows `query` running for the demo role: the event the cancel
+/// tests need before they cancel.
+async fn wait_for_active_query(sandbox: &Sandbox, query: &str) -> anyhow::Result<()> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'agent_ro' AND state = 'active' AND query LIKE '%{query}%'"
+    );
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while Instant::now() < deadline {
+        let sandbox_sql = sql.clone();
+        let out = sandbox.cluster.psql("postgres", &sandbox_sql)?;
+        if out.trim() != "0" {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{query} never showed up in pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_ctrl_c_cancels_through_the_proxy() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let child = psql_command(&proxy.env())
+        .args(["-c", "SELECT pg_sleep(30)"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_for_active_query(&proxy.sandbox, "pg_sleep(30)").await?;
+    let started = Instant::now();
+    let pid = child.id().unwrap_or(0);
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    let out = tokio::time::timeout(STEP_TIMEOUT, child.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("psql returned {:?} after Ctrl-C", started.elapsed());
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    proxy.finish().await
+}
+
+/// A client asking for protocol 3.2 and a `_pq_` option gets NegotiateProtocolVersion (3.0,
+/// the option listed) and then logs in normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_3_2_client_gets_negotiate_protocol_version() -> anyhow::Result<()> {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    let user = proxy.handle["user"].as_str().unwrap_or_default().to_owned();
+    let token = proxy.handle["env"]["PGPASSWORD"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut body = Vec::new();
+    body.extend_from_slice(&((3 << 16) | 2i32).to_be_bytes());
+    for (k, v) in [
+        ("user", user.as_str()),
+        ("database", DATABASE),
+        ("_pq_.test_option", "1"),
+    ] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    s.write_all(&((body.len() + 4) as i32).to_be_bytes())
+        .await?;
+    s.write_all(&body).await?;
+
+    let (kind, negotiate) = read_msg(&mut s).await?;
+    assert_eq!(kind, b'v');
+    assert_eq!(
+        &negotiate[..8],
+        &[0, 0, 0, 0, 0, 0, 0, 1],
+        "newest minor 0, one option"
+    );
+    assert_eq!(&negotiate[8..], b"_pq_.test_option\0");
+
+    // SCRAM-SHA-256 login with the grant token, then one query.
+    let (kind, auth) = read_msg(&mut s).await?;
+    assert_eq!((kind, &auth[..4]), (b'R', &10i32.to_be_bytes()[..]));
+    let mut scram = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
+    let mut first = b"SCRAM-SHA-256\0".to_vec();
+    first.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
+    first.extend_from_slice(scram.message());
+    send_msg(&mut s, b'p', &first).await?;
+    let (_, cont) = read_msg(&mut s).await?;
+    scram.update(&cont[4..])?;
+    send_msg(&mut s, b'p', scram.message()).await?;
+    let (_, fin) = read_msg(&mut s).await?;
+    scram.finish(&fin[4..])?;
+    loop {
+        let (kind, _) = read_msg(&mut s).await?;
+        if kind == b'Z' {
+            break;
+        }
+        assert_ne!(kind, b'E');
+    }
+    send_msg(&mut s, b'Q', b"SELECT 6 * 7\0").await?;
+    let mut kinds = Vec::new();
+    let mut value = Vec::new();
+    loop {
+        let (kind, body) = read_msg(&mut s).await?;
+        kinds.push(kind);
+        if kind == b'D' {
+            value = body[6..].to_vec();
+        }
+        if kind == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(kinds, b"TDCZ");
+    assert_eq!(value, b"42");
+    proxy.finish().await
+}
+
+async fn read_msg(s: &mut tokio::net::TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+    let kind = tokio::time::timeout(STEP_TIMEOUT, s.read_u8()).await??;
+    let len = s.read_i32().await?;
+    anyhow::ensure!((4..1 << 20).contains(&len), "bad length {len}");
+    let mut body = vec![0; len as usize - 4];
+    s.read_exact(&mut body).await?;
+    Ok((kind, body))
+}
+
+async fn send_msg(s: &mut tokio::net::TcpStream, kind: u8, body: &[u8]) -> anyhow::Result<()> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[kind]);
+    buf.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    buf.extend_from_slice(body);
+    s.write_all(&buf).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_startup_packets_close_only_their_connection() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let (client, _) = connect(&proxy.config()).await?;
+
+    // Oversized: a length past the 10,000-byte cap gets an ErrorResponse, then close.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    s.write_all(&100_000i32.to_be_bytes()).await?;
+    s.write_all(&196_608i32.to_be_bytes()).await?;
+    let (kind, body) = read_msg(&mut s).await?;
+    assert_eq!(kind, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("08P01"));
+
+    // Lengths of 0 and 2^31-1, and an unknown request code: each closed with an error,
+    // never a hang.
+    // (Each sends exactly what the listener reads before it gives up, so the close is a FIN
+    // and the ErrorResponse can be read, not a reset.)
+    let random_code = b"\0\0\0\x10\xde\xad\xbe\xef\x01\x02\x03\x04\x05\x06\x07\x08".to_vec();
+    for first in [
+        0i32.to_be_bytes().to_vec(),
+        i32::MAX.to_be_bytes().to_vec(),
+        random_code,
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+        s.write_all(&first).await?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(STEP_TIMEOUT, s.read_to_end(&mut rest)).await??;
+        assert_eq!(rest.first(), Some(&b'E'), "{first:?}");
+    }
+
+    // Truncated: the packet ends early and the client goes away.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    s.write_all(&[0, 0, 0, 100, 0, 3, 0, 0, b'u']).await?;
+    s.shutdown().await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP_TIMEOUT, s.read_to_end(&mut rest)).await??;
+
+    // The established session is untouched.
+    let rows = client.query_one("SELECT count(*) FROM orders", &[]).await?;
+    assert_eq!(rows.get::<_, i64>(0), 3);
+    proxy.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_copy_notify_and_errors_match_direct() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions {
+        role_owns_database: true,
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let (client, mut notes) = connect(&proxy.config()).await?;
+    let (direct, _) = connect(&proxy.direct_config()).await?;
+
+    // Pipelined extended-protocol queries: all in flight at once.
+    let statement = client
+        .prepare("SELECT $1::int * 2, repeat('x', $1::int)")
+        .await?;
+    let (client_ref, statement_ref) = (&client, &statement);
+    let futures =
+        (0..50i32).map(|i| async move { client_ref.query_one(statement_ref, &[&i]).await });
+    let rows = futures_util::future::try_join_all(futures).await?;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.get::<_, i32>(0), 2 * i as i32);
+        assert_eq!(row.get::<_, String>(1).len(), i);
+    }
+
+    // A large row.
+    let big: String = client
+        .query_one("SELECT repeat('y', 8 * 1024 * 1024)", &[])
+        .await?
+        .get(0);
+    assert_eq!(big.len(), 8 * 1024 * 1024);
+
+    // COPY FROM STDIN then TO STDOUT, > 100 MB each way; compared with what the server has.
+    client
+        .batch_execute("CREATE TABLE bulk (id int, body text)")
+        .await?;
+    let sink = client.copy_in("COPY bulk FROM STDIN").await?;
+    futures_util::pin_mut!(sink);
+    let line_body = "z".repeat(1000);
+    let mut sent = 0usize;
+    for chunk in 0..1100 {
+        let mut buf = BytesMut::new();
+        for i in 0..100 {
+            buf.extend_from_slice(format!("{}\t{line_body}\n", chunk * 100 + i).as_bytes());
+        }
+        sent += buf.len();
+        sink.send(buf.freeze()).await?;
+    }
+    let copied = sink.finish().await?;
+    assert_eq!(copied, 110_000);
+    assert!(sent > 100 * 1024 * 1024, "sent {sent} bytes");
+    let stream = client
+        .copy_out("COPY (SELECT * FROM bulk ORDER BY id) TO STDOUT")
+        .await?;
+    let received: usize = stream
+        .map_ok(|b| b.len())
+        .try_fold(0, |a, n| async move { Ok(a + n) })
+        .await?;
+    assert_eq!(received, sent);
+    let direct_count: i64 = direct
+        .query_one("SELECT count(*) FROM bulk", &[])
+        .await?
+        .get(0);
+    assert_eq!(direct_count, 110_000);
+
+    // LISTEN/NOTIFY across two proxied sessions.
+    client.batch_execute("LISTEN agentd_events").await?;
+    let (other, _) = connect(&proxy.config()).await?;
+    other
+        .batch_execute("NOTIFY agentd_events, 'payload-1'")
+        .await?;
+    let note = tokio::time::timeout(STEP_TIMEOUT, async {
+        while let Some(m) = notes.recv().await {
+            if let AsyncMessage::Notification(n) = m {
+                return Some(n);
+            }
+        }
+        None
+    })
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("no notification"))?;
+    assert_eq!(
+        (note.channel(), note.payload()),
+        ("agentd_events", "payload-1")
+    );
+
+    // NoticeResponse passes through.
+    client
+        .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
+        .await?;
+    let notice = tokio::time::timeout(STEP_TIMEOUT, async {
+        while let Some(m) = notes.recv().await {
+            if let AsyncMessage::Notice(n) = m {
+                return Some(n.message().to_owned());
+            }
+        }
+        None
+    })
+    .await?;
+    assert_eq!(notice.as_deref(), Some("hello from plpgsql"));
+
+    // ErrorResponse keeps every field: same as direct.
+    let sql = "SELECT nope FROM orders";
+    let via = client
+        .simple_query(sql)
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().cloned());
+    let dir = direct
+        .simple_query(sql)
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().cloned());
+    let (via, dir) = (
+        via.ok_or_else(|| anyhow::anyhow!("no error"))?,
+        dir.ok_or_else(|| anyhow::anyhow!("no error"))?,
+    );
+    assert_eq!(
+        (
+            via.code(),
+            via.message(),
+            via.severity(),
+            via.position(),
+            via.hint(),
+            via.routine()
+        ),
+        (
+            dir.code(),
+            dir.message(),
+            dir.severity(),
+            dir.position(),
+            dir.hint(),
+            dir.routine()
+        )
+    );
+
+    // ParameterStatus changes reach the client.
+    client
+        .batch_execute("SET application_name = 'renamed'")
+        .await?;
+    let name: String = client.query_one("SHOW application_name", &[]).await?.get(0);
+    assert_eq!(name, "renamed");
+
+    // pg_terminate_backend upstream ends the client with the server's FATAL, not a hang.
+    direct
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'agent_ro' AND application_name = 'renamed'")
+        .await?;
+    let err = tokio::time::timeout(STEP_TIMEOUT, client.simple_query("SELECT 1"))
+        .await?
+        .err();
+    let err = err.ok_or_else(|| anyhow::anyhow!("terminated session still answered"))?;
+    assert!(
+        err.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN) || err.is_closed(),
+        "{err}"
+    );
+    proxy.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_every_query_mode_through_the_proxy() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions {
+        role_owns_database: true,
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let pgbench = agentd::pgcluster::psql_path().with_file_name("pgbench");
+    let pgbench = if pgbench.is_file() {
+        pgbench
+    } else {
+        "pgbench".into()
+    };
+    let run = |args: Vec<&'static str>| {
+        let mut cmd = tokio::process::Command::new(&pgbench);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(proxy.env())
+            .kill_on_drop(true);
+        async move { tokio::time::timeout(Duration::from_secs(60), cmd.output()).await }
+    };
+    let init = run(vec!["-i", "-q", "-s", "1"]).await??;
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let direct = proxy
+        .sandbox
+        .cluster
+        .psql(DATABASE, "SELECT count(*) FROM pgbench_accounts")?;
+    assert_eq!(direct.trim(), "100000");
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run(vec!["-M", mode, "-c", "8", "-j", "2", "-T", "5", "-n"]).await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of failed transactions: 0"),
+            "{mode}: {stdout}"
+        );
+        let tps = stdout
+            .lines()
+            .find(|l| l.starts_with("tps"))
+            .unwrap_or_default();
+        eprintln!("pgbench -M {mode} -c 8 -T 5 through agentd: {tps}");
+    }
+    let history = proxy
+        .sandbox
+        .cluster
+        .psql(DATABASE, "SELECT count(*) > 0 FROM pgbench_history")?;
+    assert_eq!(history.trim(), "t");
+    proxy.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_gets_the_same_results_as_direct() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/psycopg_check.py");
+    let via_dsn = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={DATABASE} sslmode=disable",
+        proxy.port(),
+        proxy.handle["user"].as_str().unwrap_or_default(),
+        proxy.handle["env"]["PGPASSWORD"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    let direct_dsn = format!(
+        "host={} port={} user=postgres dbname={DATABASE}",
+        proxy.sandbox.cluster.socket_dir.display(),
+        proxy.sandbox.cluster.port
+    );
+    let mut outputs = Vec::new();
+    for dsn in [via_dsn, direct_dsn] {
+        let out = tokio::time::timeout(
+            STEP_TIMEOUT,
+            tokio::process::Command::new("python3")
+                .arg(&script)
+                .arg(dsn)
+                .output(),
+        )
+        .await??;
+        assert!(
+            out.status.success(),
+            "psycopg: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(serde_json::from_slice::<Value>(&out.stdout)?);
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(
+        outputs[0]["after_copy_in"],
+        serde_json::json!([1100, 25090])
+    );
+    proxy.finish().await
+}
