@@ -426,3 +426,33 @@ pub fn files_under(dir: &Path) -> Vec<(String, String)> {
     }
     out
 }
+
+/// `agentd request demo --permission read_only --ttl TTL --json`, which must succeed.
+///
+/// # Errors
+/// The CLI fails or exits non-zero (its stderr is in the error).
+pub async fn request_via_cli(sandbox: &Sandbox, ttl: &str) -> anyhow::Result<CliOutput> {
+    let out = agentd_cli(
+        sandbox,
+        &[
+            "request",
+            RESOURCE,
+            "--permission",
+            PERMISSION,
+            "--ttl",
+            ttl,
+            "--json",
+        ],
+    )
+    .await?;
+    anyhow::ensure!(out.code == 0, "agentd request failed: {}", out.stderr);
+    Ok(out)
+}
+
+/// The listener port in a handle JSON (0 when absent).
+pub fn handle_port(handle: &Value) -> u16 {
+    handle["port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(0)
+}

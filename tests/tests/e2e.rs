@@ -126,20 +126,7 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
 async fn grant_expiry_cuts_sessions_and_refuses_new_ones() -> anyhow::Result<()> {
     let sandbox = sandbox(SandboxOptions::default()).await?;
     let daemon = DaemonProcess::start(&sandbox).await?;
-    let out = agentd_cli(
-        &sandbox,
-        &[
-            "request",
-            RESOURCE,
-            "--permission",
-            PERMISSION,
-            "--ttl",
-            "3s",
-            "--json",
-        ],
-    )
-    .await?;
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = request_via_cli(&sandbox, "3s").await?;
     let view = out.json()?;
     let env = handle_env(&view["handle"]);
 
@@ -207,22 +194,11 @@ async fn refused_with(
 async fn wrong_token_and_wrong_port_get_an_error_response() -> anyhow::Result<()> {
     let sandbox = sandbox(SandboxOptions::default()).await?;
     let daemon = DaemonProcess::start(&sandbox).await?;
-    let request = |_: ()| {
-        agentd_cli(
-            &sandbox,
-            &["request", RESOURCE, "--permission", PERMISSION, "--json"],
-        )
-    };
-    let a = request(()).await?.json()?;
-    let b = request(()).await?.json()?;
+    let a = request_via_cli(&sandbox, "10m").await?.json()?;
+    let b = request_via_cli(&sandbox, "10m").await?.json()?;
     let (a, b) = (&a["handle"], &b["handle"]);
     let loopback: IpAddr = [127, 0, 0, 1].into();
-    let port = |h: &serde_json::Value| {
-        h["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(0)
-    };
+    let port = handle_port;
     let token = |h: &serde_json::Value| {
         h["env"]["PGPASSWORD"]
             .as_str()
@@ -272,17 +248,9 @@ async fn non_loopback_peer_is_refused() -> anyhow::Result<()> {
     };
     let sandbox = sandbox(options).await?;
     let daemon = DaemonProcess::start(&sandbox).await?;
-    let view = agentd_cli(
-        &sandbox,
-        &["request", RESOURCE, "--permission", PERMISSION, "--json"],
-    )
-    .await?
-    .json()?;
+    let view = request_via_cli(&sandbox, "10m").await?.json()?;
     let handle = &view["handle"];
-    let port = handle["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(0);
+    let port = handle_port(handle);
     let token = handle["env"]["PGPASSWORD"].as_str().unwrap_or_default();
     let user = handle["user"].as_str().unwrap_or_default();
     let (code, message) = refused_with(ip, port, user, token).await?;

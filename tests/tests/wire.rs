@@ -22,21 +22,7 @@ impl Proxy {
     async fn start(options: SandboxOptions) -> anyhow::Result<Self> {
         let sandbox = sandbox(options).await?;
         let daemon = DaemonProcess::start(&sandbox).await?;
-        let out = agentd_cli(
-            &sandbox,
-            &[
-                "request",
-                RESOURCE,
-                "--permission",
-                PERMISSION,
-                "--ttl",
-                "30m",
-                "--json",
-            ],
-        )
-        .await?;
-        anyhow::ensure!(out.code == 0, "request failed: {}", out.stderr);
-        let handle = out.json()?["handle"].clone();
+        let handle = request_via_cli(&sandbox, "30m").await?.json()?["handle"].clone();
         Ok(Self {
             sandbox,
             daemon,
@@ -45,10 +31,7 @@ impl Proxy {
     }
 
     fn port(&self) -> u16 {
-        self.handle["port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(0)
+        handle_port(&self.handle)
     }
 
     fn env(&self) -> Vec<(String, String)> {
