@@ -264,7 +264,11 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
 async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     let listener = crate::control::bind(&sandbox.socket_path)
         .with_context(|| format!("binding {}", sandbox.socket_path.display()))?;
-    let broker = Broker::new(sandbox.config()?, sandbox.config_path.clone());
+    let broker = Broker::new(
+        sandbox.config()?,
+        sandbox.config_path.clone(),
+        Some(sandbox.dir.path().join("pg")),
+    );
     let stop = CancellationToken::new();
     let server = tokio::spawn(crate::control::serve(
         listener,

@@ -300,6 +300,10 @@ pub struct Handle {
     pub host: String,
     /// Listener TCP port.
     pub port: u16,
+    /// Directory of the grant's Unix-socket listener (libpq `host=DIR port=PORT`, i.e. the
+    /// socket `DIR/.s.PGSQL.PORT`); absent where Unix sockets are not available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_dir: Option<String>,
     /// Database name to connect to.
     pub database: String,
     /// User name to present to the listener (the grant id).
@@ -313,6 +317,7 @@ impl std::fmt::Debug for Handle {
         f.debug_struct("Handle")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("socket_dir", &self.socket_dir)
             .field("database", &self.database)
             .field("user", &self.user)
             .field("token", &"[REDACTED]")

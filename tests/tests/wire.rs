@@ -570,3 +570,126 @@ async fn psycopg3_gets_the_same_results_as_direct() -> anyhow::Result<()> {
     );
     proxy.finish().await
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_listener_serves_libpq_and_goes_away_on_revoke() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let dir = proxy.handle["socket_dir"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(!dir.is_empty(), "no socket_dir in {}", proxy.handle);
+    let socket = std::path::Path::new(&dir).join(format!(".s.PGSQL.{}", proxy.port()));
+    assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&socket)?.permissions().mode() & 0o777,
+        0o600
+    );
+
+    // libpq's host=/dir form, with the same user, token and port.
+    let mut env = proxy.env();
+    for (k, v) in &mut env {
+        if k == "PGHOST" {
+            *v = dir.clone();
+        }
+    }
+    let (ok, out, err) = psql(&env, "SELECT count(*) FROM orders").await?;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "3");
+
+    let grant = proxy.handle["user"].as_str().unwrap_or_default().to_owned();
+    let revoked = agentd_cli(&proxy.sandbox, &["revoke", &grant]).await?;
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    // The listener task removes the socket once it has stopped; psql then cannot connect.
+    let (ok, _, _) = psql(&env, "SELECT 1").await?;
+    assert!(!ok, "the Unix socket still served a revoked grant");
+    proxy.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_give_the_agent_a_clear_error_and_no_secret() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let entry = agentd::credentials::keychain::entry_name(RESOURCE, PERMISSION);
+    let wrong = canary_password();
+    let service = proxy.sandbox.keyring_service.clone();
+    let (s, e, w) = (service.clone(), entry.clone(), wrong.clone());
+    tokio::task::spawn_blocking(move || agentd::credentials::keychain::set(&s, &e, &w)).await??;
+
+    // A new grant picks up the wrong stored secret: upstream refuses it.
+    let handle = request_via_cli(&proxy.sandbox, "5m").await?.json()?["handle"].clone();
+    let (ok, _, err) = psql(&handle_env(&handle), "SELECT 1").await?;
+    assert!(!ok);
+    assert!(err.contains("refused agentd's stored credential"), "{err}");
+    let log = proxy.daemon.log();
+    assert!(log.contains("28P01"), "the log has the real reason");
+
+    // Upstream down: existing grant, new connection → "unreachable", quickly.
+    let down = proxy.sandbox.cluster.stop();
+    down?;
+    let (ok, _, err) = psql(&proxy.env(), "SELECT 1").await?;
+    assert!(!ok);
+    assert!(err.contains("is unreachable"), "{err}");
+
+    let log = proxy.daemon.log();
+    assert_no_leak(
+        &wrong,
+        [
+            ("daemon log".to_owned(), log.as_str()),
+            ("psql".to_owned(), err.as_str()),
+        ],
+    )?;
+    proxy.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_scripts_with_copy_and_many_statements_match_direct() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let data = proxy.sandbox.dir.path().join("rows.tsv");
+    let rows: String = (0..5000).map(|i| format!("{i}\tname {i}\n")).collect();
+    std::fs::write(&data, &rows)?;
+    let script = format!(
+        "CREATE TEMP TABLE t (id int, name text);\n\
+         \\copy t FROM '{path}'\n\
+         SELECT count(*), sum(id), max(name) FROM t;\n\
+         BEGIN; DELETE FROM t WHERE id % 2 = 0; SELECT count(*) FROM t; ROLLBACK;\n\
+         SELECT count(*) FROM t WHERE name LIKE 'name 4%';\n\
+         \\copy (SELECT * FROM t ORDER BY id LIMIT 3) TO STDOUT\n",
+        path = data.display()
+    );
+    let script_path = proxy.sandbox.dir.path().join("script.sql");
+    std::fs::write(&script_path, &script)?;
+    let run = |env: Vec<(String, String)>| {
+        let mut cmd = psql_command(&env);
+        cmd.args(["-At", "-f"]).arg(&script_path);
+        async move { tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await }
+    };
+    let via = run(proxy.env()).await??;
+    assert!(
+        via.status.success(),
+        "{}",
+        String::from_utf8_lossy(&via.stderr)
+    );
+    let direct_env = vec![
+        (
+            "PGHOST".to_owned(),
+            proxy.sandbox.cluster.socket_dir.display().to_string(),
+        ),
+        ("PGPORT".to_owned(), proxy.sandbox.cluster.port.to_string()),
+        ("PGUSER".to_owned(), "postgres".to_owned()),
+        ("PGDATABASE".to_owned(), DATABASE.to_owned()),
+    ];
+    let direct = run(direct_env).await??;
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&via.stdout),
+        String::from_utf8_lossy(&direct.stdout)
+    );
+    assert!(String::from_utf8_lossy(&via.stdout).contains("5000|12497500|name 999"));
+    proxy.finish().await
+}

@@ -46,6 +46,7 @@ struct GrantRecord {
     created_at: SystemTime,
     expires_at: SystemTime,
     listener_addr: std::net::SocketAddr,
+    socket_dir: Option<PathBuf>,
     database: String,
     token: SecretString,
     listener: Arc<GrantListener>,
@@ -62,17 +63,26 @@ struct State {
 pub struct Broker {
     config: Arc<Config>,
     config_path: PathBuf,
+    /// Where per-grant Unix-socket listeners go (`ROOT/<grant id>/.s.PGSQL.<port>`); `None`
+    /// for TCP only.
+    unix_socket_root: Option<PathBuf>,
     started: Instant,
     state: Mutex<State>,
     shutdown: CancellationToken,
 }
 
 impl Broker {
-    /// A broker over `config` (read from `config_path`, kept for status output).
-    pub fn new(config: Config, config_path: PathBuf) -> Arc<Self> {
+    /// A broker over `config` (read from `config_path`, kept for status output). Grants get
+    /// a Unix-socket listener under `unix_socket_root` (a private directory) besides TCP.
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        unix_socket_root: Option<PathBuf>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config: Arc::new(config),
             config_path,
+            unix_socket_root,
             started: Instant::now(),
             state: Mutex::new(State::default()),
             shutdown: CancellationToken::new(),
@@ -347,6 +357,7 @@ impl Broker {
         let addr = pg::spawn(listener.clone(), self.config.daemon.listen_host)
             .await
             .map_err(|e| format!("cannot open a local listener: {e}"))?;
+        let socket_dir = self.open_unix_listener(&listener, &grant_id, addr.port());
         let now = SystemTime::now();
         let grant = GrantRecord {
             id: grant_id.clone(),
@@ -358,6 +369,7 @@ impl Broker {
             created_at: now,
             expires_at: now + request.duration,
             listener_addr: addr,
+            socket_dir,
             database: resource.database.clone(),
             token,
             listener,
@@ -370,6 +382,32 @@ impl Broker {
         self.schedule_expiry(grant_id.clone(), request.duration);
         info!(grant = %grant_id, %addr, ttl_seconds = request.duration.as_secs(), "grant active");
         Ok(grant_id)
+    }
+
+    /// Opens the grant's Unix-socket listener; a failure is logged and the grant keeps its
+    /// TCP listener.
+    fn open_unix_listener(
+        &self,
+        listener: &Arc<GrantListener>,
+        grant_id: &str,
+        port: u16,
+    ) -> Option<PathBuf> {
+        #[cfg(unix)]
+        {
+            let dir = self.unix_socket_root.as_ref()?.join(grant_id);
+            match pg::spawn_unix(listener.clone(), &dir, port) {
+                Ok(_) => Some(dir),
+                Err(e) => {
+                    warn!(error = %e, dir = %dir.display(), "no Unix-socket listener for this grant");
+                    None
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (listener, grant_id, port);
+            None
+        }
     }
 
     fn schedule_expiry(self: &Arc<Self>, grant_id: String, ttl: Duration) {
@@ -488,6 +526,7 @@ fn handle_for(g: &GrantRecord) -> Handle {
         env,
         host,
         port,
+        socket_dir: g.socket_dir.as_ref().map(|d| d.display().to_string()),
         database: g.database.clone(),
         user: g.id.clone(),
         expires_at: unix(g.expires_at),

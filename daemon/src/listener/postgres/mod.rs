@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
@@ -124,7 +124,13 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<Gr
         return;
     }
     let _ = stream.set_nodelay(true);
-    let handshake = tokio::time::timeout(AUTH_TIMEOUT, handshake(&mut stream, &grant));
+    serve_session(stream, &grant).await;
+}
+
+/// Startup, authentication, upstream login, then the relay, for one client connection of
+/// any transport (TCP or Unix socket).
+async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, grant: &GrantListener) {
+    let handshake = tokio::time::timeout(AUTH_TIMEOUT, handshake(&mut stream, grant));
     let (upstream, _cancel_registration) = match handshake.await {
         Ok(Ok(Some(session))) => session,
         Ok(Ok(None)) => return,
@@ -161,10 +167,84 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<Gr
     );
 }
 
+/// Binds the grant's Unix socket `dir/.s.PGSQL.<port>` (the name libpq derives from
+/// `host=dir port=<port>`), mode 0600 in a 0700 `dir`, and serves it until the grant is cut;
+/// then removes the socket and `dir`. Only peers with our uid are served.
+///
+/// # Errors
+/// Creating `dir` or binding failed.
+#[cfg(unix)]
+pub fn spawn_unix(
+    grant: Arc<GrantListener>,
+    dir: &std::path::Path,
+    port: u16,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let span =
+        tracing::info_span!("unix_listener", grant = %grant.grant_id, path = %path.display());
+    let (dir, socket) = (dir.to_path_buf(), path.clone());
+    tokio::spawn(
+        async move {
+            unix_accept_loop(listener, grant).await;
+            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        .instrument(span),
+    );
+    Ok(path)
+}
+
+#[cfg(unix)]
+async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantListener>) {
+    let uid = agentd_proto::socket::current_uid();
+    loop {
+        let mut stream = tokio::select! {
+            _ = grant.cut.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+        let grant = grant.clone();
+        let span = tracing::info_span!("session", peer = "unix", ?peer_uid);
+        tokio::spawn(
+            async move {
+                if peer_uid != Some(uid) {
+                    warn!("refused Unix-socket peer with another uid");
+                    wire::send_fatal(
+                        &mut stream,
+                        "28000",
+                        "agentd: this socket serves only the user running agentd",
+                    )
+                    .await;
+                    return;
+                }
+                serve_session(stream, &grant).await;
+            }
+            .instrument(span),
+        );
+    }
+    info!("listener closed");
+}
+
 /// Startup, client auth, upstream login, and the login tail up to ReadyForQuery. `Ok(None)`
 /// for a CancelRequest (handled and done).
-async fn handshake(
-    stream: &mut TcpStream,
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     grant: &GrantListener,
 ) -> Result<Option<(upstream::UpstreamStream, cancel::Registration)>, Refusal> {
     let params = match startup::read_startup(stream).await {
@@ -198,7 +278,7 @@ async fn handshake(
     Ok(Some((upstream, registration)))
 }
 
-async fn write_client(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Refusal> {
+async fn write_client<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), Refusal> {
     stream
         .write_all(bytes)
         .await
@@ -212,9 +292,9 @@ const MAX_LOGIN_TAIL_MESSAGE_BYTES: usize = 64 * 1024;
 /// Passes the upstream's messages after AuthenticationOk (ParameterStatus, NoticeResponse)
 /// to the client up to and including ReadyForQuery, replacing BackendKeyData with a key of
 /// our own registered for cancellation.
-async fn finish_login(
+async fn finish_login<S: AsyncWrite + Unpin>(
     upstream: &mut upstream::UpstreamStream,
-    client: &mut TcpStream,
+    client: &mut S,
     grant: &GrantListener,
 ) -> Result<cancel::Registration, Refusal> {
     let protocol = |what: String| {
@@ -291,8 +371,8 @@ fn startup_refusal(e: StartupError) -> Refusal {
     Refusal::new(code, format!("agentd: {e}"), format!("startup: {e}"))
 }
 
-async fn authenticate(
-    stream: &mut TcpStream,
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     grant: &GrantListener,
     params: &StartupParams,
 ) -> Result<(), Refusal> {
