@@ -68,7 +68,7 @@ impl GrantListener {
 pub async fn spawn(grant: Arc<GrantListener>, host: IpAddr) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind((host, 0)).await?;
     let addr = listener.local_addr()?;
-    let span = tracing::info_span!("listener", grant = %grant.grant_id, %addr);
+    let span = tracing::info_span!(parent: None, "listener", grant = %grant.grant_id, %addr);
     tokio::spawn(accept_loop(listener, grant).instrument(span));
     Ok(addr)
 }
@@ -189,8 +189,7 @@ pub fn spawn_unix(
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let span =
-        tracing::info_span!("unix_listener", grant = %grant.grant_id, path = %path.display());
+    let span = tracing::info_span!(parent: None, "unix_listener", grant = %grant.grant_id, path = %path.display());
     let (dir, socket) = (dir.to_path_buf(), path.clone());
     tokio::spawn(
         async move {
