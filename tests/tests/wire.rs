@@ -89,6 +89,23 @@ async fn connect(
     Ok((client, rx))
 }
 
+/// The first asynchronous message `pick` accepts (others are skipped), within
+/// [`STEP_TIMEOUT`]; `None` when the connection ended first.
+async fn next_message<T>(
+    messages: &mut tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>,
+    mut pick: impl FnMut(AsyncMessage) -> Option<T>,
+) -> anyhow::Result<Option<T>> {
+    Ok(tokio::time::timeout(STEP_TIMEOUT, async {
+        while let Some(m) = messages.recv().await {
+            if let Some(found) = pick(m) {
+                return Some(found);
+            }
+        }
+        None
+    })
+    .await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_reaches_the_right_backend_and_wrong_keys_do_nothing() -> anyhow::Result<()>
 {
@@ -383,13 +400,9 @@ async fn extended_protocol_copy_notify_and_errors_match_direct() -> anyhow::Resu
     other
         .batch_execute("NOTIFY agentd_events, 'payload-1'")
         .await?;
-    let note = tokio::time::timeout(STEP_TIMEOUT, async {
-        while let Some(m) = notes.recv().await {
-            if let AsyncMessage::Notification(n) = m {
-                return Some(n);
-            }
-        }
-        None
+    let note = next_message(&mut notes, |m| match m {
+        AsyncMessage::Notification(n) => Some(n),
+        _ => None,
     })
     .await?
     .ok_or_else(|| anyhow::anyhow!("no notification"))?;
@@ -402,13 +415,9 @@ async fn extended_protocol_copy_notify_and_errors_match_direct() -> anyhow::Resu
     client
         .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$")
         .await?;
-    let notice = tokio::time::timeout(STEP_TIMEOUT, async {
-        while let Some(m) = notes.recv().await {
-            if let AsyncMessage::Notice(n) = m {
-                return Some(n.message().to_owned());
-            }
-        }
-        None
+    let notice = next_message(&mut notes, |m| match m {
+        AsyncMessage::Notice(n) => Some(n.message().to_owned()),
+        _ => None,
     })
     .await?;
     assert_eq!(notice.as_deref(), Some("hello from plpgsql"));

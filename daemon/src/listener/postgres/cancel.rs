@@ -64,9 +64,18 @@ impl BackendKey {
 }
 
 /// The sessions of one grant that can be cancelled: our key → the upstream backend's key.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CancelRegistry {
     sessions: Mutex<HashMap<i32, (i32, BackendKey)>>,
+}
+
+impl std::fmt::Debug for CancelRegistry {
+    /// Shows only how many sessions are registered, never a key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelRegistry")
+            .field("sessions", &self.len())
+            .finish()
+    }
 }
 
 /// Removes its session from the registry when dropped (the session ended).

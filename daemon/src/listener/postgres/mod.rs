@@ -325,16 +325,13 @@ async fn finish_login<S: AsyncWrite + Unpin>(
                 // server's own ErrorResponse.
                 wire::put_message(&mut out, b'E', &msg.body);
                 let _ = client.write_all(&out).await;
-                let fields = wire::parse_error_fields(&msg.body);
-                let code = fields
-                    .iter()
-                    .find(|(f, _)| *f == b'C')
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("");
                 return Err(Refusal::new(
                     "08P01",
                     String::new(), // the client already has the server's ErrorResponse
-                    format!("upstream ErrorResponse {code} after AuthenticationOk"),
+                    format!(
+                        "upstream after AuthenticationOk: {}",
+                        upstream::refused(&msg.body)
+                    ),
                 ));
             }
             kind => {

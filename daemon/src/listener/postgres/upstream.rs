@@ -458,7 +458,8 @@ async fn authenticate(
     }
 }
 
-fn refused(body: &[u8]) -> UpstreamError {
+/// The [`UpstreamError::Refused`] for an ErrorResponse body (its SQLSTATE and message).
+pub fn refused(body: &[u8]) -> UpstreamError {
     let fields = parse_error_fields(body);
     let get = |t: u8| {
         fields
