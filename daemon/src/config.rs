@@ -6,6 +6,14 @@
 //! ```toml
 //! [daemon]
 //! keyring_service = "agentd"      # keychain service name the secrets live under
+//! data_dir = "/var/lib/agentd"     # audit log + state; default $XDG_DATA_HOME/agentd
+//! pending_timeout = "10m"          # pending access requests expire after this
+//! notify = true                    # desktop notification on a new pending request
+//!
+//! [audit]
+//! statements = true                # record SQL statements, not only connections
+//! max_file_bytes = 67108864        # rotate the audit file at this size (min 4096)
+//! fsync = true                     # fsync after every record
 //!
 //! [resources.app-db]
 //! kind = "postgres"
@@ -20,10 +28,26 @@
 //! description = "SELECT on all tables"
 //! username = "agent_ro"
 //! credential = { source = "keyring" }   # `agentd secret set app-db read_only`
-//! policy = "auto"                        # auto | approval | deny
+//! policy = "approval"                    # auto | approval | deny, when no rule matches
 //! default_ttl = "30m"
 //! max_ttl = "2h"
+//! over_max_ttl = "clamp"                 # clamp | refuse requests longer than max_ttl
+//!
+//! # Rules are tried in order; the first whose agents and window both match decides.
+//! [[resources.app-db.permissions.read_only.rules]]
+//! agents = ["claude-code", "cursor"]     # agent types; empty or absent = any agent
+//! window = { days = ["mon", "tue", "wed", "thu", "fri"], start = "09:00", end = "18:00" }
+//! policy = "auto"
+//! max_ttl = "30m"                        # overrides the permission's max_ttl
+//!
+//! [[resources.app-db.permissions.read_only.rules]]
+//! window = { start = "22:00", end = "06:00" }   # overnight: 22:00 to 06:00 the next day
+//! policy = "deny"
 //! ```
+//!
+//! Windows are local time, `start` inclusive and `end` exclusive. When `end` is before
+//! `start` the window runs overnight, and `days` names the day it *starts* on: `days =
+//! ["fri"]` with 22:00–06:00 is Friday 22:00 to Saturday 06:00. See [`crate::policy`].
 //!
 //! Errors name the file, the line and column, and the field (from `toml`'s spans).
 
@@ -72,6 +96,9 @@ pub struct Config {
     /// Daemon-wide settings.
     #[serde(default)]
     pub daemon: DaemonSettings,
+    /// The audit log (`[audit]`).
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// Resources by name.
     #[serde(default)]
     pub resources: BTreeMap<String, Resource>,
@@ -91,6 +118,17 @@ pub struct DaemonSettings {
     /// Upstream connect timeout (default `10s`).
     #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
+    /// Directory holding the audit log and the state file; must be absolute. `None` means
+    /// the platform default, see [`DaemonSettings::data_dir`].
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// How long an access request may stay pending (waiting for a human) before it expires
+    /// (humantime, default `10m`, at least `1s`).
+    #[serde(default = "default_pending_timeout", with = "humantime_serde_compat")]
+    pub pending_timeout: Duration,
+    /// Show a desktop notification when a new access request starts pending (default `true`).
+    #[serde(default = "default_true")]
+    pub notify: bool,
 }
 
 impl Default for DaemonSettings {
@@ -99,8 +137,66 @@ impl Default for DaemonSettings {
             keyring_service: default_keyring_service(),
             listen_host: default_listen_host(),
             connect_timeout: default_connect_timeout(),
+            data_dir: None,
+            pending_timeout: default_pending_timeout(),
+            notify: true,
         }
     }
+}
+
+impl DaemonSettings {
+    /// The data directory in force: `data_dir` when set, else the platform's local data
+    /// directory for `agentd` (`$XDG_DATA_HOME/agentd`, i.e. `~/.local/share/agentd`, on
+    /// Linux; `~/Library/Application Support/agentd` on macOS; `%LOCALAPPDATA%\agentd\data`
+    /// on Windows), else `./agentd-data` when no home directory is known. Not created here.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            directories::ProjectDirs::from("", "", "agentd")
+                .map(|d| d.data_local_dir().to_path_buf())
+                .unwrap_or_else(|| PathBuf::from("./agentd-data"))
+        })
+    }
+}
+
+/// The `[audit]` table: how the append-only audit log is written.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Record SQL statements (simple and extended protocol), not only connections and
+    /// grants (default `true`).
+    #[serde(default = "default_true")]
+    pub statements: bool,
+    /// Size in bytes at which the current audit file is rotated (default 64 MiB, at least
+    /// [`MIN_AUDIT_FILE_BYTES`]).
+    #[serde(default = "default_audit_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// `fsync` the file after every record (default `true`); off trades crash durability for
+    /// speed.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+/// Smallest allowed `audit.max_file_bytes`, in bytes.
+pub const MIN_AUDIT_FILE_BYTES: u64 = 4096;
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            statements: true,
+            max_file_bytes: default_audit_max_file_bytes(),
+            fsync: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_pending_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_audit_max_file_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_keyring_service() -> String {
@@ -179,15 +275,130 @@ pub struct Permission {
     /// Where the secret for `username` comes from.
     #[serde(default)]
     pub credential: CredentialSource,
-    /// `auto`, `approval` or `deny` (default `approval`).
+    /// `auto`, `approval` or `deny` when no rule matches (default `approval`).
     #[serde(default = "default_policy")]
     pub policy: PolicyDecision,
-    /// Duration when the request names none (default `15m`, never above `max_ttl`).
+    /// Duration when the request names none (humantime, default `15m`, at least `1s`, never
+    /// above the deciding `max_ttl`).
     #[serde(default, with = "humantime_serde_compat::option")]
     pub default_ttl: Option<Duration>,
-    /// Longest grant; longer requests are clamped to it (default `1h`).
+    /// Longest grant when no rule with its own `max_ttl` decides (humantime, default `1h`,
+    /// at least `1s`).
     #[serde(default = "default_max_ttl", with = "humantime_serde_compat")]
     pub max_ttl: Duration,
+    /// What happens to a request longer than the deciding `max_ttl`: `clamp` (default) or
+    /// `refuse`.
+    #[serde(default)]
+    pub over_max_ttl: OverMaxTtl,
+    /// Rules tried in order before `policy`; the first that matches the agent type and the
+    /// local time decides (`[[resources.R.permissions.P.rules]]`). See [`crate::policy`].
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// What to do with a request for longer than the permission's (or rule's) `max_ttl`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OverMaxTtl {
+    /// Grant `max_ttl` instead and say so (`clamped = true`).
+    #[default]
+    Clamp,
+    /// Refuse the request with an error naming `max_ttl`.
+    Refuse,
+}
+
+/// One policy rule of a permission. A rule matches when the agent type is in `agents` (or
+/// `agents` is empty) and the local time is inside `window` (or there is none).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Agent types the rule applies to, e.g. `claude-code`, `cursor`; compared exactly but
+    /// case-insensitively. Empty (or absent) means any agent. Letters, digits, `-`, `_`.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// When the rule applies (local time); `None` means always.
+    #[serde(default)]
+    pub window: Option<TimeWindow>,
+    /// The decision when this rule matches.
+    pub policy: PolicyDecision,
+    /// Longest grant when this rule decides (humantime, at least `1s`); the permission's
+    /// `max_ttl` when absent. May be above the permission's `max_ttl`.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub max_ttl: Option<Duration>,
+}
+
+/// A weekly local-time window: `start` inclusive, `end` exclusive, minute precision.
+///
+/// When `end < start` the window is overnight: it runs from `start` to `end` on the next
+/// day, and `days` names the day it starts on (`days = ["fri"]`, `22:00`–`06:00` is Friday
+/// 22:00 to Saturday 06:00). `end = "00:00"` means "until midnight". `start == end` is
+/// rejected at load.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    /// Days the window starts on, written `"mon"` … `"sun"`; empty (or absent) = every day.
+    #[serde(default, deserialize_with = "clock::weekdays")]
+    pub days: Vec<chrono::Weekday>,
+    /// Start, `"HH:MM"` 24-hour local time, inclusive.
+    #[serde(deserialize_with = "clock::time")]
+    pub start: chrono::NaiveTime,
+    /// End, `"HH:MM"` 24-hour local time, exclusive.
+    #[serde(deserialize_with = "clock::time")]
+    pub end: chrono::NaiveTime,
+}
+
+impl TimeWindow {
+    /// Whether the window runs past midnight into the next day (`end < start`).
+    pub fn is_overnight(&self) -> bool {
+        self.end < self.start
+    }
+}
+
+/// Parses `"HH:MM"` (24-hour; `H:MM` also accepted) into a time of day; `None` when it is
+/// not a valid time (e.g. `"25:00"`, `"9am"`).
+pub fn parse_clock_time(s: &str) -> Option<chrono::NaiveTime> {
+    let (h, m) = s.split_once(':')?;
+    let digits = |x: &str, max_len: usize| {
+        !x.is_empty() && x.len() <= max_len && x.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !digits(h, 2) || !digits(m, 2) || m.len() != 2 {
+        return None;
+    }
+    chrono::NaiveTime::from_hms_opt(h.parse().ok()?, m.parse().ok()?, 0)
+}
+
+/// Parses a day name, `"mon"` … `"sun"` (full names too, any case); `None` otherwise.
+pub fn parse_weekday(s: &str) -> Option<chrono::Weekday> {
+    s.parse().ok()
+}
+
+/// Serde helpers for [`TimeWindow`]; `Config::parse` checks the same strings first so that
+/// its errors name the exact field (`…rules[0].window.start`).
+mod clock {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn time<'de, D: Deserializer<'de>>(d: D) -> Result<chrono::NaiveTime, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_clock_time(&s)
+            .ok_or_else(|| serde::de::Error::custom(super::invalid_time_message(&s)))
+    }
+
+    pub fn weekdays<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<chrono::Weekday>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                super::parse_weekday(s)
+                    .ok_or_else(|| serde::de::Error::custom(super::invalid_day_message(s)))
+            })
+            .collect()
+    }
+}
+
+fn invalid_time_message(s: &str) -> String {
+    format!("invalid time {s:?}; use HH:MM, 24-hour, 00:00 to 23:59")
+}
+fn invalid_day_message(s: &str) -> String {
+    format!("invalid day {s:?}; use mon, tue, wed, thu, fri, sat or sun")
 }
 
 fn default_policy() -> PolicyDecision {
@@ -267,6 +478,16 @@ impl Config {
     /// # Errors
     /// As [`Config::load`], minus `Read`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        // Time windows first, on the untyped table, so their errors carry the rule's index
+        // (`resources.app.permissions.ro.rules[0].window.start`); anything else malformed is
+        // left to the typed parse below.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            check_windows(&table).map_err(|(field, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            })?;
+        }
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: describe_toml_error(&e, text),
@@ -281,6 +502,26 @@ impl Config {
             field,
             message: message.to_owned(),
         };
+        if self.daemon.pending_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "daemon.pending_timeout".to_owned(),
+                "must be at least 1s",
+            ));
+        }
+        if let Some(dir) = &self.daemon.data_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "daemon.data_dir".to_owned(),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        if self.audit.max_file_bytes < MIN_AUDIT_FILE_BYTES {
+            return Err(invalid(
+                "audit.max_file_bytes".to_owned(),
+                &format!("must be at least {MIN_AUDIT_FILE_BYTES}"),
+            ));
+        }
         for (name, res) in &self.resources {
             if !valid_name(name) {
                 return Err(invalid(
@@ -311,12 +552,44 @@ impl Config {
                 if perm.max_ttl < Duration::from_secs(1) {
                     return Err(invalid(field("max_ttl"), "must be at least 1s"));
                 }
+                if perm.default_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
+                    return Err(invalid(field("default_ttl"), "must be at least 1s"));
+                }
                 if perm.username.is_empty() {
                     return Err(invalid(field("username"), "must not be empty"));
+                }
+                for (i, rule) in perm.rules.iter().enumerate() {
+                    for (j, agent) in rule.agents.iter().enumerate() {
+                        if !valid_name(agent) {
+                            return Err(invalid(
+                                field(&format!("rules[{i}].agents[{j}]")),
+                                &format!("invalid agent type {agent:?}; agent types may use letters, digits, '-' and '_' only"),
+                            ));
+                        }
+                    }
+                    if rule.max_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
+                        return Err(invalid(
+                            field(&format!("rules[{i}].max_ttl")),
+                            "must be at least 1s",
+                        ));
+                    }
+                    if let Some(w) = &rule.window {
+                        if w.start == w.end {
+                            return Err(invalid(
+                                field(&format!("rules[{i}].window.end")),
+                                "start and end must differ (end before start means an overnight window)",
+                            ));
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Where the audit log is written: `daemon.data_dir()/audit`.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.daemon.data_dir().join("audit")
     }
 
     /// Looks up a resource and one of its permissions.
@@ -324,6 +597,48 @@ impl Config {
         let res = self.resources.get(resource)?;
         Some((res, res.permissions.get(permission)?))
     }
+}
+
+/// Checks every `resources.R.permissions.P.rules[i].window`'s `start`, `end` and `days`
+/// strings in the untyped table; the error is `(field, message)`. Values of the wrong type
+/// are skipped here (the typed parse reports them with line and column).
+fn check_windows(table: &toml::Table) -> Result<(), (String, String)> {
+    let tables = |v: Option<&toml::Value>| {
+        v.and_then(toml::Value::as_table)
+            .into_iter()
+            .flat_map(|t| t.iter())
+            .filter_map(|(k, v)| Some((k.clone(), v.as_table()?.clone())))
+            .collect::<Vec<_>>()
+    };
+    for (rname, res) in tables(table.get("resources")) {
+        for (pname, perm) in tables(res.get("permissions")) {
+            let rules = perm.get("rules").and_then(toml::Value::as_array);
+            for (i, rule) in rules.into_iter().flatten().enumerate() {
+                let Some(window) = rule.get("window").and_then(toml::Value::as_table) else {
+                    continue;
+                };
+                let field = |f: &str| {
+                    format!("resources.{rname}.permissions.{pname}.rules[{i}].window.{f}")
+                };
+                for key in ["start", "end"] {
+                    if let Some(s) = window.get(key).and_then(toml::Value::as_str) {
+                        if parse_clock_time(s).is_none() {
+                            return Err((field(key), invalid_time_message(s)));
+                        }
+                    }
+                }
+                let days = window.get("days").and_then(toml::Value::as_array);
+                for (j, day) in days.into_iter().flatten().enumerate() {
+                    if let Some(s) = day.as_str() {
+                        if parse_weekday(s).is_none() {
+                            return Err((field(&format!("days[{j}]")), invalid_day_message(s)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -440,5 +755,168 @@ default_ttl = "2h"
             .unwrap_err()
             .to_string();
         assert!(err.contains("polcy"), "{err}");
+    }
+
+    #[test]
+    fn new_settings_have_defaults() {
+        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!(c.daemon.pending_timeout, Duration::from_secs(600));
+        assert!(c.daemon.notify);
+        assert_eq!(c.daemon.data_dir, None);
+        assert!(
+            c.daemon.data_dir().ends_with("agentd") || c.daemon.data_dir().ends_with("agentd-data")
+        );
+        assert_eq!(c.audit, AuditSettings::default());
+        assert_eq!(c.audit.max_file_bytes, 64 * 1024 * 1024);
+        let (_, p) = c.permission("app", "ro").unwrap();
+        assert_eq!(p.over_max_ttl, OverMaxTtl::Clamp);
+        assert!(p.rules.is_empty());
+    }
+
+    #[test]
+    fn parses_daemon_audit_and_rules() {
+        let text = format!(
+            r#"
+[daemon]
+data_dir = "/srv/agentd"
+pending_timeout = "2m"
+notify = false
+[audit]
+statements = false
+max_file_bytes = 4096
+fsync = false
+{GOOD}
+over_max_ttl = "refuse"
+[[resources.app.permissions.ro.rules]]
+agents = ["claude-code", "Cursor"]
+window = {{ days = ["mon", "FRI", "sunday"], start = "22:00", end = "06:00" }}
+policy = "deny"
+max_ttl = "5m"
+[[resources.app.permissions.ro.rules]]
+policy = "approval"
+"#
+        );
+        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.daemon.data_dir(), PathBuf::from("/srv/agentd"));
+        assert_eq!(c.audit_dir(), PathBuf::from("/srv/agentd/audit"));
+        assert_eq!(c.daemon.pending_timeout, Duration::from_secs(120));
+        assert!(!c.daemon.notify);
+        assert!(!c.audit.statements && !c.audit.fsync);
+        let (_, p) = c.permission("app", "ro").unwrap();
+        assert_eq!(p.over_max_ttl, OverMaxTtl::Refuse);
+        assert_eq!(p.rules.len(), 2);
+        let w = p.rules[0].window.as_ref().unwrap();
+        use chrono::Weekday::*;
+        assert_eq!(w.days, vec![Mon, Fri, Sun]);
+        assert!(w.is_overnight());
+        assert_eq!(w.start, chrono::NaiveTime::from_hms_opt(22, 0, 0).unwrap());
+        assert_eq!(p.rules[0].max_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(p.rules[1].agents, Vec::<String>::new());
+        assert_eq!(p.rules[1].window, None);
+    }
+
+    #[test]
+    fn clock_times() {
+        for ok in ["00:00", "9:05", "23:59", "12:30"] {
+            assert!(parse_clock_time(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "25:00", "24:00", "12:60", "12", "12:5", "1200", "", ":30", "-1:00", "12:30:00", "9am",
+        ] {
+            assert!(parse_clock_time(bad).is_none(), "{bad}");
+        }
+    }
+
+    fn err_of(extra: &str) -> String {
+        Config::parse(&format!("{GOOD}{extra}"), Path::new("c.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn rule_errors_name_the_field() {
+        let rule = |body: &str| format!("[[resources.app.permissions.ro.rules]]\n{body}\n");
+        let cases = [
+            (
+                rule("policy = \"auto\"\nwindow = { start = \"25:00\", end = \"06:00\" }"),
+                "resources.app.permissions.ro.rules[0].window.start: invalid time \"25:00\"",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    rule("policy = \"auto\""),
+                    rule("policy = \"auto\"\nwindow = { start = \"09:00\", end = \"6pm\" }")
+                ),
+                "resources.app.permissions.ro.rules[1].window.end: invalid time \"6pm\"",
+            ),
+            (
+                rule("policy = \"auto\"\nwindow = { days = [\"mon\", \"funday\"], start = \"09:00\", end = \"17:00\" }"),
+                "resources.app.permissions.ro.rules[0].window.days[1]: invalid day \"funday\"",
+            ),
+            (
+                rule("policy = \"auto\"\nwindow = { start = \"09:00\", end = \"09:00\" }"),
+                "resources.app.permissions.ro.rules[0].window.end: start and end must differ",
+            ),
+            (
+                rule("policy = \"auto\"\nagents = [\"claude code\"]"),
+                "resources.app.permissions.ro.rules[0].agents[0]: invalid agent type \"claude code\"",
+            ),
+            (
+                rule("policy = \"auto\"\nmax_ttl = \"0s\""),
+                "resources.app.permissions.ro.rules[0].max_ttl: must be at least 1s",
+            ),
+            (
+                rule("policy = \"auto\"\nagent = [\"x\"]"),
+                "unknown field `agent`",
+            ),
+            (rule("agents = []"), "missing field `policy`"),
+            (
+                rule("policy = \"auto\"\nwindow = { start = \"09:00\", end = \"17:00\", tz = \"UTC\" }"),
+                "unknown field `tz`",
+            ),
+            (
+                "over_max_ttl = \"truncate\"\n".to_owned(),
+                "field resources.app.permissions.ro.over_max_ttl",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = err_of(&extra);
+            assert!(err.contains(want), "{extra}\n=> {err}\nwanted {want}");
+            assert!(err.contains("c.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn daemon_and_audit_limits() {
+        let with = |head: &str| {
+            Config::parse(&format!("{head}\n{GOOD}"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = with("[daemon]\npending_timeout = \"500ms\"");
+        assert!(
+            err.contains("daemon.pending_timeout: must be at least 1s"),
+            "{err}"
+        );
+        let err = with("[daemon]\ndata_dir = \"relative/dir\"");
+        assert!(
+            err.contains("daemon.data_dir: must be an absolute path"),
+            "{err}"
+        );
+        let err = with("[audit]\nmax_file_bytes = 4095");
+        assert!(
+            err.contains("audit.max_file_bytes: must be at least 4096"),
+            "{err}"
+        );
+        let err = with("[audit]\nrotate = true");
+        assert!(err.contains("unknown field `rotate`"), "{err}");
+        let bad = GOOD.replace("default_ttl = \"2h\"", "default_ttl = \"0s\"");
+        let err = Config::parse(&bad, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("resources.app.permissions.ro.default_ttl: must be at least 1s"),
+            "{err}"
+        );
     }
 }
