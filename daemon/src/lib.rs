@@ -3,7 +3,7 @@
 //! See `ARCHITECTURE.md` at the repository root for the map. In short: [`control`] serves
 //! the local control socket, [`broker`] turns access requests into grants, [`listener`]
 //! opens a PostgreSQL proxy per grant, [`credentials`] fetches upstream secrets, [`config`]
-//! reads the TOML config, [`pgcluster`] starts throwaway PostgreSQL clusters for the demo
+//! reads the TOML config, [`policy`] decides requests from it, [`pgcluster`] starts throwaway PostgreSQL clusters for the demo
 //! and the tests, and [`cli`] implements the `agentd` subcommands.
 
 pub mod broker;
@@ -15,3 +15,4 @@ pub mod daemon;
 pub mod demo;
 pub mod listener;
 pub mod pgcluster;
+pub mod policy;
