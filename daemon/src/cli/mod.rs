@@ -1,5 +1,6 @@
 //! The `agentd` command line: argument parsing (clap) and the subcommands.
 
+mod config_check;
 mod grants;
 mod secret;
 
@@ -48,6 +49,17 @@ pub enum Command {
     /// Run the whole path on a throwaway local PostgreSQL: cluster, grant, psql through the
     /// proxy; then clean up.
     Demo(DemoArgs),
+    /// Inspect the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `agentd config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the config; show each resource, permission and policy in plain
+    /// English, where the audit log goes, and warnings. Exit code 1 when it does not load.
+    Check(config_check::ConfigCheckArgs),
 }
 
 /// `--json` output for scripts.
@@ -143,6 +155,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(args) => grants::revoke(&cli.socket_path(), args).await,
         Command::Secret(cmd) => secret::run(&cli.config_path(), cmd).await,
         Command::Demo(args) => crate::demo::run(args.serve).await,
+        Command::Config(ConfigCommand::Check(args)) => {
+            match config_check::run(&cli.config_path(), args)? {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            }
+        }
     }
 }
 

@@ -1,0 +1,642 @@
+//! `agentd config check [--json]`: load and validate the config, then show what it means —
+//! per resource the upstream and TLS mode, per permission the login, the credential (and
+//! whether its secret is stored), the TTLs and the policy in plain English — plus where
+//! the audit log goes, and warnings about risky or dead settings.
+//!
+//! Secrets are only probed for presence (fetched and dropped at once, never printed), on a
+//! separate thread with a timeout so a locked desktop keychain cannot hang the check.
+
+use crate::config::{Config, CredentialSource, OverMaxTtl, Permission, Resource, TlsMode};
+use crate::credentials::{self, keychain, CredentialError};
+use crate::policy;
+use agentd_proto::PolicyDecision;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one keychain presence probe may take before the rest are skipped.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `agentd config check` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ConfigCheckArgs {
+    /// Print one JSON object `{ok, path, resources, warnings, error?}` instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Checks the config at `config_path` and prints the report (text or JSON) on stdout; in
+/// text mode a load error goes to stderr. Returns the process exit code: 0 when the config
+/// loads (warnings included), 1 when it does not (the message names the file, line,
+/// column and field).
+///
+/// # Errors
+/// Only when the report cannot be written (stdout closed) or serialized.
+pub fn run(config_path: &Path, args: &ConfigCheckArgs) -> anyhow::Result<i32> {
+    let report = check(config_path, &mut probe_keychain());
+    let code = if report.ok { 0 } else { 1 };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if let Some(error) = &report.error {
+        eprintln!("agentd: {error}");
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(code)
+}
+
+/// Whether a permission's secret is in the keychain. In JSON: `"present"`, `"missing"`,
+/// `"error"` (the message goes in `secret_error`) or `"unknown"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SecretStatus {
+    Present,
+    Missing,
+    /// The keychain failed (its message, never the secret).
+    Error(String),
+    /// Not probed: an earlier probe timed out.
+    Unknown,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    ok: bool,
+    path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<AuditReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_timeout_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notify: Option<bool>,
+    resources: Vec<ResourceReport>,
+    /// Every warning as `field: message`.
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct AuditReport {
+    dir: PathBuf,
+    statements: bool,
+    max_file_bytes: u64,
+    fsync: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ResourceReport {
+    name: String,
+    kind: &'static str,
+    host: String,
+    port: u16,
+    database: String,
+    tls: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_file: Option<PathBuf>,
+    permissions: Vec<PermissionReport>,
+    #[serde(skip)]
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PermissionReport {
+    name: String,
+    username: String,
+    credential: String,
+    #[serde(serialize_with = "secret_word")]
+    secret: SecretStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_error: Option<String>,
+    policy: PolicyDecision,
+    default_ttl: String,
+    default_ttl_seconds: u64,
+    max_ttl: String,
+    max_ttl_seconds: u64,
+    over_max_ttl: &'static str,
+    rules: usize,
+    explain: Vec<String>,
+    #[serde(skip)]
+    warnings: Vec<String>,
+}
+
+/// Builds the report; `probe(config, resource, permission)` says whether the secret is
+/// stored.
+fn check(path: &Path, probe: &mut dyn FnMut(&Config, &str, &str) -> SecretStatus) -> Report {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return Report {
+                ok: false,
+                path: path.to_owned(),
+                error: Some(e.to_string()),
+                data_dir: None,
+                audit: None,
+                pending_timeout: None,
+                pending_timeout_seconds: None,
+                notify: None,
+                resources: Vec::new(),
+                warnings: Vec::new(),
+            }
+        }
+    };
+    let resources: Vec<ResourceReport> = config
+        .resources
+        .iter()
+        .map(|(name, res)| resource_report(&config, name, res, probe))
+        .collect();
+    let mut warnings = Vec::new();
+    if resources.is_empty() {
+        warnings.push("resources: none configured; agents can request nothing".to_owned());
+    }
+    for r in &resources {
+        warnings.extend(r.warnings.iter().cloned());
+        for p in &r.permissions {
+            warnings.extend(p.warnings.iter().cloned());
+            // Shown on the permission's `secret:` line in text mode, so not in `p.warnings`.
+            let field = format!("resources.{}.permissions.{}", r.name, p.name);
+            match &p.secret {
+                SecretStatus::Missing => warnings.push(format!(
+                    "{field}: no secret stored; run `agentd secret set {} {}`",
+                    r.name, p.name
+                )),
+                SecretStatus::Error(message) => {
+                    warnings.push(format!("{field}: keychain error: {message}"));
+                }
+                SecretStatus::Present | SecretStatus::Unknown => {}
+            }
+        }
+    }
+    Report {
+        ok: true,
+        path: path.to_owned(),
+        error: None,
+        data_dir: Some(config.daemon.data_dir()),
+        audit: Some(AuditReport {
+            dir: config.audit_dir(),
+            statements: config.audit.statements,
+            max_file_bytes: config.audit.max_file_bytes,
+            fsync: config.audit.fsync,
+        }),
+        pending_timeout: Some(fmt(config.daemon.pending_timeout)),
+        pending_timeout_seconds: Some(config.daemon.pending_timeout.as_secs()),
+        notify: Some(config.daemon.notify),
+        resources,
+        warnings,
+    }
+}
+
+fn resource_report(
+    config: &Config,
+    name: &str,
+    res: &Resource,
+    probe: &mut dyn FnMut(&Config, &str, &str) -> SecretStatus,
+) -> ResourceReport {
+    let mut warnings = Vec::new();
+    match res.tls {
+        TlsMode::Require => warnings.push(format!(
+            "resources.{name}.tls: \"require\" encrypts but does not check the server's identity (an active attacker can impersonate it and collect the password); use \"verify-full\""
+        )),
+        TlsMode::Disable => warnings.push(format!(
+            "resources.{name}.tls: \"disable\" sends the upstream login in the clear over the network"
+        )),
+        TlsMode::VerifyFull => {}
+    }
+    if res.ca_file.is_some() && res.tls != TlsMode::VerifyFull {
+        warnings.push(format!(
+            "resources.{name}.ca_file: only used with tls = \"verify-full\""
+        ));
+    }
+    ResourceReport {
+        name: name.to_owned(),
+        kind: "postgres",
+        host: res.host.clone(),
+        port: res.port,
+        database: res.database.clone(),
+        tls: match res.tls {
+            TlsMode::Disable => "disable",
+            TlsMode::Require => "require",
+            TlsMode::VerifyFull => "verify-full",
+        },
+        ca_file: res.ca_file.clone(),
+        permissions: res
+            .permissions
+            .iter()
+            .map(|(pname, perm)| {
+                permission_report(name, pname, perm, probe(config, name, pname), config)
+            })
+            .collect(),
+        warnings,
+    }
+}
+
+fn permission_report(
+    resource: &str,
+    name: &str,
+    perm: &Permission,
+    secret: SecretStatus,
+    config: &Config,
+) -> PermissionReport {
+    let field = format!("resources.{resource}.permissions.{name}");
+    let mut warnings = Vec::new();
+    let long_auto = |max: Duration| max > policy::LONG_AUTO_TTL;
+    if perm.policy == PolicyDecision::Auto && long_auto(perm.max_ttl) {
+        warnings.push(format!(
+            "{field}: policy = \"auto\" with max_ttl {} (over {}): agents get long access with no human in the loop",
+            fmt(perm.max_ttl),
+            fmt(policy::LONG_AUTO_TTL)
+        ));
+    }
+    for (i, rule) in perm.rules.iter().enumerate() {
+        let max = rule.max_ttl.unwrap_or(perm.max_ttl);
+        if rule.policy == PolicyDecision::Auto && long_auto(max) {
+            warnings.push(format!(
+                "{field}.rules[{i}]: policy = \"auto\" with max_ttl {} (over {}): agents get long access with no human in the loop",
+                fmt(max),
+                fmt(policy::LONG_AUTO_TTL)
+            ));
+        }
+    }
+    for (shadowed, by) in policy::shadowed_rules(perm) {
+        warnings.push(format!(
+            "{field}.rules[{shadowed}]: can never match: rules[{by}] ({}) has no window and covers the same agents, so it always decides first",
+            policy::describe_rule(&perm.rules[by])
+        ));
+    }
+    if let Some(d) = perm.default_ttl {
+        if d > perm.max_ttl {
+            warnings.push(format!(
+                "{field}.default_ttl: {} is above max_ttl {}; requests without a duration get {}",
+                fmt(d),
+                fmt(perm.max_ttl),
+                fmt(perm.max_ttl)
+            ));
+        }
+    }
+    let default_ttl = perm.effective_default_ttl();
+    PermissionReport {
+        name: name.to_owned(),
+        username: perm.username.clone(),
+        credential: describe_credential(
+            &perm.credential,
+            &config.daemon.keyring_service,
+            resource,
+            name,
+        ),
+        secret_error: match &secret {
+            SecretStatus::Error(message) => Some(message.clone()),
+            _ => None,
+        },
+        secret,
+        policy: perm.policy,
+        default_ttl: fmt(default_ttl),
+        default_ttl_seconds: default_ttl.as_secs(),
+        max_ttl: fmt(perm.max_ttl),
+        max_ttl_seconds: perm.max_ttl.as_secs(),
+        over_max_ttl: match perm.over_max_ttl {
+            OverMaxTtl::Clamp => "clamp",
+            OverMaxTtl::Refuse => "refuse",
+        },
+        rules: perm.rules.len(),
+        explain: policy::explain(perm),
+        warnings,
+    }
+}
+
+fn secret_word<S: serde::Serializer>(status: &SecretStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match status {
+        SecretStatus::Present => "present",
+        SecretStatus::Missing => "missing",
+        SecretStatus::Error(_) => "error",
+        SecretStatus::Unknown => "unknown",
+    })
+}
+
+fn describe_credential(
+    source: &CredentialSource,
+    service: &str,
+    resource: &str,
+    permission: &str,
+) -> String {
+    match source {
+        CredentialSource::Keyring { entry } => {
+            let entry = entry
+                .clone()
+                .unwrap_or_else(|| keychain::entry_name(resource, permission));
+            format!("keychain entry {entry:?} (service {service:?})")
+        }
+    }
+}
+
+/// The real presence probe: `credentials::fetch_secret` on a thread, the secret dropped at
+/// once. After one timeout, every later probe answers `Unknown` without asking.
+fn probe_keychain() -> impl FnMut(&Config, &str, &str) -> SecretStatus {
+    let mut gave_up = false;
+    move |config, resource, permission| {
+        if gave_up {
+            return SecretStatus::Unknown;
+        }
+        let Some((_, perm)) = config.permission(resource, permission) else {
+            return SecretStatus::Unknown;
+        };
+        let (settings, source) = (config.daemon.clone(), perm.credential.clone());
+        let (resource, permission) = (resource.to_owned(), permission.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let status = match credentials::fetch_secret(&settings, &source, &resource, &permission)
+            {
+                Ok(secret) => {
+                    drop(secret);
+                    SecretStatus::Present
+                }
+                Err(CredentialError::Missing { .. }) => SecretStatus::Missing,
+                Err(CredentialError::Keychain { message, .. }) => SecretStatus::Error(message),
+            };
+            let _ = tx.send(status);
+        });
+        match rx.recv_timeout(PROBE_TIMEOUT) {
+            Ok(status) => status,
+            Err(_) => {
+                gave_up = true;
+                SecretStatus::Unknown
+            }
+        }
+    }
+}
+
+fn render_text(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "config {}: ok", report.path.display());
+    if let Some(audit) = &report.audit {
+        let _ = writeln!(
+            out,
+            "audit log: {} (statements {}, rotate at {} bytes, fsync {})",
+            audit.dir.display(),
+            on_off(audit.statements),
+            audit.max_file_bytes,
+            on_off(audit.fsync)
+        );
+    }
+    if let (Some(t), Some(n)) = (&report.pending_timeout, report.notify) {
+        let _ = writeln!(
+            out,
+            "pending requests expire after {t} (desktop notifications {})",
+            on_off(n)
+        );
+    }
+    for r in &report.resources {
+        let _ = writeln!(
+            out,
+            "\nresource {} ({}): {}:{}/{}",
+            r.name, r.kind, r.host, r.port, r.database
+        );
+        let ca = r
+            .ca_file
+            .as_ref()
+            .map(|p| format!(" (CA {})", p.display()))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  tls: {}{ca}", r.tls);
+        for w in &r.warnings {
+            let _ = writeln!(out, "  warning: {}", strip_field(w));
+        }
+        for p in &r.permissions {
+            let _ = writeln!(out, "  permission {}", p.name);
+            let _ = writeln!(out, "    username:   {}", p.username);
+            let _ = writeln!(out, "    credential: {}", p.credential);
+            let secret = match &p.secret {
+                SecretStatus::Present => "present".to_owned(),
+                SecretStatus::Missing => {
+                    format!("missing — run `agentd secret set {} {}`", r.name, p.name)
+                }
+                SecretStatus::Error(m) => format!("unknown (keychain error: {m})"),
+                SecretStatus::Unknown => "unknown (keychain did not answer; skipped)".to_owned(),
+            };
+            let _ = writeln!(out, "    secret:     {secret}");
+            let _ = writeln!(
+                out,
+                "    ttl:        default {}, max {}",
+                p.default_ttl, p.max_ttl
+            );
+            let _ = writeln!(out, "    policy:");
+            for line in &p.explain {
+                let _ = writeln!(out, "      {line}");
+            }
+            for w in &p.warnings {
+                let _ = writeln!(out, "    warning: {}", strip_field(w));
+            }
+        }
+    }
+    let _ = match report.warnings.len() {
+        0 => writeln!(out, "\nno warnings"),
+        1 => writeln!(out, "\n1 warning"),
+        n => writeln!(out, "\n{n} warnings"),
+    };
+    out
+}
+
+/// Drops the `resources.R` / `resources.R.permissions.P` prefix of a `field: message`
+/// warning, which the text layout already shows: `resources.app.tls: …` → `tls: …`,
+/// `resources.app.permissions.ro.rules[1]: …` → `rules[1]: …`,
+/// `resources.app.permissions.ro: …` → `…`.
+fn strip_field(warning: &str) -> String {
+    let Some((field, message)) = warning.split_once(": ") else {
+        return warning.to_owned();
+    };
+    let rest: Vec<&str> = field.split('.').collect();
+    let tail = match rest.as_slice() {
+        ["resources", _, "permissions", _, tail @ ..] | ["resources", _, tail @ ..] => {
+            tail.join(".")
+        }
+        _ => field.to_owned(),
+    };
+    if tail.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{tail}: {message}")
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn fmt(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    const CONFIG: &str = r#"
+[daemon]
+data_dir = "/srv/agentd"
+[resources.app]
+kind = "postgres"
+host = "db.internal"
+database = "app"
+tls = "require"
+[resources.app.permissions.ro]
+username = "agent_ro"
+policy = "auto"
+max_ttl = "12h"
+default_ttl = "13h"
+[[resources.app.permissions.ro.rules]]
+agents = ["cursor"]
+policy = "deny"
+[[resources.app.permissions.ro.rules]]
+agents = ["Cursor"]
+window = { days = ["mon"], start = "09:00", end = "10:00" }
+policy = "auto"
+[resources.app.permissions.rw]
+username = "agent_rw"
+credential = { source = "keyring", entry = "custom" }
+"#;
+
+    fn fake(_: &Config, _: &str, permission: &str) -> SecretStatus {
+        match permission {
+            "ro" => SecretStatus::Present,
+            _ => SecretStatus::Missing,
+        }
+    }
+
+    #[test]
+    fn keychain_errors_are_words_plus_a_message() {
+        let (_dir, path) = write(CONFIG);
+        let report = check(&path, &mut |_, _, _| SecretStatus::Error("locked".into()));
+        let json = serde_json::to_value(&report).unwrap();
+        let ro = &json["resources"][0]["permissions"][0];
+        assert_eq!(
+            (&ro["secret"], &ro["secret_error"]),
+            (&"error".into(), &"locked".into())
+        );
+        assert!(report
+            .warnings
+            .iter()
+            .any(|w| w == "resources.app.permissions.ro: keychain error: locked"));
+    }
+
+    #[test]
+    fn reports_resources_permissions_and_warnings() {
+        let (_dir, path) = write(CONFIG);
+        let report = check(&path, &mut fake);
+        assert!(report.ok);
+        assert_eq!(
+            report.audit.as_ref().unwrap().dir,
+            Path::new("/srv/agentd/audit")
+        );
+        let r = &report.resources[0];
+        assert_eq!((r.tls, r.port), ("require", 5432));
+        let ro = &r.permissions[0];
+        assert_eq!(ro.secret, SecretStatus::Present);
+        assert_eq!(ro.explain.len(), 3);
+        assert_eq!(ro.explain[0], "cursor at any time: deny");
+        let rw = &r.permissions[1];
+        assert_eq!(
+            rw.credential,
+            "keychain entry \"custom\" (service \"agentd\")"
+        );
+        assert_eq!(
+            rw.explain,
+            vec!["always: approval, max 1h; longer requests are clamped"]
+        );
+
+        let w = report.warnings.join("\n");
+        for want in [
+            "resources.app.tls: \"require\" encrypts but does not check",
+            "resources.app.permissions.ro: policy = \"auto\" with max_ttl 12h (over 8h)",
+            "resources.app.permissions.ro.rules[1]: can never match: rules[0] (cursor at any time: deny)",
+            "resources.app.permissions.ro.default_ttl: 13h is above max_ttl 12h",
+            "resources.app.permissions.rw: no secret stored; run `agentd secret set app rw`",
+        ] {
+            assert!(w.contains(want), "missing {want:?} in\n{w}");
+        }
+        assert_eq!(report.warnings.len(), 6, "{w}");
+
+        let text = render_text(&report);
+        for want in [
+            "resource app (postgres): db.internal:5432/app",
+            "  tls: require\n  warning: tls: \"require\" encrypts",
+            "    secret:     missing — run `agentd secret set app rw`",
+            "    warning: rules[1]: can never match",
+            "      otherwise: auto, max 12h; longer requests are clamped",
+            "6 warnings",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("agentd secret set app rw").count(),
+            1,
+            "{text}"
+        );
+
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["resources"][0]["permissions"][0]["secret"], "present");
+        assert_eq!(
+            json["resources"][0]["permissions"][0]["max_ttl_seconds"],
+            43200
+        );
+        assert_eq!(json["warnings"].as_array().unwrap().len(), 6);
+        assert!(json.get("error").is_none());
+    }
+
+    #[test]
+    fn reports_load_errors() {
+        let (_dir, path) = write(&CONFIG.replace("start = \"09:00\"", "start = \"25:00\""));
+        let report = check(&path, &mut fake);
+        assert!(!report.ok);
+        let error = report.error.as_deref().unwrap();
+        assert!(
+            error.contains(
+                "resources.app.permissions.ro.rules[1].window.start: invalid time \"25:00\""
+            ),
+            "{error}"
+        );
+        assert!(error.contains("config.toml"), "{error}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["ok"], false);
+        assert!(json["error"].as_str().unwrap().contains("25:00"));
+
+        let (_dir, path) = write(&CONFIG.replace("host = ", "hots = "));
+        let error = check(&path, &mut fake).error.unwrap();
+        assert!(error.contains("line 6, column 1"), "{error}");
+        assert!(error.contains("hots"), "{error}");
+
+        let report = check(Path::new("/nonexistent/agentd.toml"), &mut fake);
+        assert!(!report.ok);
+        assert!(report.error.unwrap().contains("/nonexistent/agentd.toml"));
+    }
+
+    #[test]
+    fn clean_config_has_no_warnings() {
+        let (_dir, path) = write(
+            r#"
+[resources.app]
+kind = "postgres"
+host = "db"
+database = "app"
+[resources.app.permissions.ro]
+username = "u"
+"#,
+        );
+        let report = check(&path, &mut |_, _, _| SecretStatus::Present);
+        assert!(report.ok);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert!(render_text(&report).contains("no warnings"));
+    }
+}
