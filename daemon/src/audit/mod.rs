@@ -32,7 +32,7 @@
 //! One process writes a directory at a time; nothing here locks the directory against a
 //! second writer.
 //!
-//! Submodules: [`event`] (the record types), [`verify`] (chain verification and the reader
+//! Submodules: [`event`] (the record types), [`verify`](mod@verify) (chain verification and the reader
 //! used by `agentd audit`), [`redact`] (PASSWORD literals out of SQL text), [`sink`] (the
 //! non-blocking statement channel and its writer task).
 
