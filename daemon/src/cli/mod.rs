@@ -1,5 +1,6 @@
 //! The `agentd` command line: argument parsing (clap) and the subcommands.
 
+pub mod audit;
 mod config_check;
 mod grants;
 mod secret;

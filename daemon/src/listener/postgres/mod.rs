@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod capture;
 pub mod relay;
 pub mod startup;
 pub mod upstream;

@@ -1,0 +1,228 @@
+//! [`AuditEvent`]: what one audit record says.
+//!
+//! The enum is serialised internally tagged (`"event":"<snake_case name>"`) and its fields are
+//! flattened into the record between `ts` and `prev`, e.g.
+//! `{"seq":7,"ts":"…","event":"connection_open","grant_id":"g_…","session":3,"peer":"127.0.0.1:50412","prev":"…","hash":"…"}`.
+//! Records are read back as JSON; unknown extra members (`seq`, `ts`, `prev`, `hash`) are
+//! ignored when a record is deserialised into an [`AuditEvent`].
+
+use agentd_proto::AgentInfo;
+use serde::{Deserialize, Serialize};
+
+/// One audit event. Field names are part of the on-disk format: rename nothing, only add.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// The daemon started (written once the audit log is open).
+    DaemonStart {
+        /// The daemon's process id.
+        pid: u32,
+        /// The daemon's version (`CARGO_PKG_VERSION`).
+        version: String,
+    },
+    /// The daemon is stopping cleanly (after all grants ended).
+    DaemonStop {
+        /// The daemon's process id.
+        pid: u32,
+    },
+    /// At open, the active file ended in a partial line (a crash mid-write, or a failed
+    /// write that could not be undone); those bytes were truncated away before this record.
+    LogRecovered {
+        /// How many bytes of the partial line were discarded.
+        discarded_bytes: u64,
+    },
+    /// An agent (or the CLI) asked for access.
+    Request {
+        /// The access request id (`r_…`).
+        request_id: String,
+        /// The resource name from the config.
+        resource: String,
+        /// The permission name on that resource.
+        permission: String,
+        /// The duration granted if approved, in seconds (after defaulting and clamping).
+        duration_seconds: u64,
+        /// Whether the asked-for duration was clamped to the policy's `max_ttl`.
+        clamped: bool,
+        /// The agent's justification, verbatim.
+        justification: String,
+        /// Who asked (pid/uid stamped by the daemon from the control socket).
+        agent: AgentInfo,
+    },
+    /// An access request was decided.
+    Decision {
+        /// The access request id (`r_…`).
+        request_id: String,
+        /// `approved`, `denied`, `expired` or `cancelled`.
+        decision: String,
+        /// Who decided: `policy`, `user`, `timeout`, …
+        by: String,
+        /// Why, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The policy rule that matched, when the policy decided.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
+    /// A grant became active (its listener is open).
+    Grant {
+        /// The grant id (`g_…`).
+        grant_id: String,
+        /// The access request it came from (`r_…`).
+        request_id: String,
+        /// The resource name.
+        resource: String,
+        /// The permission name.
+        permission: String,
+        /// When it expires, in Unix seconds.
+        expires_at: u64,
+        /// The agent that owns it.
+        agent: AgentInfo,
+    },
+    /// A grant ended.
+    GrantEnded {
+        /// The grant id (`g_…`).
+        grant_id: String,
+        /// `expired`, `revoked` or `released`.
+        state: String,
+        /// Who ended it: `ttl`, `user`, `agent`, `shutdown`, …
+        by: String,
+        /// How many sessions were live (and were cut) when it ended.
+        live_connections: u32,
+    },
+    /// A client connected to a grant's listener and authenticated.
+    ConnectionOpen {
+        /// The grant id.
+        grant_id: String,
+        /// The session number within the grant's listener.
+        session: u64,
+        /// The peer: `127.0.0.1:PORT`, or `unix` for the Unix socket.
+        peer: String,
+    },
+    /// A proxied session ended.
+    ConnectionClose {
+        /// The grant id.
+        grant_id: String,
+        /// The session number within the grant's listener.
+        session: u64,
+        /// Bytes client → upstream.
+        bytes_up: u64,
+        /// Bytes upstream → client.
+        bytes_down: u64,
+        /// How it ended: `client`, `upstream`, `revoked`, `expired`, `error: …`.
+        end: String,
+        /// Bind messages seen.
+        binds: u64,
+        /// Execute messages seen.
+        executes: u64,
+    },
+    /// A SQL statement the client sent (simple Query or extended-protocol Parse).
+    Statement {
+        /// The grant id.
+        grant_id: String,
+        /// The session number within the grant's listener.
+        session: u64,
+        /// `query` (simple protocol) or `parse` (extended protocol).
+        kind: String,
+        /// The prepared statement name of a Parse; absent for Query and for the unnamed
+        /// statement.
+        #[serde(default, skip_serializing_if = "is_none_or_empty")]
+        statement: Option<String>,
+        /// The SQL text (secrets redacted, at most the capture limit).
+        text: String,
+        /// Whether `text` was cut at the capture limit.
+        truncated: bool,
+    },
+    /// Statement events were lost because the writer fell behind.
+    StatementsDropped {
+        /// How many statement events were dropped since the previous such record.
+        count: u64,
+    },
+}
+
+fn is_none_or_empty(value: &Option<String>) -> bool {
+    value.as_deref().is_none_or(str::is_empty)
+}
+
+impl AuditEvent {
+    /// The grant this event is about, for `agentd audit --grant ID`: `Some` for `grant`,
+    /// `grant_ended`, `connection_open`, `connection_close` and `statement`; `None` otherwise
+    /// (requests and decisions precede the grant id).
+    pub fn grant_id(&self) -> Option<&str> {
+        match self {
+            AuditEvent::Grant { grant_id, .. }
+            | AuditEvent::GrantEnded { grant_id, .. }
+            | AuditEvent::ConnectionOpen { grant_id, .. }
+            | AuditEvent::ConnectionClose { grant_id, .. }
+            | AuditEvent::Statement { grant_id, .. } => Some(grant_id),
+            _ => None,
+        }
+    }
+
+    /// The `event` tag, e.g. `"connection_open"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuditEvent::DaemonStart { .. } => "daemon_start",
+            AuditEvent::DaemonStop { .. } => "daemon_stop",
+            AuditEvent::LogRecovered { .. } => "log_recovered",
+            AuditEvent::Request { .. } => "request",
+            AuditEvent::Decision { .. } => "decision",
+            AuditEvent::Grant { .. } => "grant",
+            AuditEvent::GrantEnded { .. } => "grant_ended",
+            AuditEvent::ConnectionOpen { .. } => "connection_open",
+            AuditEvent::ConnectionClose { .. } => "connection_close",
+            AuditEvent::Statement { .. } => "statement",
+            AuditEvent::StatementsDropped { .. } => "statements_dropped",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_and_names_agree() {
+        let events = [
+            AuditEvent::DaemonStop { pid: 1 },
+            AuditEvent::StatementsDropped { count: 2 },
+            AuditEvent::GrantEnded {
+                grant_id: "g_1".into(),
+                state: "revoked".into(),
+                by: "user".into(),
+                live_connections: 0,
+            },
+        ];
+        for e in events {
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["event"], e.name());
+        }
+    }
+
+    #[test]
+    fn options_are_skipped() {
+        let d = AuditEvent::Decision {
+            request_id: "r_1".into(),
+            decision: "approved".into(),
+            by: "policy".into(),
+            reason: None,
+            rule: Some("auto".into()),
+        };
+        let s = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            s,
+            r#"{"event":"decision","request_id":"r_1","decision":"approved","by":"policy","rule":"auto"}"#
+        );
+        let st = AuditEvent::Statement {
+            grant_id: "g".into(),
+            session: 1,
+            kind: "parse".into(),
+            statement: Some(String::new()),
+            text: "SELECT 1".into(),
+            truncated: false,
+        };
+        let s = serde_json::to_string(&st).unwrap();
+        assert!(!s.contains("\"statement\":"), "{s}");
+        let back: AuditEvent = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.grant_id(), Some("g"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The statement channel: sessions hand statement events to [`StatementSink::record`],
+//! which never blocks or awaits; one writer task drains them into the [`AuditLog`] in
+//! batches.
+//!
+//! When the writer falls behind and the bounded channel is full, events are dropped and
+//! counted; the writer then writes an [`AuditEvent::StatementsDropped`] record with the count
+//! before its next batch, so the log says how much it is missing. Control-plane events do not
+//! go through here: they are appended synchronously with [`Durability::Sync`].
+
+#[cfg(doc)]
+use super::Durability;
+use super::{AuditEvent, AuditLog};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Default channel capacity, in events.
+pub const DEFAULT_CAPACITY: usize = 8192;
+
+/// Most events the writer takes per batch (one lock and one `write(2)` per batch).
+pub const MAX_BATCH: usize = 256;
+
+/// Minimum time between two "dropping statement events" warnings.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Counters {
+    /// Drops not yet reported in the log; the writer swaps it to 0.
+    pending: AtomicU64,
+    /// All drops since the sink was made.
+    total: AtomicU64,
+    /// Milliseconds after `epoch` of the last warning, plus one (0 = never warned).
+    last_warn: AtomicU64,
+    epoch: Instant,
+}
+
+/// The sending side of the statement channel. Cheap to clone (one per session).
+#[derive(Debug, Clone)]
+pub struct StatementSink {
+    tx: mpsc::Sender<AuditEvent>,
+    counters: Arc<Counters>,
+}
+
+impl StatementSink {
+    /// Queue `event` for the writer without blocking. When the channel is full (or the
+    /// writer is gone) the event is dropped and counted; a warning is logged at most once
+    /// a second.
+    pub fn record(&self, event: AuditEvent) {
+        if self.tx.try_send(event).is_ok() {
+            return;
+        }
+        self.counters.pending.fetch_add(1, Ordering::Relaxed);
+        let total = self.counters.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.counters.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.counters.last_warn.load(Ordering::Relaxed);
+        let interval = WARN_INTERVAL.as_millis() as u64;
+        if (last == 0 || now.saturating_sub(last) >= interval)
+            && self
+                .counters
+                .last_warn
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                dropped_total = total,
+                "audit writer is behind: dropping statement events (the log records how many)"
+            );
+        }
+    }
+
+    /// How many events this sink (and its clones) have dropped since it was made.
+    pub fn dropped_total(&self) -> u64 {
+        self.counters.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Start the writer task on the current tokio runtime and return the sink that feeds it,
+/// with a channel of `capacity` events (at least 1; [`DEFAULT_CAPACITY`] is a good value).
+///
+/// The task ends when every clone of the sink has been dropped, after writing what is
+/// queued. Write errors are logged with `tracing::error!` and the batch is lost (the next
+/// batch is tried normally). Panics if called outside a tokio runtime.
+pub fn spawn_writer(log: Arc<AuditLog>, capacity: usize) -> StatementSink {
+    spawn_writer_with_handle(log, capacity).0
+}
+
+/// As [`spawn_writer`], also returning the task's handle so shutdown can drop the sinks and
+/// await the last batch.
+pub fn spawn_writer_with_handle(
+    log: Arc<AuditLog>,
+    capacity: usize,
+) -> (StatementSink, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let counters = Arc::new(Counters {
+        pending: AtomicU64::new(0),
+        total: AtomicU64::new(0),
+        last_warn: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    let handle = tokio::spawn(writer(log, rx, Arc::clone(&counters)));
+    (StatementSink { tx, counters }, handle)
+}
+
+async fn writer(log: Arc<AuditLog>, mut rx: mpsc::Receiver<AuditEvent>, counters: Arc<Counters>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH + 1);
+    loop {
+        let first = rx.recv().await;
+        let done = first.is_none();
+        let dropped = counters.pending.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            batch.push(AuditEvent::StatementsDropped { count: dropped });
+        }
+        if let Some(event) = first {
+            batch.push(event);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let events = std::mem::take(&mut batch);
+            let log = Arc::clone(&log);
+            let written = tokio::task::spawn_blocking(move || {
+                let result = log.append_batch(&events);
+                (result, events)
+            })
+            .await;
+            match written {
+                Ok((Ok(_), mut events)) => {
+                    events.clear();
+                    batch = events; // reuse the allocation
+                }
+                Ok((Err(e), _)) => {
+                    tracing::error!(error = %e, "audit log: could not write statement events")
+                }
+                Err(e) => tracing::error!(error = %e, "audit log: statement writer failed"),
+            }
+        }
+        if done {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::tests::{no_fsync, stmt};
+    use crate::audit::{read_records, verify};
+
+    #[tokio::test]
+    async fn drops_are_counted_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), no_fsync(1 << 20)).unwrap());
+        // Current-thread runtime: the writer cannot run until we await.
+        let (sink, handle) = spawn_writer_with_handle(Arc::clone(&log), 2);
+        let clone = sink.clone();
+        for i in 0..10 {
+            clone.record(stmt(i));
+        }
+        assert_eq!(sink.dropped_total(), 8);
+        drop(clone);
+        drop(sink);
+        handle.await.unwrap();
+        let records = read_records(dir.path()).unwrap();
+        let events: Vec<_> = records.iter().map(|r| r.event().unwrap()).collect();
+        assert_eq!(events[0], AuditEvent::StatementsDropped { count: 8 });
+        assert_eq!(events[1], stmt(0));
+        assert_eq!(events[2], stmt(1));
+        assert_eq!(events.len(), 3);
+        assert!(verify(dir.path()).unwrap().ok());
+    }
+
+    #[tokio::test]
+    async fn drops_after_the_last_batch_are_recorded_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), no_fsync(1 << 20)).unwrap());
+        let (sink, handle) = spawn_writer_with_handle(Arc::clone(&log), 1);
+        sink.record(stmt(0));
+        tokio::task::yield_now().await; // the writer takes stmt(0) and starts writing
+        sink.record(stmt(1));
+        sink.record(stmt(2)); // may or may not fit, depending on the writer's progress
+        let dropped = sink.dropped_total();
+        drop(sink);
+        handle.await.unwrap();
+        let events: Vec<_> = read_records(dir.path())
+            .unwrap()
+            .iter()
+            .map(|r| r.event().unwrap())
+            .collect();
+        let recorded: u64 = events
+            .iter()
+            .map(|e| match e {
+                AuditEvent::StatementsDropped { count } => *count,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(recorded, dropped);
+        let statements = events
+            .iter()
+            .filter(|e| matches!(e, AuditEvent::Statement { .. }))
+            .count() as u64;
+        assert_eq!(statements + dropped, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_sessions_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), no_fsync(8192)).unwrap());
+        let (sink, handle) = spawn_writer_with_handle(Arc::clone(&log), DEFAULT_CAPACITY);
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    for i in 0..100 {
+                        sink.record(stmt(t * 1000 + i));
+                        if i % 10 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(sink.dropped_total(), 0);
+        drop(sink);
+        handle.await.unwrap();
+        let report = verify(dir.path()).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.records, 800);
+    }
+}
