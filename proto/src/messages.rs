@@ -62,13 +62,82 @@ pub enum Request {
         /// The request id (`r_…`).
         request_id: String,
     },
+    /// Wait until a pending request is decided, or `timeout_seconds` pass (a long poll);
+    /// answered with [`Response::AccessRequest`], whose state is still `pending` on timeout.
+    AwaitRequest {
+        /// The request id (`r_…`).
+        request_id: String,
+        /// Longest wait in seconds; the daemon caps it at [`MAX_AWAIT_SECONDS`].
+        timeout_seconds: u64,
+    },
+    /// Withdraw one's own pending request; answered with [`Response::AccessRequest`].
+    CancelRequest {
+        /// The request id (`r_…`).
+        request_id: String,
+    },
+    /// Give a grant back before it expires (the agent's own verb); answered with
+    /// [`Response::Revoked`] listing the released grant.
+    Release {
+        /// The grant id (`g_…`).
+        grant_id: String,
+    },
     /// Daemon status and grants; answered with [`Response::Status`].
     Status,
+    /// Access requests, newest first; answered with [`Response::Requests`].
+    ListRequests {
+        /// Include decided requests, not only pending ones.
+        #[serde(default)]
+        all: bool,
+    },
+    /// A human approves a pending request. Accepted only from a peer process with a
+    /// controlling terminal (user presence); answered with [`Response::AccessRequest`].
+    Approve {
+        /// The request id (`r_…`).
+        request_id: String,
+        /// Grant duration in seconds instead of the requested one (still capped by policy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_seconds: Option<u64>,
+        /// How the human confirmed.
+        presence: Presence,
+    },
+    /// A human denies a pending request. Same presence rule as [`Request::Approve`];
+    /// answered with [`Response::AccessRequest`].
+    Deny {
+        /// The request id (`r_…`).
+        request_id: String,
+        /// Why; shown to the agent and recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// How the human confirmed.
+        presence: Presence,
+    },
     /// Revoke grants; answered with [`Response::Revoked`].
     Revoke {
         /// Which grants.
         target: RevokeTarget,
     },
+}
+
+/// Longest [`Request::AwaitRequest`] wait the daemon honours, in seconds.
+pub const MAX_AWAIT_SECONDS: u64 = 600;
+
+/// How a human confirmed a decision: the terminal they typed on. The daemon checks on its
+/// side that the peer process really has a controlling terminal (Linux: `/proc/PID/stat`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Presence {
+    /// The controlling terminal the confirmation was typed on, e.g. `/dev/pts/3`.
+    pub tty: String,
+    /// The login name of the human, as the CLI saw it (`$USER`), for the record.
+    #[serde(default)]
+    pub user: String,
+}
+
+impl Request {
+    /// True for the verbs an agent may use (everything the MCP shim sends). Approve and deny
+    /// are human verbs and need user presence.
+    pub fn is_agent_verb(&self) -> bool {
+        !matches!(self, Request::Approve { .. } | Request::Deny { .. })
+    }
 }
 
 /// An access request as sent by an agent.
@@ -97,6 +166,16 @@ pub enum RevokeTarget {
         /// The grant id.
         grant_id: String,
     },
+    /// Every active grant on one resource.
+    Resource {
+        /// The resource name.
+        resource: String,
+    },
+    /// Every active grant held by one agent type (e.g. `cursor`).
+    Agent {
+        /// The agent type, as shown by `agentd status`.
+        agent_type: String,
+    },
     /// Every active grant.
     All,
 }
@@ -120,11 +199,16 @@ pub enum Response {
     /// Answer to [`Request::RequestAccess`] and [`Request::GetRequest`].
     AccessRequest(Box<AccessRequestView>),
     /// Answer to [`Request::Status`].
-    Status(StatusView),
-    /// Answer to [`Request::Revoke`].
+    Status(Box<StatusView>),
+    /// Answer to [`Request::Revoke`] and [`Request::Release`].
     Revoked {
-        /// Ids of the grants that were active and are now revoked.
+        /// Ids of the grants that were active and are now revoked (or released).
         grant_ids: Vec<String>,
+    },
+    /// Answer to [`Request::ListRequests`].
+    Requests {
+        /// The requests, newest first.
+        requests: Vec<AccessRequestView>,
     },
     /// The request failed; `message` is safe to show to an agent.
     Error {
@@ -147,6 +231,12 @@ pub enum ErrorCode {
     NotFound,
     /// The policy refuses this request.
     Denied,
+    /// The request is not in a state that allows this (e.g. approving a decided request).
+    Conflict,
+    /// A human verb sent without user presence (no controlling terminal).
+    PresenceRequired,
+    /// The audit log cannot be written; the daemon refuses to grant unaudited access.
+    AuditUnavailable,
     /// Something failed inside the daemon; details are in its log.
     Internal,
 }
@@ -211,6 +301,31 @@ pub enum RequestState {
     Cancelled,
 }
 
+impl RequestState {
+    /// The state's name as serialized: `pending`, `approved`, `denied`, `expired`, `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+            RequestState::Expired => "expired",
+            RequestState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl GrantState {
+    /// The state's name as serialized: `active`, `expired`, `revoked`, `released`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Expired => "expired",
+            GrantState::Revoked => "revoked",
+            GrantState::Released => "released",
+        }
+    }
+}
+
 /// State of a grant.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -245,6 +360,15 @@ pub struct AccessRequestView {
     pub justification: String,
     /// Who asked.
     pub agent: AgentInfo,
+    /// When the request was made, seconds since the Unix epoch.
+    #[serde(default)]
+    pub created_at: u64,
+    /// For a pending request: when it expires undecided, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<u64>,
+    /// Who decided: `policy`, `policy rule N`, `user NAME (uid U) on TTY`, `timeout`, `agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
     /// Why it was denied, or what the human must do for a pending request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -337,6 +461,13 @@ pub struct StatusView {
     pub uptime_seconds: u64,
     /// Config file in use.
     pub config_path: String,
+    /// Directory of the audit log (`agentd audit` reads it).
+    #[serde(default)]
+    pub audit_dir: String,
+    /// Statement audit events dropped since the daemon started because the audit writer
+    /// fell behind (each drop is also recorded as a `statements_dropped` record).
+    #[serde(default)]
+    pub statements_dropped: u64,
     /// Active grants, oldest first.
     pub grants: Vec<GrantView>,
     /// Pending access requests.
