@@ -21,7 +21,7 @@ pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     let listener = control::bind(&socket)
         .with_context(|| format!("cannot bind control socket {}", socket.display()))?;
     let unix_root = socket.parent().map(|d| d.join("pg"));
-    let broker = Broker::new(config, config_path.clone(), unix_root);
+    let broker = Broker::open(config, config_path.clone(), unix_root)?;
     let stop = CancellationToken::new();
     info!(socket = %socket.display(), config = %config_path.display(), pid = std::process::id(), "agentd daemon ready");
     announce_ready(&socket);

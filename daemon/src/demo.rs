@@ -68,6 +68,10 @@ pub struct SandboxOptions {
     /// Make [`ROLE`] the owner of [`DATABASE`] and its `public` schema (for tests that
     /// create tables, e.g. `pgbench -i`); otherwise it may only SELECT from `orders`.
     pub role_owns_database: bool,
+    /// Extra lines for the `[daemon]` table, e.g. `pending_timeout = "2s"`.
+    pub extra_daemon_toml: String,
+    /// Extra TOML appended after the demo permission, e.g. `[[resources.demo.permissions.read_only.rules]]` tables.
+    pub extra_permission_toml: String,
 }
 
 impl Default for SandboxOptions {
@@ -78,6 +82,8 @@ impl Default for SandboxOptions {
             password: None,
             listen_host: None,
             role_owns_database: false,
+            extra_daemon_toml: String::new(),
+            extra_permission_toml: String::new(),
         }
     }
 }
@@ -125,7 +131,9 @@ impl Sandbox {
             r#"# Written by `agentd demo`; removed when it exits.
 [daemon]
 keyring_service = "{keyring_service}"
-{listen_host}
+data_dir = "{data_dir}"
+notify = false
+{listen_host}{extra_daemon}
 [resources.{RESOURCE}]
 kind = "postgres"
 description = "Throwaway demo database with a sample orders table"
@@ -140,11 +148,14 @@ description = "SELECT on public.orders"
 username = "{ROLE}"
 policy = "{policy}"
 max_ttl = "{max_ttl}"
-"#,
+{extra_permission}"#,
             port = cluster.port,
             ca = cluster.ca_file.display(),
             policy = options.policy,
             max_ttl = options.max_ttl,
+            data_dir = dir.path().join("data").display(),
+            extra_daemon = options.extra_daemon_toml,
+            extra_permission = options.extra_permission_toml,
         );
         std::fs::write(&config_path, config)?;
         keychain::set(
@@ -264,11 +275,11 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
 async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     let listener = crate::control::bind(&sandbox.socket_path)
         .with_context(|| format!("binding {}", sandbox.socket_path.display()))?;
-    let broker = Broker::new(
+    let broker = Broker::open(
         sandbox.config()?,
         sandbox.config_path.clone(),
         Some(sandbox.dir.path().join("pg")),
-    );
+    )?;
     let stop = CancellationToken::new();
     let server = tokio::spawn(crate::control::serve(
         listener,

@@ -1,13 +1,14 @@
 //! The control socket server: accepts local connections, checks the peer's uid (Unix),
 //! reads framed [`agentd_proto::Request`]s and answers with the broker's responses.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Caller};
 use agentd_proto::framing::{self, FrameError};
 use agentd_proto::{Envelope, ErrorCode, Request, Response, PROTOCOL_VERSION};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
 use interprocess::local_socket::ListenerOptions;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -48,15 +49,11 @@ pub async fn serve(listener: Listener, broker: Arc<Broker>, stop: CancellationTo
 }
 
 /// The peer's identity as the kernel reports it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Peer {
-    pid: Option<u32>,
-    uid: Option<u32>,
-}
+type Peer = Caller;
 
 fn peer_of(stream: &Stream) -> Peer {
     match stream.peer_creds() {
-        Ok(creds) => Peer {
+        Ok(creds) => Caller {
             pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
             #[cfg(unix)]
             uid: creds.euid(),
@@ -129,6 +126,15 @@ async fn serve_connection(stream: Stream, broker: Arc<Broker>) {
 }
 
 async fn dispatch(broker: &Arc<Broker>, request: Request, peer: Peer) -> Response {
+    if !request.is_agent_verb() {
+        if let Err(message) = check_user_presence(&peer) {
+            warn!(pid = ?peer.pid, "human verb refused without user presence");
+            return Response::Error {
+                code: ErrorCode::PresenceRequired,
+                message,
+            };
+        }
+    }
     match request {
         Request::Ping => Response::Pong {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -144,11 +150,110 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, peer: Peer) -> Respons
             broker.request_access(spec).await
         }
         Request::GetRequest { request_id } => broker.get_request(&request_id),
-        Request::Status => broker.status(),
-        Request::Revoke { target } => {
-            let r = broker.revoke(&target);
-            info!(?target, "revoke");
-            r
+        Request::AwaitRequest {
+            request_id,
+            timeout_seconds,
+        } => {
+            broker
+                .await_request(&request_id, Duration::from_secs(timeout_seconds))
+                .await
         }
+        Request::CancelRequest { request_id } => broker.cancel(&request_id, peer),
+        Request::Release { grant_id } => broker.release(&grant_id, peer),
+        Request::Status => broker.status(),
+        Request::ListRequests { all } => broker.list_requests(all),
+        Request::Approve {
+            request_id,
+            duration_seconds,
+            presence,
+        } => {
+            broker
+                .approve(
+                    &request_id,
+                    duration_seconds.map(Duration::from_secs),
+                    &presence,
+                    peer,
+                )
+                .await
+        }
+        Request::Deny {
+            request_id,
+            reason,
+            presence,
+        } => broker.deny(&request_id, reason, &presence, peer),
+        Request::Revoke { target } => {
+            info!(?target, "revoke");
+            broker.revoke(&target, peer)
+        }
+    }
+}
+
+/// User presence for human verbs (approve, deny): the peer process must have a controlling
+/// terminal. On Linux the daemon checks this itself from `/proc/PID/stat` (field `tty_nr`),
+/// so a process an agent started without a terminal is refused even if it skips the CLI's
+/// own `/dev/tty` prompt. Elsewhere only the CLI's prompt applies.
+///
+/// # Errors
+/// A message telling the human what to run.
+fn check_user_presence(peer: &Peer) -> Result<(), String> {
+    let refused = || {
+        "approving or denying access needs a human at an interactive terminal; \
+         this process has none. A human must run `agentd approve ID` / `agentd deny ID` in a terminal"
+            .to_owned()
+    };
+    if !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    let Some(pid) = peer.pid else {
+        return Err(refused());
+    };
+    match controlling_tty(pid) {
+        Some(tty) if tty != 0 => Ok(()),
+        _ => Err(refused()),
+    }
+}
+
+/// The `tty_nr` field of `/proc/PID/stat` (0 = no controlling terminal); `None` when the
+/// file cannot be read or parsed. Format: `proc(5)`, field 7, after the `(comm)` field
+/// (which may itself contain spaces and parentheses, hence the split at the last `)`).
+fn controlling_tty(pid: u32) -> Option<i64> {
+    parse_tty_nr(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_tty_nr(stat: &str) -> Option<i64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // state ppid pgrp session tty_nr …
+    after_comm.split_whitespace().nth(4)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tty_nr_from_proc_stat() {
+        assert_eq!(
+            parse_tty_nr("4242 (bash) S 1 4242 4242 34816 4242 4194560 0"),
+            Some(34816)
+        );
+        // comm may hold spaces and parentheses.
+        assert_eq!(parse_tty_nr("7 (a) b (c)) R 1 7 7 0 -1 4194560"), Some(0));
+        assert_eq!(parse_tty_nr("garbage"), None);
+        assert_eq!(parse_tty_nr("1 (x) S 1"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn presence_needs_a_known_peer_with_a_terminal() {
+        assert!(check_user_presence(&Caller {
+            pid: None,
+            uid: Some(0)
+        })
+        .is_err());
+        assert!(check_user_presence(&Caller {
+            pid: Some(u32::MAX),
+            uid: Some(0)
+        })
+        .is_err());
     }
 }

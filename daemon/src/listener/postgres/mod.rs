@@ -17,6 +17,7 @@ pub mod startup;
 pub mod upstream;
 pub mod wire;
 
+use crate::audit::{redact_secrets, AuditEvent, AuditLog, Durability, StatementSink};
 use auth::{AuthError, ScramVerifier};
 use bytes::BytesMut;
 use startup::{Startup, StartupError, StartupParams};
@@ -50,8 +51,14 @@ pub struct GrantListener {
     pub live_connections: AtomicU32,
     /// Authenticated sessions so far.
     pub total_connections: AtomicU64,
+    /// Session numbers handed out so far (the audit log's `session` field).
+    pub next_session: AtomicU64,
     /// Our BackendKeyData per live session → the upstream backend's, for CancelRequests.
     pub cancels: Arc<cancel::CancelRegistry>,
+    /// Where connection open/close records go.
+    pub audit: Arc<AuditLog>,
+    /// Where captured statements go (`None` when `[audit] statements = false`).
+    pub statements: Option<StatementSink>,
 }
 
 impl GrantListener {
@@ -125,12 +132,16 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<Gr
         return;
     }
     let _ = stream.set_nodelay(true);
-    serve_session(stream, &grant).await;
+    serve_session(stream, &grant, peer.to_string()).await;
 }
 
 /// Startup, authentication, upstream login, then the relay, for one client connection of
-/// any transport (TCP or Unix socket).
-async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, grant: &GrantListener) {
+/// any transport (TCP or Unix socket). `peer` names the client in the audit log.
+async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    grant: &GrantListener,
+    peer: String,
+) {
     let handshake = tokio::time::timeout(AUTH_TIMEOUT, handshake(&mut stream, grant));
     let (upstream, _cancel_registration) = match handshake.await {
         Ok(Ok(Some(session))) => session,
@@ -148,24 +159,134 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, grant: 
             return;
         }
     };
+    let session = grant.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+    let opened = grant.audit.append(
+        &AuditEvent::ConnectionOpen {
+            grant_id: grant.grant_id.clone(),
+            session,
+            peer,
+        },
+        Durability::Write,
+    );
+    if let Err(e) = opened {
+        tracing::error!(error = %e, "audit log write failed; session refused");
+        wire::send_fatal(
+            &mut stream,
+            "53100",
+            "agentd: the audit log cannot be written, so this session is refused; tell the human to check the daemon's log",
+        )
+        .await;
+        return;
+    }
     grant.total_connections.fetch_add(1, Ordering::Relaxed);
     grant.live_connections.fetch_add(1, Ordering::Relaxed);
-    info!("session started");
-    let stats = relay::relay(stream, upstream, grant.cut.clone(), || {
-        grant
-            .cut_reason
-            .get()
-            .cloned()
-            .unwrap_or_else(|| format!("agentd: grant {} ended", grant.grant_id))
-    })
+    info!(session, "session started");
+    let mut capture = StatementCapture::new(grant, session);
+    let stats = relay::relay(
+        stream,
+        upstream,
+        grant.cut.clone(),
+        || {
+            grant
+                .cut_reason
+                .get()
+                .cloned()
+                .unwrap_or_else(|| format!("agentd: grant {} ended", grant.grant_id))
+        },
+        |bytes| capture.observe(bytes),
+    )
     .await;
     grant.live_connections.fetch_sub(1, Ordering::Relaxed);
+    let (binds, executes) = capture.counts();
+    let closed = grant.audit.append(
+        &AuditEvent::ConnectionClose {
+            grant_id: grant.grant_id.clone(),
+            session,
+            bytes_up: stats.bytes_up,
+            bytes_down: stats.bytes_down,
+            end: format!("{:?}", stats.end).to_lowercase(),
+            binds,
+            executes,
+        },
+        Durability::Write,
+    );
+    if let Err(e) = closed {
+        tracing::error!(error = %e, "audit log write failed");
+    }
     info!(
+        session,
         bytes_up = stats.bytes_up,
         bytes_down = stats.bytes_down,
         end = ?stats.end,
+        binds,
+        executes,
         "session ended"
     );
+}
+
+/// Statement capture for one session: the frontend byte stream goes through a
+/// [`capture::StatementTap`]; Query and Parse texts (secrets redacted) go to the audit
+/// writer through a bounded channel that never blocks the relay (drops are counted).
+struct StatementCapture<'a> {
+    tap: Option<capture::StatementTap>,
+    sink: Option<&'a StatementSink>,
+    grant_id: &'a str,
+    session: u64,
+}
+
+impl<'a> StatementCapture<'a> {
+    fn new(grant: &'a GrantListener, session: u64) -> Self {
+        Self {
+            tap: Some(capture::StatementTap::new(capture::DEFAULT_MAX_TEXT_BYTES)),
+            sink: grant.statements.as_ref(),
+            grant_id: &grant.grant_id,
+            session,
+        }
+    }
+
+    /// Feeds client→server bytes to the tap. A stream the tap cannot follow (a bad length)
+    /// stops the capture for this session, not the session.
+    fn observe(&mut self, bytes: &[u8]) {
+        let Some(tap) = self.tap.as_mut() else {
+            return;
+        };
+        let (sink, grant_id, session) = (self.sink, self.grant_id, self.session);
+        let fed = tap.feed(bytes, &mut |captured| {
+            if let Some(sink) = sink {
+                sink.record(statement_event(grant_id, session, captured));
+            }
+        });
+        if let Err(e) = fed {
+            warn!(error = %e, "statement capture stopped for this session");
+            self.tap = None;
+        }
+    }
+
+    /// Bind and Execute messages seen.
+    fn counts(&self) -> (u64, u64) {
+        self.tap
+            .as_ref()
+            .map_or((0, 0), |t| (t.binds(), t.executes()))
+    }
+}
+
+fn statement_event(grant_id: &str, session: u64, captured: capture::Captured) -> AuditEvent {
+    let (kind, statement, text, truncated) = match captured {
+        capture::Captured::Query { text, truncated } => ("query", None, text, truncated),
+        capture::Captured::Parse {
+            statement,
+            text,
+            truncated,
+        } => ("parse", Some(statement), text, truncated),
+    };
+    AuditEvent::Statement {
+        grant_id: grant_id.to_owned(),
+        session,
+        kind: kind.to_owned(),
+        statement: statement.filter(|s| !s.is_empty()),
+        text: redact_secrets(&text).into_owned(),
+        truncated,
+    }
 }
 
 /// Binds the grant's Unix socket `dir/.s.PGSQL.<port>` (the name libpq derives from
@@ -233,7 +354,7 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
                     .await;
                     return;
                 }
-                serve_session(stream, &grant).await;
+                serve_session(stream, &grant, "unix".to_owned()).await;
             }
             .instrument(span),
         );

@@ -88,17 +88,20 @@ impl BoundaryTracker {
 
 /// Relays until either side closes or `cut` fires; on `cut`, sends `cut_message` as a FATAL
 /// ErrorResponse (SQLSTATE 57P01) to the client if the server→client stream is at a message
-/// boundary, then closes both.
-pub async fn relay<C, U, M>(
+/// boundary, then closes both. `observe_up` sees every client→server chunk after it was
+/// forwarded (statement capture); it must not block.
+pub async fn relay<C, U, M, O>(
     client: C,
     upstream: U,
     cut: CancellationToken,
     cut_message: M,
+    observe_up: O,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
     M: FnOnce() -> String,
+    O: FnMut(&[u8]),
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
@@ -106,7 +109,7 @@ where
     let mut bytes_down = 0u64;
     let mut tracker = BoundaryTracker::default();
 
-    let up = copy_up(&mut client_rd, &mut up_wr, &mut bytes_up);
+    let up = copy_up(&mut client_rd, &mut up_wr, &mut bytes_up, observe_up);
     let down = copy_down(
         &mut up_rd,
         &mut client_wr,
@@ -130,10 +133,11 @@ where
     }
 }
 
-async fn copy_up<R, W>(rd: &mut R, wr: &mut W, count: &mut u64) -> RelayEnd
+async fn copy_up<R, W, O>(rd: &mut R, wr: &mut W, count: &mut u64, mut observe: O) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    O: FnMut(&[u8]),
 {
     let mut buf = vec![0u8; RELAY_BUFFER_BYTES];
     loop {
@@ -149,6 +153,7 @@ where
             return RelayEnd::UpstreamClosed;
         }
         *count += n as u64;
+        observe(&buf[..n]);
     }
 }
 

@@ -1,0 +1,291 @@
+//! Grants: opening one (secret, token verifier, listeners), recording it, and ending it by
+//! expiry, revoke or release — which cuts its live sessions.
+
+use super::{error, ids, Broker, Caller, GrantRecord, RequestRecord};
+use crate::audit::AuditEvent;
+use crate::credentials;
+use crate::listener::postgres::{self as pg, auth::ScramVerifier, upstream, GrantListener};
+use agentd_proto::{ErrorCode, GrantState, Response, RevokeTarget};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+
+impl Broker {
+    /// Fetches the secret, derives the token's verifier and opens the listeners for
+    /// `request`. The grant is not yet visible or recorded: [`Broker::activate_grant`] does
+    /// that. Returns an agent-safe error message on failure.
+    pub(super) async fn open_grant(&self, request: &RequestRecord) -> Result<GrantRecord, String> {
+        let Some((resource, permission)) = self
+            .config
+            .permission(&request.spec.resource, &request.spec.permission)
+        else {
+            return Err(format!(
+                "{}/{} is no longer configured",
+                request.spec.resource, request.spec.permission
+            ));
+        };
+        let grant_id = ids::grant_id();
+        let token = ids::token();
+        let prepared = {
+            let settings = self.config.daemon.clone();
+            let source = permission.credential.clone();
+            let (res_name, perm_name) = (
+                request.spec.resource.clone(),
+                request.spec.permission.clone(),
+            );
+            let token = token.clone();
+            tokio::task::spawn_blocking(move || {
+                let secret = credentials::fetch_secret(&settings, &source, &res_name, &perm_name)?;
+                Ok::<_, credentials::CredentialError>((secret, ScramVerifier::derive(&token)))
+            })
+            .await
+        };
+        let (secret, verifier) = match prepared {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                warn!(error = %e, "credential unavailable");
+                return Err(format!(
+                    "agentd cannot obtain the credential for {}/{}: {e}",
+                    request.spec.resource, request.spec.permission
+                ));
+            }
+            Err(e) => return Err(format!("internal error preparing the grant: {e}")),
+        };
+        let tls = upstream::tls_for(resource)
+            .map_err(|e| format!("resource {} TLS settings: {e}", request.spec.resource))?;
+        let listener = Arc::new(GrantListener {
+            grant_id: grant_id.clone(),
+            verifier,
+            upstream: upstream::UpstreamTarget {
+                resource: request.spec.resource.clone(),
+                host: resource.host.clone(),
+                port: resource.port,
+                database: resource.database.clone(),
+                username: permission.username.clone(),
+                secret: Arc::new(secret),
+                tls,
+                connect_timeout: self.config.daemon.connect_timeout,
+            },
+            cut: self.shutdown.child_token(),
+            cut_reason: Default::default(),
+            live_connections: Default::default(),
+            total_connections: Default::default(),
+            next_session: Default::default(),
+            cancels: Default::default(),
+            audit: self.audit.clone(),
+            statements: self.statements.clone(),
+        });
+        let addr = match pg::spawn(listener.clone(), self.config.daemon.listen_host).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                listener.cut("agentd: grant not opened".to_owned());
+                return Err(format!("cannot open a local listener: {e}"));
+            }
+        };
+        let socket_dir = self.open_unix_listener(&listener, &grant_id, addr.port());
+        let now = SystemTime::now();
+        Ok(GrantRecord {
+            id: grant_id,
+            request_id: request.id.clone(),
+            resource: request.spec.resource.clone(),
+            permission: request.spec.permission.clone(),
+            agent: request.spec.agent.clone(),
+            state: GrantState::Active,
+            created_at: now,
+            expires_at: now + request.duration,
+            listener_addr: addr,
+            socket_dir,
+            database: resource.database.clone(),
+            token,
+            listener,
+        })
+    }
+
+    /// Records the approval and the grant in the audit log (synced), then makes the grant
+    /// visible and schedules its expiry. If the audit log cannot be written the listener is
+    /// closed again and the agent is told why.
+    pub(super) fn activate_grant(
+        self: &Arc<Self>,
+        grant: GrantRecord,
+        request: &RequestRecord,
+        by: &str,
+        rule: Option<String>,
+    ) -> Result<(), Response> {
+        let recorded = self
+            .audit_sync(&AuditEvent::Decision {
+                request_id: request.id.clone(),
+                decision: "approved".to_owned(),
+                by: by.to_owned(),
+                reason: None,
+                rule,
+            })
+            .and_then(|()| {
+                self.audit_sync(&AuditEvent::Grant {
+                    grant_id: grant.id.clone(),
+                    request_id: request.id.clone(),
+                    resource: grant.resource.clone(),
+                    permission: grant.permission.clone(),
+                    expires_at: super::views::unix(grant.expires_at),
+                    agent: grant.agent.clone(),
+                })
+            });
+        if let Err(refusal) = recorded {
+            grant
+                .listener
+                .cut("agentd: the audit log is unavailable".to_owned());
+            return Err(refusal);
+        }
+        let (grant_id, ttl, addr) = (grant.id.clone(), request.duration, grant.listener_addr);
+        {
+            let mut state = self.state();
+            state.grant_order.push(grant_id.clone());
+            state.grants.insert(grant_id.clone(), grant);
+        }
+        self.schedule_expiry(grant_id.clone(), ttl);
+        info!(grant = %grant_id, %addr, ttl_seconds = ttl.as_secs(), "grant active");
+        Ok(())
+    }
+
+    /// Revokes the grants `target` names; cuts their sessions.
+    pub fn revoke(&self, target: &RevokeTarget, caller: Caller) -> Response {
+        let ids: Vec<String> = {
+            let state = self.state();
+            let active = state
+                .grant_order
+                .iter()
+                .filter_map(|id| state.grants.get(id))
+                .filter(|g| g.state == GrantState::Active);
+            match target {
+                RevokeTarget::All => active.map(|g| g.id.clone()).collect(),
+                RevokeTarget::Resource { resource } => {
+                    if !self.config.resources.contains_key(resource) {
+                        return error(
+                            ErrorCode::NotFound,
+                            format!("no resource {resource:?} in the config"),
+                        );
+                    }
+                    active
+                        .filter(|g| &g.resource == resource)
+                        .map(|g| g.id.clone())
+                        .collect()
+                }
+                RevokeTarget::Agent { agent_type } => active
+                    .filter(|g| g.agent.agent_type.eq_ignore_ascii_case(agent_type))
+                    .map(|g| g.id.clone())
+                    .collect(),
+                RevokeTarget::Grant { grant_id } => match state.grants.get(grant_id) {
+                    Some(g) if g.state == GrantState::Active => vec![grant_id.clone()],
+                    Some(g) => {
+                        return error(
+                            ErrorCode::Conflict,
+                            format!("grant {grant_id} is already {:?}", g.state).to_lowercase(),
+                        )
+                    }
+                    None => {
+                        return error(
+                            ErrorCode::NotFound,
+                            format!("no grant {grant_id}; `agentd status` lists active grants"),
+                        )
+                    }
+                },
+            }
+        };
+        let by = format!("user ({})", caller.describe());
+        let grant_ids = ids
+            .into_iter()
+            .filter(|id| self.end_grant(id, GrantState::Revoked, &by))
+            .collect();
+        Response::Revoked { grant_ids }
+    }
+
+    /// The agent gives its grant back.
+    pub fn release(&self, grant_id: &str, caller: Caller) -> Response {
+        let by = format!("agent ({})", caller.describe());
+        if self.end_grant(grant_id, GrantState::Released, &by) {
+            return Response::Revoked {
+                grant_ids: vec![grant_id.to_owned()],
+            };
+        }
+        match self.state().grants.get(grant_id) {
+            Some(g) => error(
+                ErrorCode::Conflict,
+                format!("grant {grant_id} is already {:?}", g.state).to_lowercase(),
+            ),
+            None => error(ErrorCode::NotFound, format!("no grant {grant_id}")),
+        }
+    }
+
+    /// Moves an active grant to `end`, records it, and cuts its listener and sessions.
+    /// False if it was not active.
+    pub(super) fn end_grant(&self, grant_id: &str, end: GrantState, by: &str) -> bool {
+        let live = {
+            let mut state = self.state();
+            let Some(grant) = state.grants.get_mut(grant_id) else {
+                return false;
+            };
+            if grant.state != GrantState::Active {
+                return false;
+            }
+            grant.state = end;
+            let reason = match end {
+                GrantState::Expired => {
+                    format!("terminating connection: agentd grant {grant_id} expired")
+                }
+                GrantState::Released => {
+                    format!("terminating connection: agentd grant {grant_id} was released")
+                }
+                _ => format!("terminating connection: agentd grant {grant_id} was revoked"),
+            };
+            grant.listener.cut(reason);
+            grant.listener.live_connections.load(Ordering::Relaxed)
+        };
+        // Access is already cut; recording cannot undo that, so failures are only logged.
+        self.audit_best_effort(&AuditEvent::GrantEnded {
+            grant_id: grant_id.to_owned(),
+            state: end.as_str().to_owned(),
+            by: by.to_owned(),
+            live_connections: live,
+        });
+        info!(grant = %grant_id, state = ?end, live, %by, "grant ended");
+        self.persist();
+        true
+    }
+
+    /// Opens the grant's Unix-socket listener; a failure is logged and the grant keeps its
+    /// TCP listener.
+    fn open_unix_listener(
+        &self,
+        listener: &Arc<GrantListener>,
+        grant_id: &str,
+        port: u16,
+    ) -> Option<PathBuf> {
+        #[cfg(unix)]
+        {
+            let dir = self.unix_socket_root.as_ref()?.join(grant_id);
+            match pg::spawn_unix(listener.clone(), &dir, port) {
+                Ok(_) => Some(dir),
+                Err(e) => {
+                    warn!(error = %e, dir = %dir.display(), "no Unix-socket listener for this grant");
+                    None
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (listener, grant_id, port);
+            None
+        }
+    }
+
+    fn schedule_expiry(self: &Arc<Self>, grant_id: String, ttl: Duration) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            if let Some(broker) = broker.upgrade() {
+                broker.end_grant(&grant_id, GrantState::Expired, "ttl");
+            }
+        });
+    }
+}

@@ -1,0 +1,406 @@
+//! The access-request lifecycle: `pending → approved | denied | expired | cancelled`.
+//!
+//! The policy ([`crate::policy::decide`]) answers `auto`, `approval` or `deny`. An `auto`
+//! request becomes a grant at once; an `approval` one waits for a human (`agentd approve` /
+//! `agentd deny`, which the control server accepts only with user presence) until the
+//! daemon's `pending_timeout`. Every transition is written to the audit log (synced) before
+//! the caller hears of it, and wakes long-pollers ([`Broker::await_request`]).
+
+use super::views::view_request;
+use super::{error, no_such_request, notify, Broker, Caller, RequestRecord, MIN_TTL};
+use crate::audit::AuditEvent;
+use crate::policy;
+use agentd_proto::{
+    AccessRequestSpec, ErrorCode, PolicyDecision, Presence, RequestState, Response,
+    MAX_AWAIT_SECONDS,
+};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tracing::info;
+
+impl Broker {
+    /// Handles an access request: the policy decision, and for `auto` a grant with its
+    /// listener.
+    pub async fn request_access(self: &Arc<Self>, spec: AccessRequestSpec) -> Response {
+        let Some((_, permission)) = self.config.permission(&spec.resource, &spec.permission) else {
+            return self.not_found(&spec.resource, &spec.permission);
+        };
+        if spec.justification.trim().is_empty() {
+            return error(
+                ErrorCode::BadRequest,
+                "a justification is required: say what you will do with this access".into(),
+            );
+        }
+        let requested = spec.duration_seconds.map(Duration::from_secs);
+        let now_local = chrono::Local::now().naive_local();
+        let decision =
+            match policy::decide(permission, &spec.agent.agent_type, requested, now_local) {
+                Ok(d) => d,
+                Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+            };
+        let now = SystemTime::now();
+        let mut record = RequestRecord {
+            id: super::ids::request_id(),
+            spec,
+            state: RequestState::Pending,
+            duration: decision.duration.max(MIN_TTL),
+            clamped: decision.clamped,
+            max_ttl: decision.max_ttl,
+            created_at: now,
+            pending_until: None,
+            deciding: false,
+            decided_by: None,
+            message: None,
+            grant_id: None,
+        };
+        if let Err(refusal) = self.audit_sync(&AuditEvent::Request {
+            request_id: record.id.clone(),
+            resource: record.spec.resource.clone(),
+            permission: record.spec.permission.clone(),
+            duration_seconds: record.duration.as_secs(),
+            clamped: record.clamped,
+            justification: record.spec.justification.clone(),
+            agent: record.spec.agent.clone(),
+        }) {
+            return refusal;
+        }
+        let by = match decision.rule {
+            Some(i) => format!("policy rule {i}"),
+            None => "policy".to_owned(),
+        };
+        let rule = decision.rule.map(|i| format!("rules[{i}]"));
+        match decision.policy {
+            PolicyDecision::Deny => {
+                record.state = RequestState::Denied;
+                record.message = Some(format!(
+                    "policy denies {} on {}; do not retry this request, ask a human if the access is really needed",
+                    record.spec.permission, record.spec.resource
+                ));
+                if let Err(refusal) = self.audit_sync(&AuditEvent::Decision {
+                    request_id: record.id.clone(),
+                    decision: "denied".to_owned(),
+                    by: by.clone(),
+                    reason: None,
+                    rule,
+                }) {
+                    return refusal;
+                }
+                record.decided_by = Some(by);
+            }
+            PolicyDecision::Approval => {
+                let pending_for = self.config.daemon.pending_timeout;
+                record.pending_until = Some(now + pending_for);
+                record.message = Some(format!(
+                    "this access needs a human's approval; tell the human to run `agentd approve {}` in a terminal, then wait with await_approval (the request expires in {})",
+                    record.id,
+                    humantime::format_duration(pending_for)
+                ));
+                self.schedule_pending_expiry(record.id.clone(), pending_for);
+                if self.config.daemon.notify {
+                    notify::pending_request(&record.id, &record.spec);
+                }
+            }
+            PolicyDecision::Auto => match self.open_grant(&record).await {
+                Ok(grant) => {
+                    let grant_id = grant.id.clone();
+                    if let Err(refusal) = self.activate_grant(grant, &record, &by, rule) {
+                        return refusal;
+                    }
+                    record.state = RequestState::Approved;
+                    record.decided_by = Some(by);
+                    record.grant_id = Some(grant_id);
+                }
+                Err(message) => {
+                    self.audit_best_effort(&AuditEvent::Decision {
+                        request_id: record.id.clone(),
+                        decision: "denied".to_owned(),
+                        by: "agentd".to_owned(),
+                        reason: Some(message.clone()),
+                        rule: None,
+                    });
+                    return error(ErrorCode::Internal, message);
+                }
+            },
+        }
+        info!(request = %record.id, resource = %record.spec.resource, permission = %record.spec.permission,
+              agent = %record.spec.agent.agent_type, state = ?record.state, "access request");
+        let id = record.id.clone();
+        let response = {
+            let mut state = self.state();
+            state.request_order.push(id.clone());
+            state.requests.insert(id.clone(), record);
+            let r = &state.requests[&id];
+            Response::AccessRequest(Box::new(view_request(&state, r)))
+        };
+        self.persist();
+        self.announce_change();
+        response
+    }
+
+    /// A human approves a pending request (the control server checked user presence).
+    /// `duration` overrides the requested one, capped by the deciding policy's max TTL.
+    pub async fn approve(
+        self: &Arc<Self>,
+        request_id: &str,
+        duration: Option<Duration>,
+        presence: &Presence,
+        caller: Caller,
+    ) -> Response {
+        if let Err(refusal) = self.begin_decision(request_id) {
+            return refusal;
+        }
+        let by = human(presence, caller);
+        let snapshot = {
+            let mut state = self.state();
+            let Some(r) = state.requests.get_mut(request_id) else {
+                return no_such_request(request_id);
+            };
+            if let Some(d) = duration {
+                let wanted = d.max(MIN_TTL);
+                r.clamped = wanted > r.max_ttl;
+                r.duration = wanted.min(r.max_ttl);
+            }
+            RequestRecord {
+                id: r.id.clone(),
+                spec: r.spec.clone(),
+                state: r.state,
+                duration: r.duration,
+                clamped: r.clamped,
+                max_ttl: r.max_ttl,
+                created_at: r.created_at,
+                pending_until: r.pending_until,
+                deciding: true,
+                decided_by: None,
+                message: None,
+                grant_id: None,
+            }
+        };
+        let opened = self.open_grant(&snapshot).await;
+        let activated = opened.and_then(|grant| {
+            let grant_id = grant.id.clone();
+            self.activate_grant(grant, &snapshot, &by, None)
+                .map(|()| grant_id)
+                .map_err(|r| match r {
+                    Response::Error { message, .. } => message,
+                    _ => "audit log unavailable".to_owned(),
+                })
+        });
+        let response = {
+            let mut state = self.state();
+            let Some(r) = state.requests.get_mut(request_id) else {
+                return no_such_request(request_id);
+            };
+            r.deciding = false;
+            match activated {
+                Ok(grant_id) => {
+                    r.state = RequestState::Approved;
+                    r.decided_by = Some(by);
+                    r.message = None;
+                    r.grant_id = Some(grant_id);
+                    let r = &state.requests[request_id];
+                    Response::AccessRequest(Box::new(view_request(&state, r)))
+                }
+                Err(message) => error(ErrorCode::Internal, message),
+            }
+        };
+        info!(request = %request_id, "approved");
+        self.persist();
+        self.announce_change();
+        response
+    }
+
+    /// A human denies a pending request (the control server checked user presence).
+    pub fn deny(
+        &self,
+        request_id: &str,
+        reason: Option<String>,
+        presence: &Presence,
+        caller: Caller,
+    ) -> Response {
+        let by = human(presence, caller);
+        let message = format!(
+            "denied by a human{}; do not retry this request",
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        self.decide_without_grant(request_id, RequestState::Denied, &by, reason, message)
+    }
+
+    /// The agent withdraws its own pending request.
+    pub fn cancel(&self, request_id: &str, caller: Caller) -> Response {
+        self.decide_without_grant(
+            request_id,
+            RequestState::Cancelled,
+            &format!("agent ({})", caller.describe()),
+            None,
+            "cancelled by the agent".to_owned(),
+        )
+    }
+
+    /// Expires a pending request that nobody decided (timeout or shutdown).
+    pub(super) fn expire_request(&self, request_id: &str, by: &str) {
+        let _ = self.decide_without_grant(
+            request_id,
+            RequestState::Expired,
+            by,
+            None,
+            "nobody approved this request in time; request again if still needed".to_owned(),
+        );
+    }
+
+    /// Waits (at most `timeout`, capped at [`MAX_AWAIT_SECONDS`]) until the request leaves
+    /// `pending`, then returns its view; on timeout the view still says `pending`.
+    pub async fn await_request(&self, request_id: &str, timeout: Duration) -> Response {
+        let timeout = timeout.min(Duration::from_secs(MAX_AWAIT_SECONDS));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.changes.subscribe();
+        loop {
+            {
+                let state = self.state();
+                let Some(r) = state.requests.get(request_id) else {
+                    return no_such_request(request_id);
+                };
+                if r.state != RequestState::Pending || tokio::time::Instant::now() >= deadline {
+                    let mut view = view_request(&state, r);
+                    if view.state == RequestState::Pending {
+                        view.message = Some(format!(
+                            "still pending: no human has decided yet. Remind the human to run `agentd approve {request_id}`, then call await_approval again"
+                        ));
+                    }
+                    return Response::AccessRequest(Box::new(view));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return error(ErrorCode::Internal, "the daemon is shutting down".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a pending request as being decided, so a second decision (or the expiry timer)
+    /// cannot race the grant being opened.
+    fn begin_decision(&self, request_id: &str) -> Result<(), Response> {
+        let mut state = self.state();
+        let Some(r) = state.requests.get_mut(request_id) else {
+            return Err(no_such_request(request_id));
+        };
+        if r.state != RequestState::Pending || r.deciding {
+            return Err(already_decided(r));
+        }
+        r.deciding = true;
+        Ok(())
+    }
+
+    /// Moves a pending request to `to` (denied, cancelled, expired) and records it.
+    fn decide_without_grant(
+        &self,
+        request_id: &str,
+        to: RequestState,
+        by: &str,
+        reason: Option<String>,
+        message: String,
+    ) -> Response {
+        {
+            let state = self.state();
+            let Some(r) = state.requests.get(request_id) else {
+                return no_such_request(request_id);
+            };
+            if r.state != RequestState::Pending || r.deciding {
+                return already_decided(r);
+            }
+        }
+        // Record first; a request whose decision could not be recorded stays pending.
+        if let Err(refusal) = self.audit_sync(&AuditEvent::Decision {
+            request_id: request_id.to_owned(),
+            decision: to.as_str().to_owned(),
+            by: by.to_owned(),
+            reason,
+            rule: None,
+        }) {
+            return refusal;
+        }
+        let response = {
+            let mut state = self.state();
+            let Some(r) = state.requests.get_mut(request_id) else {
+                return no_such_request(request_id);
+            };
+            r.state = to;
+            r.decided_by = Some(by.to_owned());
+            r.message = Some(message);
+            let r = &state.requests[request_id];
+            Response::AccessRequest(Box::new(view_request(&state, r)))
+        };
+        info!(request = %request_id, state = ?to, %by, "request decided");
+        self.persist();
+        self.announce_change();
+        response
+    }
+
+    fn schedule_pending_expiry(self: &Arc<Self>, request_id: String, after: Duration) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(broker) = broker.upgrade() {
+                let pending = broker
+                    .state()
+                    .requests
+                    .get(&request_id)
+                    .is_some_and(|r| r.state == RequestState::Pending && !r.deciding);
+                if pending {
+                    broker.expire_request(&request_id, "timeout");
+                }
+            }
+        });
+    }
+
+    fn not_found(&self, resource: &str, permission: &str) -> Response {
+        let message = match self.config.resources.get(resource) {
+            None => format!(
+                "no resource {resource:?}; known resources: {}",
+                self.config
+                    .resources
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(r) => format!(
+                "resource {resource} has no permission {permission:?}; its permissions: {}",
+                r.permissions.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        error(ErrorCode::NotFound, message)
+    }
+}
+
+/// `user NAME (uid U pid P) on TTY` for a human decision.
+fn human(presence: &Presence, caller: Caller) -> String {
+    let name = if presence.user.is_empty() {
+        "?"
+    } else {
+        &presence.user
+    };
+    format!("user {name} ({}) on {}", caller.describe(), presence.tty)
+}
+
+fn already_decided(r: &RequestRecord) -> Response {
+    let what = if r.deciding {
+        "being decided right now".to_owned()
+    } else {
+        format!(
+            "already {}{}",
+            r.state.as_str(),
+            r.decided_by
+                .as_deref()
+                .map(|b| format!(" (by {b})"))
+                .unwrap_or_default()
+        )
+    };
+    error(ErrorCode::Conflict, format!("request {} is {what}", r.id))
+}

@@ -1,0 +1,111 @@
+//! What the broker shows: grants, requests and handles as protocol views. The token is
+//! exposed only here, into the agent's handle.
+
+use super::{ids, GrantRecord, RequestRecord, State};
+use agentd_proto::{AccessRequestView, GrantState, GrantView, Handle, RequestState};
+use secrecy::ExposeSecret;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch (0 before it).
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn view_grant(g: &GrantRecord) -> GrantView {
+    let remaining = if g.state == GrantState::Active {
+        g.expires_at
+            .duration_since(SystemTime::now())
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    GrantView {
+        id: g.id.clone(),
+        request_id: g.request_id.clone(),
+        resource: g.resource.clone(),
+        permission: g.permission.clone(),
+        agent: g.agent.clone(),
+        state: g.state,
+        created_at: unix(g.created_at),
+        expires_at: unix(g.expires_at),
+        remaining_seconds: remaining,
+        listener: g.listener_addr.to_string(),
+        connections: g.listener.live_connections.load(Ordering::Relaxed),
+        connections_total: g.listener.total_connections.load(Ordering::Relaxed),
+    }
+}
+
+/// The view of request `r`, with its grant and (while the grant is active) its handle.
+pub(crate) fn view_request(state: &State, r: &RequestRecord) -> AccessRequestView {
+    let grant = r.grant_id.as_ref().and_then(|g| state.grants.get(g));
+    let message = match grant {
+        Some(g) if g.state != GrantState::Active => Some(
+            format!(
+                "grant {} is {:?}; request access again if still needed",
+                g.id, g.state
+            )
+            .to_lowercase(),
+        ),
+        _ => r.message.clone(),
+    };
+    AccessRequestView {
+        id: r.id.clone(),
+        resource: r.spec.resource.clone(),
+        permission: r.spec.permission.clone(),
+        state: r.state,
+        duration_seconds: r.duration.as_secs(),
+        clamped: r.clamped,
+        justification: r.spec.justification.clone(),
+        agent: r.spec.agent.clone(),
+        created_at: unix(r.created_at),
+        pending_until: r
+            .pending_until
+            .filter(|_| r.state == RequestState::Pending)
+            .map(unix),
+        decided_by: r.decided_by.clone(),
+        message,
+        grant: grant.map(view_grant),
+        handle: grant
+            .filter(|g| g.state == GrantState::Active)
+            .map(handle_for),
+    }
+}
+
+/// Builds the agent-facing handle: DSN, libpq env vars and a psql command.
+pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
+    let host = g.listener_addr.ip().to_string();
+    let port = g.listener_addr.port();
+    let token = g.token.expose_secret();
+    let dsn = format!(
+        "postgresql://{}:{}@{}:{}/{}?sslmode=disable",
+        g.id,
+        token,
+        host,
+        port,
+        ids::percent_encode(&g.database)
+    );
+    let env = BTreeMap::from([
+        ("PGHOST".to_owned(), host.clone()),
+        ("PGPORT".to_owned(), port.to_string()),
+        ("PGUSER".to_owned(), g.id.clone()),
+        ("PGPASSWORD".to_owned(), token.to_owned()),
+        ("PGDATABASE".to_owned(), g.database.clone()),
+        ("PGSSLMODE".to_owned(), "disable".to_owned()),
+    ]);
+    Handle {
+        psql: format!("psql \"{dsn}\""),
+        dsn,
+        env,
+        host,
+        port,
+        socket_dir: g.socket_dir.as_ref().map(|d| d.display().to_string()),
+        database: g.database.clone(),
+        user: g.id.clone(),
+        expires_at: unix(g.expires_at),
+    }
+}
