@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(agentd::cli::run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("agentd: {e:#}");
             std::process::ExitCode::FAILURE

@@ -1,6 +1,6 @@
-//! `agentd status`, `agentd request`, `agentd revoke`.
+//! `agentd status`, `agentd request`, `agentd revoke`, `agentd release`.
 
-use super::{call, RequestArgs, RevokeArgs};
+use super::{call, ReleaseArgs, RequestArgs, RevokeArgs};
 use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Request, Response, RevokeTarget};
 use anyhow::bail;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
@@ -121,26 +121,52 @@ pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `agentd revoke GRANT_ID | --all [--json]`.
+/// `agentd revoke GRANT_ID | --resource R | --agent A | --all [--json]`.
 pub async fn revoke(socket: &Path, args: &RevokeArgs) -> anyhow::Result<()> {
-    let target = match (&args.grant_id, args.all) {
-        (_, true) => RevokeTarget::All,
-        (Some(id), false) => RevokeTarget::Grant {
+    let target = if args.all {
+        RevokeTarget::All
+    } else if let Some(resource) = &args.resource {
+        RevokeTarget::Resource {
+            resource: resource.clone(),
+        }
+    } else if let Some(agent_type) = &args.agent {
+        RevokeTarget::Agent {
+            agent_type: agent_type.clone(),
+        }
+    } else if let Some(id) = &args.grant_id {
+        RevokeTarget::Grant {
             grant_id: id.clone(),
-        },
-        (None, false) => bail!("name a grant id or pass --all"),
+        }
+    } else {
+        bail!("name a grant id, or pass --resource, --agent or --all");
     };
     let response = call(socket, Request::Revoke { target }).await?;
+    print_ended(response, args.json, "revoked", "no active grants to revoke")
+}
+
+/// `agentd release GRANT_ID [--json]`.
+pub async fn release(socket: &Path, args: &ReleaseArgs) -> anyhow::Result<()> {
+    let response = call(
+        socket,
+        Request::Release {
+            grant_id: args.grant_id.clone(),
+        },
+    )
+    .await?;
+    print_ended(response, args.json, "released", "nothing to release")
+}
+
+fn print_ended(response: Response, json: bool, verb: &str, none: &str) -> anyhow::Result<()> {
     let Response::Revoked { grant_ids } = response else {
         bail!("unexpected reply from the daemon: {response:?}")
     };
-    if args.json {
-        println!("{}", serde_json::json!({ "revoked": grant_ids }));
+    if json {
+        println!("{}", serde_json::json!({ verb: grant_ids }));
     } else if grant_ids.is_empty() {
-        println!("no active grants to revoke");
+        println!("{none}");
     } else {
         for id in &grant_ids {
-            println!("revoked {id}");
+            println!("{verb} {id}");
         }
     }
     Ok(())

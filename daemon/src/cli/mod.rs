@@ -1,5 +1,6 @@
 //! The `agentd` command line: argument parsing (clap) and the subcommands.
 
+mod approvals;
 pub mod audit;
 mod config_check;
 mod grants;
@@ -15,7 +16,10 @@ use std::path::PathBuf;
 /// and opens authenticated loopback listeners; agents only ever get short-lived handles.
 ///
 /// Quick start: `agentd demo` runs the whole path against a throwaway PostgreSQL.
-/// Humans manage access with `agentd status` and `agentd revoke`.
+///
+/// Humans manage access: `agentd requests` lists what agents asked for, `agentd approve ID`
+/// / `agentd deny ID` decide (at an interactive terminal only), `agentd status` shows live
+/// grants, `agentd revoke` ends them, `agentd audit` shows the tamper-evident log.
 #[derive(Debug, Parser)]
 #[command(name = "agentd", version, propagate_version = true)]
 pub struct Cli {
@@ -42,25 +46,33 @@ pub enum Command {
     ///
     /// Example: agentd request app-db --permission read_only --ttl 30m
     Request(RequestArgs),
-    /// Revoke a grant (or all): its listener closes and its live sessions are cut.
+    /// List access requests (pending ones unless --all), newest first.
+    Requests(RequestsArgs),
+    /// Approve a pending request. Asks for confirmation on the controlling terminal
+    /// (/dev/tty): a process without one — e.g. a command an agent runs — is refused.
+    ///
+    /// Example: agentd approve r_0123456789abcdef --ttl 30m
+    Approve(ApproveArgs),
+    /// Deny a pending request (confirmed on the controlling terminal, like approve).
+    ///
+    /// Example: agentd deny r_0123456789abcdef --reason "use the staging copy"
+    Deny(DenyArgs),
+    /// Revoke grants: one by id, all on a resource, all of an agent type, or all. Their
+    /// listeners close and live sessions are cut with a FATAL error.
     Revoke(RevokeArgs),
+    /// Give back a grant before it expires (what an agent does when it is done).
+    Release(ReleaseArgs),
+    /// Show the audit log, follow it, or verify its hash chain (`agentd audit verify`).
+    Audit(audit::AuditArgs),
+    /// Work with the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Store or delete an upstream secret in the OS keychain.
     #[command(subcommand)]
     Secret(SecretCommand),
     /// Run the whole path on a throwaway local PostgreSQL: cluster, grant, psql through the
     /// proxy; then clean up.
     Demo(DemoArgs),
-    /// Inspect the config file.
-    #[command(subcommand)]
-    Config(ConfigCommand),
-}
-
-/// `agentd config`.
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Load and validate the config; show each resource, permission and policy in plain
-    /// English, where the audit log goes, and warnings. Exit code 1 when it does not load.
-    Check(config_check::ConfigCheckArgs),
 }
 
 /// `--json` output for scripts.
@@ -90,18 +102,80 @@ pub struct RequestArgs {
     pub json: bool,
 }
 
+/// `agentd requests`.
+#[derive(Debug, Args)]
+pub struct RequestsArgs {
+    /// Include decided requests (approved, denied, expired, cancelled).
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agentd approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The request id (r_…) from `agentd requests`.
+    pub request_id: String,
+    /// Grant a different duration than requested, e.g. 10m (still capped by the policy's
+    /// max_ttl).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Print the result as JSON (the confirmation still happens on the terminal).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agentd deny`.
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// The request id (r_…) from `agentd requests`.
+    pub request_id: String,
+    /// Why; shown to the agent and recorded in the audit log.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `agentd revoke`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["grant_id", "all"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["grant_id", "resource", "agent", "all"])))]
 pub struct RevokeArgs {
     /// The grant id (g_…) from `agentd status`.
     pub grant_id: Option<String>,
+    /// Revoke every active grant on this resource.
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// Revoke every active grant held by this agent type (e.g. cursor, claude-code).
+    #[arg(long)]
+    pub agent: Option<String>,
     /// Revoke every active grant.
     #[arg(long)]
     pub all: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `agentd release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The grant id (g_…).
+    pub grant_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `agentd config`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the config; show each resource, permission and policy in plain
+    /// English, where the audit log goes, and warnings. Exit code 1 when it does not load.
+    Check(config_check::ConfigCheckArgs),
 }
 
 /// `agentd secret`.
@@ -144,25 +218,46 @@ impl Cli {
     }
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line; returns the process exit code (0 success, 1 a reported
+/// failure such as a tampered audit log or an invalid config).
 ///
 /// # Errors
 /// Whatever the subcommand reports; `main` prints it and exits 1.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let ok = |r: anyhow::Result<()>| r.map(|()| 0u8);
+    let code = |r: anyhow::Result<i32>| r.map(|c| u8::try_from(c).unwrap_or(1));
     match &cli.command {
-        Command::Daemon => crate::daemon::run(cli.config_path(), cli.socket_path()).await,
-        Command::Status(flag) => grants::status(&cli.socket_path(), flag.json).await,
-        Command::Request(args) => grants::request(&cli.socket_path(), args).await,
-        Command::Revoke(args) => grants::revoke(&cli.socket_path(), args).await,
-        Command::Secret(cmd) => secret::run(&cli.config_path(), cmd).await,
-        Command::Demo(args) => crate::demo::run(args.serve).await,
-        Command::Config(ConfigCommand::Check(args)) => {
-            match config_check::run(&cli.config_path(), args)? {
-                0 => Ok(()),
-                code => std::process::exit(code),
-            }
+        Command::Daemon => ok(crate::daemon::run(cli.config_path(), cli.socket_path()).await),
+        Command::Status(flag) => ok(grants::status(&cli.socket_path(), flag.json).await),
+        Command::Request(args) => ok(grants::request(&cli.socket_path(), args).await),
+        Command::Requests(args) => ok(approvals::requests(&cli.socket_path(), args).await),
+        Command::Approve(args) => ok(approvals::approve(&cli.socket_path(), args).await),
+        Command::Deny(args) => ok(approvals::deny(&cli.socket_path(), args).await),
+        Command::Revoke(args) => ok(grants::revoke(&cli.socket_path(), args).await),
+        Command::Release(args) => ok(grants::release(&cli.socket_path(), args).await),
+        Command::Audit(args) => {
+            let dir = match &args.dir {
+                Some(dir) => dir.clone(),
+                None => audit_dir_of(&cli.config_path())?,
+            };
+            code(audit::run(args, &dir))
         }
+        Command::Config(ConfigCommand::Check(args)) => {
+            code(config_check::run(&cli.config_path(), args))
+        }
+        Command::Secret(cmd) => ok(secret::run(&cli.config_path(), cmd).await),
+        Command::Demo(args) => ok(crate::demo::run(args.serve).await),
     }
+}
+
+/// The audit directory the config names; the platform default when there is no config file.
+fn audit_dir_of(config_path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if !config_path.exists() {
+        return Ok(crate::config::DaemonSettings::default()
+            .data_dir()
+            .join("audit"));
+    }
+    Ok(crate::config::Config::load(config_path)?.audit_dir())
 }
 
 /// Sends one request to the daemon; a daemon-side error becomes an `Err`.

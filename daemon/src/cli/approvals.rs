@@ -1,0 +1,286 @@
+//! `agentd requests`, `agentd approve`, `agentd deny`: the human side of the workflow.
+//!
+//! User presence: approve and deny confirm on the controlling terminal (`/dev/tty`), not on
+//! stdin, so piping `yes` into the command does not work and a process without a terminal
+//! (a command an agent runs through its shell tool) is refused with a message telling the
+//! human what to run. The daemon checks the same on its side from the peer's pid (Linux).
+
+use super::{call, ApproveArgs, DenyArgs, RequestsArgs};
+use agentd_proto::{AccessRequestView, Presence, Request, RequestState, Response};
+use anyhow::{bail, Context as _};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `agentd requests [--all] [--json]`.
+pub async fn requests(socket: &Path, args: &RequestsArgs) -> anyhow::Result<()> {
+    let response = call(socket, Request::ListRequests { all: args.all }).await?;
+    let Response::Requests { requests } = response else {
+        bail!("unexpected reply from the daemon: {response:?}")
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&requests)?);
+        return Ok(());
+    }
+    if requests.is_empty() {
+        println!(
+            "{}",
+            if args.all {
+                "no access requests"
+            } else {
+                "no pending access requests"
+            }
+        );
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "request",
+        "state",
+        "resource/permission",
+        "duration",
+        "agent",
+        "justification",
+    ]);
+    for r in &requests {
+        table.add_row([
+            r.id.clone(),
+            r.state.as_str().to_owned(),
+            format!("{}/{}", r.resource, r.permission),
+            humantime::format_duration(Duration::from_secs(r.duration_seconds)).to_string(),
+            agent_label(r),
+            r.justification.clone(),
+        ]);
+    }
+    println!("{table}");
+    if requests.iter().any(|r| r.state == RequestState::Pending) {
+        println!("\ndecide with: agentd approve ID [--ttl 30m] | agentd deny ID [--reason …]");
+    }
+    Ok(())
+}
+
+/// `agentd approve ID [--ttl D] [--json]`.
+pub async fn approve(socket: &Path, args: &ApproveArgs) -> anyhow::Result<()> {
+    let mut tty = Terminal::open(&args.request_id, "approve")?;
+    let request = pending_request(socket, &args.request_id).await?;
+    let duration = args
+        .ttl
+        .unwrap_or(Duration::from_secs(request.duration_seconds));
+    tty.show(&describe(&request))?;
+    let question = format!(
+        "Approve {} for {}? Type \"yes\" to approve: ",
+        request.id,
+        humantime::format_duration(duration)
+    );
+    if !tty.confirm(&question)? {
+        bail!("not approved (nothing changed)");
+    }
+    let view = call_for_request(
+        socket,
+        Request::Approve {
+            request_id: args.request_id.clone(),
+            duration_seconds: args.ttl.map(|d| d.as_secs().max(1)),
+            presence: tty.presence(),
+        },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    match &view.grant {
+        Some(g) => {
+            let clamped = if view.clamped {
+                " (capped at the policy's max_ttl)"
+            } else {
+                ""
+            };
+            println!(
+                "approved {} → grant {} on {}/{} for {}{clamped}; the agent can connect now",
+                view.id,
+                g.id,
+                g.resource,
+                g.permission,
+                humantime::format_duration(Duration::from_secs(view.duration_seconds))
+            );
+        }
+        None => println!("approved {}", view.id),
+    }
+    Ok(())
+}
+
+/// `agentd deny ID [--reason R] [--json]`.
+pub async fn deny(socket: &Path, args: &DenyArgs) -> anyhow::Result<()> {
+    let mut tty = Terminal::open(&args.request_id, "deny")?;
+    let request = pending_request(socket, &args.request_id).await?;
+    tty.show(&describe(&request))?;
+    if !tty.confirm(&format!("Deny {}? Type \"yes\" to deny: ", request.id))? {
+        bail!("not denied (nothing changed)");
+    }
+    let view = call_for_request(
+        socket,
+        Request::Deny {
+            request_id: args.request_id.clone(),
+            reason: args.reason.clone(),
+            presence: tty.presence(),
+        },
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!("denied {}", view.id);
+    }
+    Ok(())
+}
+
+/// Sends a request answered with an access-request view.
+async fn call_for_request(socket: &Path, request: Request) -> anyhow::Result<AccessRequestView> {
+    match call(socket, request).await? {
+        Response::AccessRequest(view) => Ok(*view),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
+async fn pending_request(socket: &Path, request_id: &str) -> anyhow::Result<AccessRequestView> {
+    let view = call_for_request(
+        socket,
+        Request::GetRequest {
+            request_id: request_id.to_owned(),
+        },
+    )
+    .await?;
+    if view.state != RequestState::Pending {
+        bail!(
+            "request {} is already {}{}",
+            view.id,
+            view.state.as_str(),
+            view.decided_by
+                .as_deref()
+                .map(|b| format!(" (by {b})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(view)
+}
+
+fn describe(r: &AccessRequestView) -> String {
+    let expires = r
+        .pending_until
+        .and_then(|t| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+            Some(format!(
+                " (expires undecided in {})",
+                humantime::format_duration(Duration::from_secs(t.saturating_sub(now)))
+            ))
+        })
+        .unwrap_or_default();
+    format!(
+        "access request {}{expires}\n  resource:      {}\n  permission:    {}\n  duration:      {}{}\n  agent:         {}\n  justification: {}\n",
+        r.id,
+        r.resource,
+        r.permission,
+        humantime::format_duration(Duration::from_secs(r.duration_seconds)),
+        if r.clamped { " (clamped to max_ttl)" } else { "" },
+        agent_label(r),
+        r.justification
+    )
+}
+
+fn agent_label(r: &AccessRequestView) -> String {
+    let mut label = r.agent.agent_type.clone();
+    if let Some(client) = &r.agent.client_name {
+        label.push_str(&format!(" ({client})"));
+    }
+    if let Some(pid) = r.agent.pid {
+        label.push_str(&format!(" pid {pid}"));
+    }
+    label
+}
+
+/// The controlling terminal, where the human confirms.
+struct Terminal {
+    reader: BufReader<std::fs::File>,
+    writer: std::fs::File,
+    name: String,
+}
+
+impl Terminal {
+    /// Opens `/dev/tty`; without a controlling terminal, explains who must run what.
+    fn open(request_id: &str, verb: &str) -> anyhow::Result<Self> {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(tty_path());
+        let file = match opened {
+            Ok(f) => f,
+            Err(_) => bail!(
+                "`agentd {verb}` needs a human at an interactive terminal (user presence), and this \
+                 process has no controlling terminal. If you are an AI agent: you cannot {verb} \
+                 access yourself; ask the human to run `agentd {verb} {request_id}` in their own terminal."
+            ),
+        };
+        let writer = file.try_clone().context("cannot use the terminal")?;
+        Ok(Self {
+            reader: BufReader::new(file),
+            writer,
+            name: terminal_name(),
+        })
+    }
+
+    fn show(&mut self, text: &str) -> anyhow::Result<()> {
+        self.writer.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Asks `question`; true only for an answer of `yes` or `y`.
+    fn confirm(&mut self, question: &str) -> anyhow::Result<bool> {
+        self.writer.write_all(question.as_bytes())?;
+        self.writer.flush()?;
+        let mut answer = String::new();
+        self.reader
+            .read_line(&mut answer)
+            .context("cannot read the answer from the terminal")?;
+        Ok(matches!(
+            answer.trim().to_ascii_lowercase().as_str(),
+            "yes" | "y"
+        ))
+    }
+
+    fn presence(&self) -> Presence {
+        Presence {
+            tty: self.name.clone(),
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn tty_path() -> &'static str {
+    if cfg!(windows) {
+        "CONIN$"
+    } else {
+        "/dev/tty"
+    }
+}
+
+/// The controlling terminal's device name, e.g. `/dev/pts/3` (Linux: decoded from the
+/// `tty_nr` field of `/proc/self/stat`, see proc(5)); `/dev/tty` when unknown.
+fn terminal_name() -> String {
+    let decoded = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let after = &stat[stat.rfind(')')? + 1..];
+            let nr: u64 = after.split_whitespace().nth(4)?.parse().ok()?;
+            let major = (nr >> 8) & 0xfff;
+            let minor = (nr & 0xff) | ((nr >> 12) & 0xfff00);
+            Some(match major {
+                136..=143 => format!("/dev/pts/{}", (major - 136) * 256 + minor),
+                4 => format!("/dev/tty{minor}"),
+                _ => format!("tty {major}:{minor}"),
+            })
+        });
+    decoded.unwrap_or_else(|| tty_path().to_owned())
+}
