@@ -1,4 +1,6 @@
-//! The MCP tools: `list_resources`, `request_access`, `get_request`.
+//! The MCP tools: `list_resources`, `request_access`, `get_request`, `await_approval`,
+//! `release_access`. There is deliberately no tool to approve or deny: that needs a human
+//! at a terminal.
 //!
 //! Each result is structured JSON (also given as text for clients that ignore
 //! `structuredContent`). Handles carry a local DSN, `PG*` env vars and a `psql` command for
@@ -45,6 +47,26 @@ pub struct GetRequestArgs {
     pub request_id: String,
 }
 
+/// `await_approval` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct AwaitApprovalArgs {
+    /// The request id returned by request_access (r_…).
+    pub request_id: String,
+    /// How long to wait for the human, in seconds (default 60, at most 600).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `release_access` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ReleaseAccessArgs {
+    /// The grant id from the approved request (g_…).
+    pub grant_id: String,
+}
+
+/// Default `await_approval` wait, in seconds.
+const DEFAULT_AWAIT_SECONDS: u64 = 60;
+
 #[tool_router]
 impl AgentdTools {
     /// A server that talks to `daemon` and labels requests with `agent_type`.
@@ -66,7 +88,7 @@ impl AgentdTools {
 
     /// Asks for access.
     #[tool(
-        description = "Request temporary access to a resource. On approval the result holds a handle: a local postgresql:// DSN, PG* environment variables and a ready psql command. Use the handle as given; it expires with the grant. If the state is pending, a human must approve: relay the message to them and check later with get_request."
+        description = "Request temporary access to a resource, with a real justification (shown to the human and recorded). If approved, the result holds a handle: a local postgresql:// DSN, PG* environment variables and a ready psql command; use it as given, it expires with the grant. If the state is pending, tell the human the exact command in the message (agentd approve r_…), then call await_approval. If denied, do not retry."
     )]
     async fn request_access(
         &self,
@@ -122,6 +144,37 @@ impl AgentdTools {
             })
             .await)
     }
+
+    /// Waits for a human's decision on a pending request.
+    #[tool(
+        description = "Wait until a human approves or denies a pending access request, or until the timeout (default 60 s). Returns the request: approved (with the handle), denied (do not retry), expired, or still pending (a normal result: remind the human and call again)."
+    )]
+    async fn await_approval(
+        &self,
+        Parameters(args): Parameters<AwaitApprovalArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(self
+            .forward(Request::AwaitRequest {
+                request_id: args.request_id,
+                timeout_seconds: args.timeout_seconds.unwrap_or(DEFAULT_AWAIT_SECONDS),
+            })
+            .await)
+    }
+
+    /// Gives a grant back.
+    #[tool(
+        description = "Release a grant when you are done with it: its listener closes and the handle stops working. Do this as soon as the task is finished."
+    )]
+    async fn release_access(
+        &self,
+        Parameters(args): Parameters<ReleaseAccessArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(self
+            .forward(Request::Release {
+                grant_id: args.grant_id,
+            })
+            .await)
+    }
 }
 
 impl AgentdTools {
@@ -134,6 +187,9 @@ impl AgentdTools {
             }
             Ok(Response::Resources { resources }) => {
                 CallToolResult::structured(json!({ "resources": resources }))
+            }
+            Ok(Response::Revoked { grant_ids }) => {
+                CallToolResult::structured(json!({ "released": grant_ids }))
             }
             Ok(Response::AccessRequest(view)) => match serde_json::to_value(&view) {
                 Ok(value) => CallToolResult::structured(value),
@@ -158,6 +214,7 @@ fn kind_of(response: &Response) -> &'static str {
         Response::AccessRequest(_) => "access_request",
         Response::Status(_) => "status",
         Response::Revoked { .. } => "revoked",
+        Response::Requests { .. } => "requests",
         Response::Error { .. } => "error",
     }
 }
@@ -171,8 +228,10 @@ impl ServerHandler for AgentdTools {
     fn get_info(&self) -> ServerConfig {
         let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
             "agentd gives you short-lived, audited database access without ever showing you a password. \
-             Call list_resources, then request_access with a clear justification. Connect with the \
-             returned handle (DSN, PG* env vars or the psql command) exactly as given.",
+             Call list_resources, then request_access with a clear justification. If it is pending, tell the \
+             human the command in the message and call await_approval. Connect with the returned handle \
+             (DSN, PG* env vars or the psql command) exactly as given, and release_access when done. \
+             Never retry a denied request.",
         );
         info.server_info = Implementation::new("agentd-mcp", env!("CARGO_PKG_VERSION"));
         info
