@@ -103,7 +103,14 @@ impl DaemonProcess {
     /// # Errors
     /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
     pub async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
-        let log_path = sandbox.dir.path().join("daemon.log");
+        // A restarted daemon gets a log of its own: daemon.log, daemon-2.log, …
+        let log_path = (1..)
+            .map(|n| match n {
+                1 => sandbox.dir.path().join("daemon.log"),
+                n => sandbox.dir.path().join(format!("daemon-{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .context("log name")?;
         let log = std::fs::File::create(&log_path)?;
         let mut child = tokio::process::Command::new(bin("agentd"))
             .arg("--config")
@@ -146,6 +153,16 @@ impl DaemonProcess {
         Ok(tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??)
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup at all) and waits for it to die.
+    ///
+    /// # Errors
+    /// Killing or waiting failed.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??;
+        Ok(())
+    }
+
     /// The daemon log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -185,23 +202,69 @@ impl CliOutput {
     }
 }
 
-/// Runs `agentd --config … --socket … ARGS`.
+/// Runs `agentd --config … --socket … ARGS` the way an agent's shell tool would: stdin from
+/// /dev/null and, on Linux, in a new session without a controlling terminal (`setsid -w`),
+/// so the test behaves the same whether or not `cargo test` runs in a terminal.
 ///
 /// # Errors
 /// The binary cannot run or hangs past [`STEP_TIMEOUT`].
 pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliOutput> {
-    let out = tokio::time::timeout(
-        STEP_TIMEOUT,
+    let mut cmd = if cfg!(target_os = "linux") {
+        let mut c = tokio::process::Command::new("setsid");
+        c.arg("-w").arg(bin("agentd"));
+        c
+    } else {
         tokio::process::Command::new(bin("agentd"))
-            .arg("--config")
-            .arg(&sandbox.config_path)
-            .arg("--socket")
-            .arg(&sandbox.socket_path)
-            .args(args)
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await??;
+    };
+    cmd.arg("--config")
+        .arg(&sandbox.config_path)
+        .arg("--socket")
+        .arg(&sandbox.socket_path)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await??;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs `agentd … ARGS` at a real terminal: inside a pseudo-terminal made by util-linux
+/// `script`, with `typed` written to the terminal as the human's keystrokes. The output is
+/// the terminal's (prompts, echoed input and the command's stdout/stderr, in `stdout`).
+///
+/// # Errors
+/// `script` cannot run or hangs past [`STEP_TIMEOUT`].
+pub async fn agentd_cli_at_terminal(
+    sandbox: &Sandbox,
+    args: &[&str],
+    typed: &str,
+) -> anyhow::Result<CliOutput> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = vec![
+        quote(&bin("agentd").display().to_string()),
+        "--config".to_owned(),
+        quote(&sandbox.config_path.display().to_string()),
+        "--socket".to_owned(),
+        quote(&sandbox.socket_path.display().to_string()),
+    ];
+    line.extend(args.iter().map(|a| quote(a)));
+    let mut child = tokio::process::Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(line.join(" "))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting script(1) for a pseudo-terminal")?;
+    let mut stdin = child.stdin.take().context("script stdin")?;
+    stdin.write_all(typed.as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(STEP_TIMEOUT, child.wait_with_output()).await??;
     Ok(CliOutput {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -16,7 +16,16 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
     let tools = mcp.client.list_all_tools().await?;
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
-    assert_eq!(names, ["get_request", "list_resources", "request_access"]);
+    assert_eq!(
+        names,
+        [
+            "await_approval",
+            "get_request",
+            "list_resources",
+            "release_access",
+            "request_access"
+        ]
+    );
 
     let resources = mcp.call("list_resources", json!({})).await?;
     assert!(!resources.is_error, "{}", resources.raw);
