@@ -546,3 +546,66 @@ async fn sigkill_mid_traffic_leaves_a_verifiable_log_and_restart_records_the_gra
     daemon.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_agent_rule_decides_and_config_check_explains_it() -> anyhow::Result<()> {
+    let sandbox = sandbox(SandboxOptions {
+        policy: "approval".to_owned(),
+        extra_permission_toml: format!(
+            "\n[[resources.{RESOURCE}.permissions.{PERMISSION}.rules]]\n\
+             agents = [\"e2e-test\"]\npolicy = \"auto\"\nmax_ttl = \"5m\"\n"
+        ),
+        ..SandboxOptions::default()
+    })
+    .await?;
+
+    let check = agentd_cli(&sandbox, &["config", "check", "--json"]).await?;
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    let text = agentd_cli(&sandbox, &["config", "check"]).await?.stdout;
+    assert!(
+        text.contains("e2e-test")
+            && text.contains("auto, max 5m")
+            && text.contains("otherwise: approval"),
+        "{text}"
+    );
+
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    let mcp = McpSession::start(&sandbox, &[]).await?;
+    // The rule's agent gets auto approval, clamped to the rule's max_ttl…
+    let auto = mcp
+        .call(
+            "request_access",
+            json!({"resource": RESOURCE, "permission": PERMISSION, "duration": "1h",
+                   "justification": "rule test"}),
+        )
+        .await?;
+    assert_eq!(auto.value["state"], "approved", "{}", auto.raw);
+    assert_eq!(auto.value["duration_seconds"], 300);
+    assert_eq!(auto.value["clamped"], true);
+    assert_eq!(auto.value["decided_by"], "policy rule 0");
+    // …everyone else waits for a human.
+    let cli = agentd_cli(
+        &sandbox,
+        &["request", RESOURCE, "--permission", PERMISSION, "--json"],
+    )
+    .await?
+    .json()?;
+    assert_eq!(cli["state"], "pending", "{cli}");
+    mcp.close().await?;
+    daemon.stop().await?;
+
+    // A broken config is refused with the line and the field.
+    std::fs::write(
+        &sandbox.config_path,
+        std::fs::read_to_string(&sandbox.config_path)?
+            .replace("max_ttl = \"5m\"", "max_ttl = \"soon\""),
+    )?;
+    let broken = agentd_cli(&sandbox, &["config", "check"]).await?;
+    assert_eq!(broken.code, 1, "{}", broken.stdout);
+    let said = format!("{}{}", broken.stdout, broken.stderr);
+    assert!(
+        said.contains("line ") && said.contains("max_ttl") && said.contains("soon"),
+        "{said}"
+    );
+    Ok(())
+}

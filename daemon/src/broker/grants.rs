@@ -180,7 +180,7 @@ impl Broker {
                     Some(g) => {
                         return error(
                             ErrorCode::Conflict,
-                            format!("grant {grant_id} is already {:?}", g.state).to_lowercase(),
+                            format!("grant {grant_id} is already {}", g.state.as_str()),
                         )
                     }
                     None => {
@@ -211,7 +211,7 @@ impl Broker {
         match self.state().grants.get(grant_id) {
             Some(g) => error(
                 ErrorCode::Conflict,
-                format!("grant {grant_id} is already {:?}", g.state).to_lowercase(),
+                format!("grant {grant_id} is already {}", g.state.as_str()),
             ),
             None => error(ErrorCode::NotFound, format!("no grant {grant_id}")),
         }

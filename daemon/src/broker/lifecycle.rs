@@ -379,14 +379,13 @@ impl Broker {
     }
 }
 
-/// `user NAME (uid U pid P) on TTY` for a human decision.
+/// `user NAME (uid U pid P) on TTY` for a human decision (NAME omitted when unknown).
 fn human(presence: &Presence, caller: Caller) -> String {
-    let name = if presence.user.is_empty() {
-        "?"
-    } else {
-        &presence.user
+    let name = match presence.user.trim() {
+        "" => String::new(),
+        user => format!("{user} "),
     };
-    format!("user {name} ({}) on {}", caller.describe(), presence.tty)
+    format!("user {name}({}) on {}", caller.describe(), presence.tty)
 }
 
 fn already_decided(r: &RequestRecord) -> Response {

@@ -44,13 +44,11 @@ pub(crate) fn view_grant(g: &GrantRecord) -> GrantView {
 pub(crate) fn view_request(state: &State, r: &RequestRecord) -> AccessRequestView {
     let grant = r.grant_id.as_ref().and_then(|g| state.grants.get(g));
     let message = match grant {
-        Some(g) if g.state != GrantState::Active => Some(
-            format!(
-                "grant {} is {:?}; request access again if still needed",
-                g.id, g.state
-            )
-            .to_lowercase(),
-        ),
+        Some(g) if g.state != GrantState::Active => Some(format!(
+            "grant {} is {}; request access again if still needed",
+            g.id,
+            g.state.as_str()
+        )),
         _ => r.message.clone(),
     };
     AccessRequestView {

@@ -101,7 +101,7 @@ pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    println!("request {}: {:?}", view.id, view.state);
+    println!("request {}: {}", view.id, view.state.as_str());
     if let Some(message) = &view.message {
         println!("{message}");
     }

@@ -204,7 +204,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             session,
             bytes_up: stats.bytes_up,
             bytes_down: stats.bytes_down,
-            end: format!("{:?}", stats.end).to_lowercase(),
+            end: stats.end.as_str().to_owned(),
             binds,
             executes,
         },

@@ -24,6 +24,18 @@ pub enum RelayEnd {
     Error,
 }
 
+impl RelayEnd {
+    /// `client_closed`, `upstream_closed`, `cut` or `error` (the audit log's `end` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayEnd::ClientClosed => "client_closed",
+            RelayEnd::UpstreamClosed => "upstream_closed",
+            RelayEnd::Cut => "cut",
+            RelayEnd::Error => "error",
+        }
+    }
+}
+
 /// Bytes relayed and how it ended.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayStats {
