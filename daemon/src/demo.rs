@@ -326,10 +326,33 @@ async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
         .await?
     {
         Response::Revoked { grant_ids } => {
-            eprintln!("agentd demo: revoked {}; cleaning up", grant_ids.join(", "))
+            eprintln!("agentd demo: revoked {}", grant_ids.join(", "))
         }
         other => bail!("unexpected reply to revoke: {other:?}"),
     }
+    print_audit_trail(sandbox)?;
+    eprintln!("agentd demo: cleaning up");
+    Ok(())
+}
+
+/// Prints what the audit log recorded for the demo and checks its hash chain.
+fn print_audit_trail(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let dir = sandbox.config()?.audit_dir();
+    println!("\naudit log ({}):", dir.display());
+    for record in crate::audit::read_records(&dir)? {
+        println!("  {}", crate::cli::audit::format_record(&record));
+    }
+    let report = crate::audit::verify(&dir)?;
+    if !report.ok() {
+        bail!(
+            "the demo's audit log does not verify: {:?}",
+            report.problems
+        );
+    }
+    println!(
+        "hash chain verified: {} records (`agentd audit verify`)",
+        report.records
+    );
     Ok(())
 }
 
