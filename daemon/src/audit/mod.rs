@@ -29,8 +29,8 @@
 //! and the chain does not advance. At [`AuditLog::open`] a partial last line (a crash in the
 //! middle of a write) is truncated away and a [`AuditEvent::LogRecovered`] record says so.
 //!
-//! One process writes a directory at a time; nothing here locks the directory against a
-//! second writer.
+//! One process writes a directory at a time; nothing here locks it: the broker holds the
+//! data directory's lock (`broker::persist::lock_data_dir`) for as long as it writes.
 //!
 //! Submodules: [`event`] (the record types), [`verify`](mod@verify) (chain verification and the reader
 //! used by `agentd audit`), [`redact`] (PASSWORD literals out of SQL text), [`sink`] (the
@@ -245,7 +245,7 @@ impl AuditLog {
     /// Errors: [`AuditError::Io`] for filesystem failures; [`AuditError::Malformed`] when the
     /// last complete record (or a rotated file's name/contents) cannot be parsed.
     pub fn open(dir: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
-        create_private_dir(dir)?;
+        crate::fsutil::create_private_dir(dir).map_err(io_err("create directory", dir))?;
         let active = dir.join(ACTIVE_FILE);
         let existed = active.exists();
         let mut file = open_active(&active)?;
@@ -507,20 +507,6 @@ impl AuditLog {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(io_err("create directory", dir))
 }
 
 fn open_active(path: &Path) -> Result<File, AuditError> {

@@ -35,10 +35,6 @@ use tracing::{error, info, warn};
 /// Shortest grant, in seconds.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 
-/// Capacity of the statement-audit channel, in events. When the writer falls this far
-/// behind, statement events are dropped (and counted) instead of stalling clients.
-pub const STATEMENT_QUEUE_EVENTS: usize = 8192;
-
 /// Who sent a control request, as the kernel reported it for the socket's peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Caller {
@@ -158,10 +154,9 @@ impl Broker {
                 Durability::Sync,
             )
             .context("cannot write the audit log")?;
-        let statements = config
-            .audit
-            .statements
-            .then(|| crate::audit::spawn_writer(audit.clone(), STATEMENT_QUEUE_EVENTS));
+        let statements = config.audit.statements.then(|| {
+            crate::audit::spawn_writer(audit.clone(), crate::audit::sink::DEFAULT_CAPACITY)
+        });
         let broker = Arc::new(Self {
             config: Arc::new(config),
             config_path,

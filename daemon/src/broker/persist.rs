@@ -11,6 +11,7 @@
 //! File: `DATA_DIR/state.json`, mode 0600, replaced atomically (write to a temporary file,
 //! then rename) on every change.
 
+use crate::fsutil::create_private_dir;
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -124,25 +125,6 @@ pub fn lock_data_dir(data_dir: &Path) -> std::io::Result<std::fs::File> {
         std::fs::TryLockError::Error(e) => e,
     })?;
     Ok(file)
-}
-
-/// Creates `dir` (and parents) with mode 0700 on Unix.
-///
-/// # Errors
-/// The I/O error.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
-    }
 }
 
 #[cfg(test)]

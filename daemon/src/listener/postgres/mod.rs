@@ -301,11 +301,8 @@ pub fn spawn_unix(
     dir: &std::path::Path,
     port: u16,
 ) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    crate::fsutil::create_private_dir(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join(format!(".s.PGSQL.{port}"));
     let _ = std::fs::remove_file(&path);
