@@ -148,13 +148,11 @@ impl DaemonSettings {
     /// The data directory in force: `data_dir` when set, else the platform's local data
     /// directory for `agentd` (`$XDG_DATA_HOME/agentd`, i.e. `~/.local/share/agentd`, on
     /// Linux; `~/Library/Application Support/agentd` on macOS; `%LOCALAPPDATA%\agentd\data`
-    /// on Windows), else `./agentd-data` when no home directory is known. Not created here.
+    /// on Windows), else `./agentd-data` when no home directory is known. Under `--profile NAME`, `profiles/NAME` inside it. Not created here.
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| {
-            directories::ProjectDirs::from("", "", "agentd")
-                .map(|d| d.data_local_dir().to_path_buf())
-                .unwrap_or_else(|| PathBuf::from("./agentd-data"))
-        })
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| agentd_proto::profile::active().data_dir())
     }
 }
 
@@ -199,8 +197,9 @@ fn default_audit_max_file_bytes() -> u64 {
     64 * 1024 * 1024
 }
 
+/// `agentd`, or `agentd-NAME` under `--profile NAME`.
 fn default_keyring_service() -> String {
-    "agentd".to_owned()
+    agentd_proto::profile::active().keyring_service()
 }
 fn default_listen_host() -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
@@ -218,6 +217,10 @@ pub struct Resource {
     /// Free text shown to agents.
     #[serde(default)]
     pub description: String,
+    /// Free-form labels shown to agents and used by `list_resources` filters and
+    /// `recommend_access`, e.g. `["orders", "production"]`.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Upstream host name or address.
     pub host: String,
     /// Upstream port (default 5432).
@@ -690,10 +693,10 @@ fn field_at(before: &str) -> Option<String> {
 
 /// The default config path: `$XDG_CONFIG_HOME/agentd/config.toml` on Linux, the platform's
 /// config directory elsewhere.
+/// Under `--profile NAME`, `CONFIG_DIR/profiles/NAME/config.toml` (see
+/// [`agentd_proto::profile`]).
 pub fn default_config_path() -> PathBuf {
-    directories::ProjectDirs::from("", "", "agentd")
-        .map(|d| d.config_dir().join("config.toml"))
-        .unwrap_or_else(|| PathBuf::from("agentd.toml"))
+    agentd_proto::profile::active().config_path()
 }
 
 #[cfg(test)]

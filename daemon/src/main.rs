@@ -5,6 +5,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = agentd::cli::Cli::parse();
+    match agentd_proto::profile::Profile::new(cli.profile.as_deref()) {
+        Ok(profile) => agentd_proto::profile::set_active(profile),
+        Err(e) => {
+            eprintln!("agentd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     // The demo is for reading: only warnings unless AGENTD_LOG asks for more.
     let quiet = matches!(cli.command, agentd::cli::Command::Demo(_));
     init_logging(if quiet { "warn" } else { "info" });

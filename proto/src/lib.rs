@@ -4,6 +4,8 @@
 //! * [`messages`]: versioned serde request/response types ([`Request`], [`Response`]).
 //! * [`framing`]: one JSON document per frame, each frame prefixed by a 4-byte
 //!   big-endian length, capped at [`MAX_FRAME_BYTES`].
+//! * [`mcp_tokens`]: hashed bearer tokens for `agentd-mcp --http`.
+//! * [`profile`]: per-profile paths (config, socket, data dir, keychain service, tokens).
 //! * [`socket`]: where the control socket lives (Unix socket or Windows named pipe).
 //! * [`client`]: a small async client that sends one request and reads one response.
 //!
@@ -13,7 +15,9 @@
 
 pub mod client;
 pub mod framing;
+pub mod mcp_tokens;
 pub mod messages;
+pub mod profile;
 pub mod socket;
 
 pub use client::{Client, ClientError};

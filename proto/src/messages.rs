@@ -54,7 +54,16 @@ pub enum Request {
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
     /// The configured resources and their permissions; answered with [`Response::Resources`].
-    ListResources,
+    /// With `agent_type`, each permission also says what the policy decides for that agent
+    /// type right now, and which of the caller's (same peer process) grants are active on it.
+    ListResources {
+        /// The asking agent's type (e.g. `claude-code`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_type: Option<String>,
+    },
+    /// The caller's own active grants (those requested from the same peer process), with
+    /// their handles; answered with [`Response::Grants`].
+    ListGrants,
     /// Ask for access; answered with [`Response::AccessRequest`].
     RequestAccess(AccessRequestSpec),
     /// Look up an access request by id; answered with [`Response::AccessRequest`].
@@ -205,6 +214,11 @@ pub enum Response {
         /// Ids of the grants that were active and are now revoked (or released).
         grant_ids: Vec<String>,
     },
+    /// Answer to [`Request::ListGrants`].
+    Grants {
+        /// The caller's active grants, oldest first.
+        grants: Vec<HeldGrant>,
+    },
     /// Answer to [`Request::ListRequests`].
     Requests {
         /// The requests, newest first.
@@ -251,6 +265,9 @@ pub struct ResourceInfo {
     /// Free-text description from the config.
     #[serde(default)]
     pub description: String,
+    /// Free-form labels from the config (`tags = [...]`).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Database name on the upstream server.
     pub database: String,
     /// Permissions on this resource.
@@ -271,6 +288,28 @@ pub struct PermissionInfo {
     pub max_ttl_seconds: u64,
     /// Duration used when the request names none, in seconds.
     pub default_ttl_seconds: u64,
+    /// What the policy decides for the asking agent type at this moment (rules with agent
+    /// types and time windows included); absent when no agent type was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_now: Option<PolicyDecision>,
+    /// The longest grant the asking agent type can get at this moment, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl_now_seconds: Option<u64>,
+    /// The whole policy in plain English, one line per rule then the fallback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_explained: Vec<String>,
+    /// Ids of the caller's active grants on this permission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub your_grants: Vec<String>,
+}
+
+/// One of the caller's grants with its handle (see [`Request::ListGrants`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeldGrant {
+    /// The grant.
+    pub grant: GrantView,
+    /// How to connect while it is active.
+    pub handle: Handle,
 }
 
 /// What the policy says about a request.

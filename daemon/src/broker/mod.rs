@@ -8,6 +8,7 @@
 //!   after a crash records the grants and pending requests it lost as ended (grants are not
 //!   restored: their listeners and tokens died with the old process).
 
+mod catalog;
 mod grants;
 mod ids;
 mod lifecycle;
@@ -19,8 +20,7 @@ use crate::audit::{AuditEvent, AuditLog, AuditOptions, Durability, StatementSink
 use crate::config::Config;
 use crate::listener::postgres::GrantListener;
 use agentd_proto::{
-    AccessRequestSpec, AgentInfo, ErrorCode, GrantState, PermissionInfo, RequestState,
-    ResourceInfo, Response, StatusView,
+    AccessRequestSpec, AgentInfo, ErrorCode, GrantState, RequestState, Response, StatusView,
 };
 use anyhow::Context as _;
 use secrecy::SecretString;
@@ -302,33 +302,6 @@ impl Broker {
         }
         self.persist();
         Ok(())
-    }
-
-    /// The configured resources for [`agentd_proto::Request::ListResources`].
-    pub fn list_resources(&self) -> Response {
-        let resources = self
-            .config
-            .resources
-            .iter()
-            .map(|(name, r)| ResourceInfo {
-                name: name.clone(),
-                kind: "postgres".to_owned(),
-                description: r.description.clone(),
-                database: r.database.clone(),
-                permissions: r
-                    .permissions
-                    .iter()
-                    .map(|(pname, p)| PermissionInfo {
-                        name: pname.clone(),
-                        description: p.description.clone(),
-                        policy: p.policy,
-                        max_ttl_seconds: p.max_ttl.as_secs(),
-                        default_ttl_seconds: p.effective_default_ttl().as_secs(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Response::Resources { resources }
     }
 
     /// Looks up a request.

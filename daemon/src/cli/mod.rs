@@ -4,10 +4,12 @@ mod approvals;
 pub mod audit;
 mod config_check;
 mod grants;
+pub mod mcp_install;
 mod secret;
+pub mod token;
 
 use crate::config::default_config_path;
-use agentd_proto::{default_socket_path, Client, Request, Response};
+use agentd_proto::{Client, Request, Response};
 use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +25,10 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "agentd", version, propagate_version = true)]
 pub struct Cli {
+    /// Profile: a separate config, control socket, data directory, keychain service and MCP
+    /// token store (`default` = the standard paths).
+    #[arg(long, global = true, env = "AGENTD_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
     /// Config file (TOML).
     #[arg(long, global = true, env = "AGENTD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -70,6 +76,14 @@ pub enum Command {
     /// Store or delete an upstream secret in the OS keychain.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Bearer tokens for `agentd-mcp --http` (create, list, revoke).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Install agentd-mcp into an AI client's MCP config, or remove it.
+    ///
+    /// Example: agentd mcp install --client claude-code
+    #[command(subcommand)]
+    Mcp(mcp_install::McpCommand),
     /// Run the whole path on a throwaway local PostgreSQL: cluster, grant, psql through the
     /// proxy; then clean up.
     Demo(DemoArgs),
@@ -214,7 +228,9 @@ impl Cli {
     }
     /// The control socket path in force.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(default_socket_path)
+        self.socket
+            .clone()
+            .unwrap_or_else(|| agentd_proto::profile::active().socket_path())
     }
 }
 
@@ -246,6 +262,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             code(config_check::run(&cli.config_path(), args))
         }
         Command::Secret(cmd) => ok(secret::run(&cli.config_path(), cmd).await),
+        Command::Token(cmd) => ok(token::run(cmd)),
+        Command::Mcp(cmd) => ok(mcp_install::run(cmd)),
         Command::Demo(args) => ok(crate::demo::run(args.serve).await),
     }
 }

@@ -1,0 +1,82 @@
+//! What an agent may discover: the configured resources with each permission's policy (as
+//! it applies to the asking agent type right now) and the caller's own active grants.
+
+use super::{views, Broker, Caller, GrantRecord};
+use crate::policy;
+use agentd_proto::{GrantState, HeldGrant, PermissionInfo, ResourceInfo, Response};
+
+impl Broker {
+    /// The configured resources for [`agentd_proto::Request::ListResources`]. With
+    /// `agent_type`, each permission carries `policy_now` / `max_ttl_now_seconds` (the policy
+    /// decision for that agent type at the current local time) and the ids of `caller`'s
+    /// active grants on it.
+    pub fn list_resources(&self, agent_type: Option<&str>, caller: Caller) -> Response {
+        let now_local = chrono::Local::now().naive_local();
+        let state = self.state();
+        let mine: Vec<&GrantRecord> = state
+            .grant_order
+            .iter()
+            .filter_map(|id| state.grants.get(id))
+            .filter(|g| g.state == GrantState::Active && held_by(g, caller))
+            .collect();
+        let resources = self
+            .config
+            .resources
+            .iter()
+            .map(|(name, r)| ResourceInfo {
+                name: name.clone(),
+                kind: "postgres".to_owned(),
+                description: r.description.clone(),
+                tags: r.tags.clone(),
+                database: r.database.clone(),
+                permissions: r
+                    .permissions
+                    .iter()
+                    .map(|(pname, p)| {
+                        let now = agent_type
+                            .and_then(|a| policy::decide(p, a, None, now_local).ok());
+                        PermissionInfo {
+                            name: pname.clone(),
+                            description: p.description.clone(),
+                            policy: p.policy,
+                            max_ttl_seconds: p.max_ttl.as_secs(),
+                            default_ttl_seconds: p.effective_default_ttl().as_secs(),
+                            policy_now: now.map(|d| d.policy),
+                            max_ttl_now_seconds: now.map(|d| d.max_ttl.as_secs()),
+                            policy_explained: policy::explain(p),
+                            your_grants: mine
+                                .iter()
+                                .filter(|g| &g.resource == name && &g.permission == pname)
+                                .map(|g| g.id.clone())
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Response::Resources { resources }
+    }
+
+    /// `caller`'s own active grants with their handles, for
+    /// [`agentd_proto::Request::ListGrants`]. A grant belongs to the peer process (pid and
+    /// uid) that requested it; a caller whose pid is unknown holds none.
+    pub fn list_grants(&self, caller: Caller) -> Response {
+        let state = self.state();
+        let grants = state
+            .grant_order
+            .iter()
+            .filter_map(|id| state.grants.get(id))
+            .filter(|g| g.state == GrantState::Active && held_by(g, caller))
+            .map(|g| HeldGrant {
+                grant: views::view_grant(g),
+                handle: views::handle_for(g),
+            })
+            .collect();
+        Response::Grants { grants }
+    }
+}
+
+/// True when `g` was requested by the peer process `caller` (same pid and uid).
+fn held_by(g: &GrantRecord, caller: Caller) -> bool {
+    caller.pid.is_some() && g.agent.pid == caller.pid && g.agent.uid == caller.uid
+}
