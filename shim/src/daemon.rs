@@ -18,6 +18,8 @@ pub struct DaemonLink {
     pub socket: PathBuf,
     /// `--config` for a daemon we start.
     pub config: Option<PathBuf>,
+    /// `--profile` for a daemon we start (`None`: the default profile).
+    pub profile: Option<String>,
     /// Start the daemon when it is not running.
     pub autostart: bool,
     /// The `agentd` binary.
@@ -74,7 +76,8 @@ impl DaemonLink {
     /// `agentd.log` beside the socket) and waits for its ready line on stdout.
     async fn start_daemon(&self) -> anyhow::Result<()> {
         let bin = self.agentd_bin();
-        let log_path = self.socket.with_file_name("agentd.log");
+        // agentd.sock → agentd.log; agentd-NAME.sock → agentd-NAME.log
+        let log_path = self.socket.with_extension("log");
         if let Some(dir) = self.socket.parent() {
             #[cfg(unix)]
             agentd_proto::socket::ensure_private_dir(dir)?;
@@ -87,6 +90,9 @@ impl DaemonLink {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = tokio::process::Command::new(&bin);
+        if let Some(profile) = &self.profile {
+            cmd.arg("--profile").arg(profile);
+        }
         cmd.arg("--socket").arg(&self.socket);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
