@@ -129,7 +129,9 @@ mod tests {
         assert!(back.verify("agentd_mcp_right"));
         assert!(!back.verify("agentd_mcp_wrong"));
         assert!(!back.verify(""));
-        assert!(!std::fs::read_to_string(&path).unwrap().contains("agentd_mcp_right"));
+        assert!(!std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("agentd_mcp_right"));
         assert_eq!(
             TokenStore::load(&dir.join("missing.json")).unwrap(),
             TokenStore::default()

@@ -67,8 +67,7 @@ impl Profile {
             Some("default") => Ok(Self::default()),
             Some(n)
                 if n.len() <= MAX_PROFILE_NAME
-                    && n
-                        .chars()
+                    && n.chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
             {
                 Ok(Self {
@@ -86,7 +85,10 @@ impl Profile {
 
     /// `-NAME` for a named profile, empty for the default one.
     fn suffix(&self) -> String {
-        self.name.as_ref().map(|n| format!("-{n}")).unwrap_or_default()
+        self.name
+            .as_ref()
+            .map(|n| format!("-{n}"))
+            .unwrap_or_default()
     }
 
     /// The directory holding the config file and the MCP token store.

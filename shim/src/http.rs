@@ -59,12 +59,9 @@ pub async fn serve(
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let app = axum::Router::new()
-        .nest_service(MCP_PATH, service)
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(tokens),
-            require_bearer,
-        ));
+    let app = axum::Router::new().nest_service(MCP_PATH, service).layer(
+        axum::middleware::from_fn_with_state(Arc::new(tokens), require_bearer),
+    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind {addr}"))?;

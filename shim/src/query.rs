@@ -123,7 +123,11 @@ fn to_error(e: &tokio_postgres::Error) -> QueryError {
 /// # Errors
 /// [`QueryError`]: the server's ErrorResponse (SQLSTATE, message, detail/hint), several
 /// statements, a connection failure, or [`QUERY_TIMEOUT`].
-pub async fn run(handle: &Handle, sql: &str, limits: QueryLimits) -> Result<QueryResult, QueryError> {
+pub async fn run(
+    handle: &Handle,
+    sql: &str,
+    limits: QueryLimits,
+) -> Result<QueryResult, QueryError> {
     match tokio::time::timeout(QUERY_TIMEOUT, run_inner(handle, sql, limits)).await {
         Ok(r) => r,
         Err(_) => Err(QueryError {
@@ -241,7 +245,10 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     if max >= s.len() {
         return s.len();
     }
-    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -32,24 +32,62 @@ pub enum Need {
 }
 
 const READ_VERBS: &[&str] = &[
-    "read", "select", "report", "reporting", "count", "analyse", "analyze", "analysis", "query",
-    "look", "inspect", "list", "show", "check", "investigate", "find", "summarise", "summarize",
-    "explore", "export", "sum", "average", "aggregate", "view", "search", "audit", "compare",
-    "dashboard", "metrics", "stats", "statistics", "debug",
+    "read",
+    "select",
+    "report",
+    "reporting",
+    "count",
+    "analyse",
+    "analyze",
+    "analysis",
+    "query",
+    "look",
+    "inspect",
+    "list",
+    "show",
+    "check",
+    "investigate",
+    "find",
+    "summarise",
+    "summarize",
+    "explore",
+    "export",
+    "sum",
+    "average",
+    "aggregate",
+    "view",
+    "search",
+    "audit",
+    "compare",
+    "dashboard",
+    "metrics",
+    "stats",
+    "statistics",
+    "debug",
 ];
 const WRITE_VERBS: &[&str] = &[
     "insert", "update", "delete", "write", "modify", "backfill", "upsert", "fix", "correct",
     "remove", "import", "seed", "change", "edit", "cleanup", "purge", "truncate",
 ];
 const SCHEMA_VERBS: &[&str] = &[
-    "migrate", "migration", "migrations", "alter", "create", "drop", "ddl", "schema", "index",
-    "rename", "grant", "revoke",
+    "migrate",
+    "migration",
+    "migrations",
+    "alter",
+    "create",
+    "drop",
+    "ddl",
+    "schema",
+    "index",
+    "rename",
+    "grant",
+    "revoke",
 ];
 /// Words too common to say anything about which resource is meant.
 const STOPWORDS: &[&str] = &[
-    "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "from", "with", "by", "at",
-    "is", "are", "be", "all", "this", "that", "it", "my", "our", "we", "i", "db", "database",
-    "data", "table", "tables", "postgres", "sql", "some", "last", "week", "please",
+    "the", "a", "an", "and", "or", "of", "to", "in", "on", "for", "from", "with", "by", "at", "is",
+    "are", "be", "all", "this", "that", "it", "my", "our", "we", "i", "db", "database", "data",
+    "table", "tables", "postgres", "sql", "some", "last", "week", "please",
 ];
 
 /// Lower-case words of `text` (letters and digits; `-`, `_`, punctuation split).
@@ -88,13 +126,30 @@ pub fn permission_level(p: &PermissionInfo) -> Need {
     let desc = words(&p.description);
     let has = |list: &[&str]| name.iter().chain(&desc).any(|w| list.contains(&w.as_str()));
     let name_has = |list: &[&str]| name.iter().any(|w| list.contains(&w.as_str()));
-    if name_has(&["admin", "owner", "ddl", "migrate", "migrator", "superuser", "dba"]) {
+    if name_has(&[
+        "admin",
+        "owner",
+        "ddl",
+        "migrate",
+        "migrator",
+        "superuser",
+        "dba",
+    ]) {
         return Need::Schema;
     }
     if name_has(&["write", "rw", "readwrite", "editor"]) {
         return Need::Write;
     }
-    if name_has(&["read", "ro", "readonly", "reader", "select", "report", "reporting", "analytics"]) {
+    if name_has(&[
+        "read",
+        "ro",
+        "readonly",
+        "reader",
+        "select",
+        "report",
+        "reporting",
+        "analytics",
+    ]) {
         return Need::Read;
     }
     if has(&["alter", "create", "drop", "ddl", "owner"]) {
@@ -306,12 +361,37 @@ mod tests {
     fn recommends_least_privilege_by_table() {
         // (task, resource, permission, duration)
         let table = [
-            ("count last week's orders for the report", "app-db", "read_only", "15m"),
-            ("SELECT the customers who signed up today", "app-db", "read_only", "15m"),
-            ("analyse signup events on the dashboards", "analytics", "reader", "15m"),
-            ("update the shipping address of order 42", "app-db", "read_write", "30m"),
+            (
+                "count last week's orders for the report",
+                "app-db",
+                "read_only",
+                "15m",
+            ),
+            (
+                "SELECT the customers who signed up today",
+                "app-db",
+                "read_only",
+                "15m",
+            ),
+            (
+                "analyse signup events on the dashboards",
+                "analytics",
+                "reader",
+                "15m",
+            ),
+            (
+                "update the shipping address of order 42",
+                "app-db",
+                "read_write",
+                "30m",
+            ),
             ("delete duplicate customers", "app-db", "read_write", "30m"),
-            ("migrate the orders table: alter column total", "app-db", "migrator", "30m"),
+            (
+                "migrate the orders table: alter column total",
+                "app-db",
+                "migrator",
+                "30m",
+            ),
             ("look at the shop orders", "app-db", "read_only", "15m"),
             ("orders", "app-db", "read_only", "15m"),
         ];
@@ -319,7 +399,11 @@ mod tests {
         for (task, resource, permission, duration) in table {
             let r = recommend(task, &rs).unwrap_or_else(|e| panic!("{task}: {e}"));
             assert_eq!(
-                (r.resource.as_str(), r.permission.as_str(), r.duration.as_str()),
+                (
+                    r.resource.as_str(),
+                    r.permission.as_str(),
+                    r.duration.as_str()
+                ),
                 (resource, permission, duration),
                 "{task}: {}",
                 r.reason
@@ -346,7 +430,10 @@ mod tests {
         rs.truncate(1);
         rs[0].permissions[0].max_ttl_now_seconds = Some(600);
         let r = recommend("read the weather", &rs).unwrap();
-        assert_eq!((r.permission.as_str(), r.duration_seconds), ("read_only", 600));
+        assert_eq!(
+            (r.permission.as_str(), r.duration_seconds),
+            ("read_only", 600)
+        );
         assert!(r.reason.contains("only resource"), "{}", r.reason);
     }
 
@@ -357,7 +444,10 @@ mod tests {
         assert_eq!(permission_level(&perm("ro", "", Auto)), Need::Read);
         assert_eq!(permission_level(&perm("rw", "", Auto)), Need::Write);
         assert_eq!(permission_level(&perm("admin", "", Auto)), Need::Schema);
-        assert_eq!(permission_level(&perm("x", "SELECT only", Auto)), Need::Read);
+        assert_eq!(
+            permission_level(&perm("x", "SELECT only", Auto)),
+            Need::Read
+        );
         assert_eq!(permission_level(&perm("mystery", "", Auto)), Need::Write);
     }
 }

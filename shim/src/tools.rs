@@ -12,9 +12,7 @@ use crate::daemon::DaemonLink;
 use crate::{query, recommend};
 use agentd_proto::{AccessRequestSpec, AgentInfo, HeldGrant, Request, ResourceInfo, Response};
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
-use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig,
-};
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::service::{Peer, RoleServer};
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, ServerHandler};
 use serde::Deserialize;
@@ -137,14 +135,19 @@ impl AgentdTools {
             Ok(r) => r,
             Err(e) => return Ok(e),
         };
-        let contains = |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
+        let contains =
+            |hay: &str, needle: &str| hay.to_lowercase().contains(&needle.to_lowercase());
         let listed: Vec<Value> = resources
             .iter()
-            .filter(|r| args.kind.as_deref().is_none_or(|k| r.kind.eq_ignore_ascii_case(k)))
             .filter(|r| {
-                args.name.as_deref().is_none_or(|n| {
-                    contains(&r.name, n) || r.tags.iter().any(|t| contains(t, n))
-                })
+                args.kind
+                    .as_deref()
+                    .is_none_or(|k| r.kind.eq_ignore_ascii_case(k))
+            })
+            .filter(|r| {
+                args.name
+                    .as_deref()
+                    .is_none_or(|n| contains(&r.name, n) || r.tags.iter().any(|t| contains(t, n)))
             })
             .filter(|r| {
                 args.permission
@@ -224,7 +227,10 @@ impl AgentdTools {
             r.database,
             r.permissions
                 .iter()
-                .map(|p| format!("{} [{:?}]", p.name, p.policy_now.unwrap_or(p.policy)).to_lowercase())
+                .map(
+                    |p| format!("{} [{:?}]", p.name, p.policy_now.unwrap_or(p.policy))
+                        .to_lowercase()
+                )
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -494,7 +500,10 @@ impl AgentdTools {
         match self.call(request).await {
             Err(e) => e,
             Ok(Response::Revoked { grant_ids }) => {
-                let summary = format!("Released {}; the handle no longer works.", grant_ids.join(", "));
+                let summary = format!(
+                    "Released {}; the handle no longer works.",
+                    grant_ids.join(", ")
+                );
                 ok(json!({ "released": grant_ids }), summary)
             }
             Ok(Response::AccessRequest(view)) => {

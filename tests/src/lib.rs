@@ -286,6 +286,18 @@ impl McpSession {
     /// # Errors
     /// The shim fails to start or to initialise.
     pub async fn start(sandbox: &Sandbox, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(sandbox, extra_args, &[]).await
+    }
+
+    /// Like [`McpSession::start`], with extra environment variables for the shim.
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_with_env(
+        sandbox: &Sandbox,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         let log_path = sandbox
             .dir
             .path()
@@ -301,13 +313,24 @@ impl McpSession {
             .arg(&sandbox.config_path)
             .args(["--agent-type", "e2e-test"])
             .args(extra_args)
+            .envs(env.iter().copied())
             .env("AGENTD_BIN", bin("agentd"));
         let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
-        let config = ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("agentd-e2e", "1.0"),
+        let client = tokio::time::timeout(STEP_TIMEOUT, client_config().serve(transport)).await??;
+        Ok(Self { client, log_path })
+    }
+
+    /// An MCP client over streamable HTTP to `url` (e.g. `http://127.0.0.1:PORT/mcp`),
+    /// sending `Authorization: Bearer TOKEN`; `log_path` is the shim's log.
+    ///
+    /// # Errors
+    /// Connection or MCP initialisation failures (e.g. a refused token).
+    pub async fn connect_http(url: &str, token: &str, log_path: PathBuf) -> anyhow::Result<Self> {
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(url).auth_header(token),
         );
-        let client = tokio::time::timeout(STEP_TIMEOUT, config.serve(transport)).await??;
+        let client = tokio::time::timeout(STEP_TIMEOUT, client_config().serve(transport)).await??;
         Ok(Self { client, log_path })
     }
 
@@ -337,6 +360,119 @@ impl McpSession {
         let _ = self.client.cancel().await;
         Ok(std::fs::read_to_string(&self.log_path).unwrap_or_default())
     }
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("agentd-e2e", "1.0"),
+    )
+}
+
+/// `agentd-mcp --http 127.0.0.1:0` as a child process; its stderr goes to `log_path` after
+/// the `listening on` line, which gives the URL.
+pub struct HttpShim {
+    child: tokio::process::Child,
+    /// `http://127.0.0.1:PORT/mcp`.
+    pub url: String,
+    /// The shim's stderr.
+    pub log_path: PathBuf,
+}
+
+impl HttpShim {
+    /// Starts the shim for `sandbox` with `--tokens-file tokens` and `extra_args`, and waits
+    /// for its listening line.
+    ///
+    /// # Errors
+    /// The shim exits (its stderr is in the error) or does not listen within
+    /// [`STEP_TIMEOUT`].
+    pub async fn start(
+        sandbox: &Sandbox,
+        tokens: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let log_path = sandbox
+            .dir
+            .path()
+            .join(format!("shim-http-{}.log", std::process::id()));
+        let mut child = tokio::process::Command::new(bin("agentd-mcp"))
+            .arg("--socket")
+            .arg(&sandbox.socket_path)
+            .arg("--config")
+            .arg(&sandbox.config_path)
+            .arg("--tokens-file")
+            .arg(tokens)
+            .args(["--agent-type", "e2e-http", "--http", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("AGENTD_BIN", bin("agentd"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting agentd-mcp --http")?;
+        let stderr = child.stderr.take().context("shim stderr")?;
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut seen = String::new();
+        let url = loop {
+            let line = tokio::time::timeout(STEP_TIMEOUT, lines.next_line())
+                .await
+                .context("agentd-mcp --http did not listen in time")??;
+            let Some(line) = line else {
+                bail!("agentd-mcp --http exited: {seen}");
+            };
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(url) = line.split("listening on ").nth(1) {
+                break url.trim().to_owned();
+            }
+        };
+        let mut log = tokio::fs::File::create(&log_path).await?;
+        log.write_all(seen.as_bytes()).await?;
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+            }
+        });
+        Ok(Self {
+            child,
+            url,
+            log_path,
+        })
+    }
+
+    /// Stops the shim (SIGTERM) and returns its log.
+    ///
+    /// # Errors
+    /// It does not exit within [`STEP_TIMEOUT`].
+    pub async fn stop(mut self) -> anyhow::Result<String> {
+        if let Some(pid) = self.child.id() {
+            terminate(pid);
+        }
+        tokio::time::timeout(STEP_TIMEOUT, self.child.wait()).await??;
+        Ok(std::fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+}
+
+/// Runs the `agentd` binary with `args` and only `env` added to a minimal environment
+/// (`PATH`, plus `HOME`/`XDG_*` as given), for commands that need no daemon.
+///
+/// # Errors
+/// The binary cannot run or hangs past [`STEP_TIMEOUT`].
+pub async fn agentd_plain(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<CliOutput> {
+    let mut cmd = tokio::process::Command::new(bin("agentd"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await??;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// A tool call's result.

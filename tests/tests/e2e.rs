@@ -20,10 +20,14 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
         names,
         [
             "await_approval",
+            "describe_resource",
             "get_request",
+            "list_grants",
             "list_resources",
+            "recommend_access",
             "release_access",
-            "request_access"
+            "request_access",
+            "run_query"
         ]
     );
 

@@ -33,8 +33,8 @@ impl Broker {
                     .permissions
                     .iter()
                     .map(|(pname, p)| {
-                        let now = agent_type
-                            .and_then(|a| policy::decide(p, a, None, now_local).ok());
+                        let now =
+                            agent_type.and_then(|a| policy::decide(p, a, None, now_local).ok());
                         PermissionInfo {
                             name: pname.clone(),
                             description: p.description.clone(),

@@ -423,10 +423,16 @@ mod tests {
         let change = plan_install(&path, McpClient::Cursor, "agentd", &entry).unwrap();
         assert_eq!(change.outcome, Outcome::Installed);
         let text = change.new_text.unwrap();
-        let keys: Vec<_> = ["\"zeta\"", "\"mcpServers\"", "\"other\"", "\"agentd\"", "\"alpha\""]
-            .iter()
-            .map(|k| text.find(k).unwrap())
-            .collect();
+        let keys: Vec<_> = [
+            "\"zeta\"",
+            "\"mcpServers\"",
+            "\"other\"",
+            "\"agentd\"",
+            "\"alpha\"",
+        ]
+        .iter()
+        .map(|k| text.find(k).unwrap())
+        .collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{text}");
         std::fs::write(&path, &text).unwrap();
         let again = plan_install(&path, McpClient::Cursor, "agentd", &entry).unwrap();

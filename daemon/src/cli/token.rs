@@ -143,10 +143,7 @@ fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "created_at": t.created_at}))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({"store": path, "tokens": tokens})
-        );
+        println!("{}", serde_json::json!({"store": path, "tokens": tokens}));
         return Ok(());
     }
     if store.tokens.is_empty() {

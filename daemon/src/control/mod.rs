@@ -140,9 +140,7 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, peer: Peer) -> Respons
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
         },
-        Request::ListResources { agent_type } => {
-            broker.list_resources(agent_type.as_deref(), peer)
-        }
+        Request::ListResources { agent_type } => broker.list_resources(agent_type.as_deref(), peer),
         Request::ListGrants => broker.list_grants(peer),
         Request::RequestAccess(mut spec) => {
             spec.agent.pid = peer.pid;
