@@ -211,7 +211,7 @@ fn score(resource: &ResourceInfo, task_words: &[String]) -> (u32, Vec<String>) {
 }
 
 fn fmt_minutes(seconds: u64) -> String {
-    if seconds % 60 == 0 {
+    if seconds.is_multiple_of(60) {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")

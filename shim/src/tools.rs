@@ -174,9 +174,23 @@ impl AgentdTools {
             })
             .collect();
         let summary = format!(
-            "{} of {} resources. Next: describe_resource or recommend_access, then request_access.",
+            "{} of {} resources: {}. Next: describe_resource or recommend_access, then request_access.",
             listed.len(),
-            resources.len()
+            resources.len(),
+            listed
+                .iter()
+                .map(|r| {
+                    let perms = r["permissions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| format!("{} [{}]", s(&p["name"]), s(&p["policy"])))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("{} ({perms})", s(&r["name"]))
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
         );
         Ok(ok(json!({ "resources": listed }), summary))
     }
@@ -538,6 +552,11 @@ fn request_summary(view: &agentd_proto::AccessRequestView) -> String {
             None => head,
         },
     }
+}
+
+/// A JSON string's text ("" for anything else).
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
 }
 
 fn names(resources: &[ResourceInfo]) -> String {
