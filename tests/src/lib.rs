@@ -20,6 +20,19 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
 
+/// Every tool `agentd-mcp` offers, sorted by name.
+pub const TOOL_NAMES: [&str; 9] = [
+    "await_approval",
+    "describe_resource",
+    "get_request",
+    "list_grants",
+    "list_resources",
+    "recommend_access",
+    "release_access",
+    "request_access",
+    "run_query",
+];
+
 /// Longest any single step may take before a test fails instead of hanging (seconds).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -223,6 +236,11 @@ pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliO
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    output_of(cmd).await
+}
+
+/// Runs `cmd` to completion (at most [`STEP_TIMEOUT`]) and collects its output.
+async fn output_of(mut cmd: tokio::process::Command) -> anyhow::Result<CliOutput> {
     let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await??;
     Ok(CliOutput {
         code: out.status.code().unwrap_or(-1),
@@ -467,12 +485,7 @@ pub async fn agentd_plain(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Resul
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await??;
-    Ok(CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    output_of(cmd).await
 }
 
 /// A tool call's result.

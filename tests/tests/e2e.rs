@@ -16,20 +16,7 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
     let tools = mcp.client.list_all_tools().await?;
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "await_approval",
-            "describe_resource",
-            "get_request",
-            "list_grants",
-            "list_resources",
-            "recommend_access",
-            "release_access",
-            "request_access",
-            "run_query"
-        ]
-    );
+    assert_eq!(names, TOOL_NAMES);
 
     let resources = mcp.call("list_resources", json!({})).await?;
     assert!(!resources.is_error, "{}", resources.raw);

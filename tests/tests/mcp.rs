@@ -12,18 +12,6 @@ use std::path::Path;
 /// Budget for the serialized `tools/list` result, in bytes (~ bytes / 4 tokens).
 const TOOLS_LIST_BUDGET_BYTES: usize = 6000;
 
-const ALL_TOOLS: [&str; 9] = [
-    "await_approval",
-    "describe_resource",
-    "get_request",
-    "list_grants",
-    "list_resources",
-    "recommend_access",
-    "release_access",
-    "request_access",
-    "run_query",
-];
-
 /// A second permission that policy denies, and tags/description on the demo resource.
 fn options(policy: &str) -> SandboxOptions {
     SandboxOptions {
@@ -94,7 +82,7 @@ async fn stdio_every_tool_with_approval_run_query_and_no_leak() -> anyhow::Resul
     let tools = mcp.client.list_all_tools().await?;
     let mut names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     names.sort();
-    assert_eq!(names, ALL_TOOLS);
+    assert_eq!(names, TOOL_NAMES);
     let listed = serde_json::to_string(&json!({ "tools": tools }))?;
     eprintln!(
         "tools/list result: {} bytes, ~{} tokens",
@@ -272,45 +260,44 @@ async fn stdio_every_tool_with_approval_run_query_and_no_leak() -> anyhow::Resul
         }
         args
     };
-    let rows = ok(
-        &mcp,
-        "run_query",
-        q("SELECT id, customer FROM orders ORDER BY id", json!({})),
-        &mut seen,
-    )
-    .await?;
-    assert_eq!(rows["columns"], json!(["id", "customer"]));
-    assert_eq!(
-        rows["rows"],
-        json!([["1", "ada"], ["2", "grace"], ["3", "linus"]])
-    );
-    assert_eq!(rows["truncated"], false);
-    let two = ok(
-        &mcp,
-        "run_query",
-        q(
+    // (sql, limits, rows expected, truncated)
+    let cases = [
+        (
+            "SELECT id, customer FROM orders ORDER BY id",
+            json!({}),
+            json!([["1", "ada"], ["2", "grace"], ["3", "linus"]]),
+            false,
+        ),
+        (
             "SELECT customer FROM orders ORDER BY id",
             json!({"max_rows": 2}),
+            json!([["ada"], ["grace"]]),
+            true,
         ),
-        &mut seen,
-    )
-    .await?;
-    assert_eq!(two["rows"], json!([["ada"], ["grace"]]));
-    assert_eq!(two["truncated"], true);
-    let cut = ok(
-        &mcp,
-        "run_query",
-        q(
+        (
             "SELECT repeat('x', 5000) FROM generate_series(1, 100)",
             json!({"max_bytes": 12000}),
+            json!([["x".repeat(5000)], ["x".repeat(5000)]]),
+            true,
         ),
+    ];
+    for (sql, limits, expected, truncated) in cases {
+        let got = ok(&mcp, "run_query", q(sql, limits), &mut seen).await?;
+        assert_eq!(got["rows"], expected, "{sql}");
+        assert_eq!(got["truncated"], truncated, "{sql}");
+        assert_eq!(
+            got["row_count"].as_u64(),
+            expected.as_array().map(|r| r.len() as u64)
+        );
+    }
+    let columns = ok(
+        &mcp,
+        "run_query",
+        q("SELECT 1 AS one, 'a' AS two", json!({})),
         &mut seen,
     )
     .await?;
-    assert_eq!(
-        (cut["row_count"].as_u64(), &cut["truncated"]),
-        (Some(2), &json!(true))
-    );
+    assert_eq!(columns["columns"], json!(["one", "two"]));
 
     // A write on the read-only grant: the server's refusal, with what to do next.
     let write = err(
@@ -466,7 +453,7 @@ async fn http_requires_a_bearer_token_and_serves_every_tool() -> anyhow::Result<
         .map(|t| t.name.to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ALL_TOOLS);
+    assert_eq!(names, TOOL_NAMES);
     let listed = ok(&mcp, "list_resources", json!({"name": "orders"}), &mut seen).await?;
     assert_eq!(listed["resources"][0]["permissions"][1]["policy"], "auto");
     ok(

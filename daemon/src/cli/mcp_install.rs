@@ -85,7 +85,10 @@ pub struct InstallArgs {
     /// Which AI client.
     #[arg(long, value_enum)]
     pub client: McpClient,
-    /// The client's config file (default: its user-level file, see `--help` of `agentd mcp`).
+    /// The client's config file. Default: claude-code `~/.claude.json`; claude-desktop
+    /// `CONFIG/Claude/claude_desktop_config.json`; cursor `~/.cursor/mcp.json`; vscode
+    /// `CONFIG/Code/User/mcp.json` (CONFIG: ~/.config, ~/Library/Application Support or
+    /// %APPDATA%).
     #[arg(long, value_name = "PATH")]
     pub config_file: Option<PathBuf>,
     /// The agentd-mcp command the client runs (default: the agentd-mcp next to this agentd
