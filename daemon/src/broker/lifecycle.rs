@@ -91,8 +91,8 @@ impl Broker {
                 let pending_for = self.config.daemon.pending_timeout;
                 record.pending_until = Some(now + pending_for);
                 record.message = Some(format!(
-                    "this access needs a human's approval; tell the human to run `agentd approve {}` in a terminal, then wait with await_approval (the request expires in {})",
-                    record.id,
+                    "this access needs a human's approval; tell the human to run `{}` in a terminal, then wait with await_approval (the request expires in {})",
+                    approve_command(&record.id),
                     humantime::format_duration(pending_for)
                 ));
                 self.schedule_pending_expiry(record.id.clone(), pending_for);
@@ -266,7 +266,8 @@ impl Broker {
                     let mut view = view_request(&state, r);
                     if view.state == RequestState::Pending {
                         view.message = Some(format!(
-                            "still pending: no human has decided yet. Remind the human to run `agentd approve {request_id}`, then call await_approval again"
+                            "still pending: no human has decided yet. Remind the human to run `{}`, then call await_approval again",
+                            approve_command(request_id)
                         ));
                     }
                     return Response::AccessRequest(Box::new(view));
@@ -376,6 +377,15 @@ impl Broker {
             ),
         };
         error(ErrorCode::NotFound, message)
+    }
+}
+
+/// The command a human runs to approve `request_id`: `agentd approve ID`, with
+/// `--profile NAME` when this daemon serves a named profile.
+pub(super) fn approve_command(request_id: &str) -> String {
+    match agentd_proto::profile::active().name() {
+        Some(profile) => format!("agentd --profile {profile} approve {request_id}"),
+        None => format!("agentd approve {request_id}"),
     }
 }
 

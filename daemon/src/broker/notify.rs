@@ -11,11 +11,12 @@ use tracing::debug;
 pub fn pending_request(request_id: &str, spec: &AccessRequestSpec) {
     let title = "agentd: access request";
     let body = format!(
-        "{} asks for {}/{}: {}\nRun: agentd approve {request_id}",
+        "{} asks for {}/{}: {}\nRun: {}",
         spec.agent.agent_type,
         spec.resource,
         spec.permission,
-        truncate(&spec.justification, 200)
+        truncate(&spec.justification, 200),
+        super::lifecycle::approve_command(request_id)
     );
     let command = if cfg!(target_os = "macos") {
         let script = format!(
