@@ -512,3 +512,21 @@ pub struct StatusView {
     /// Pending access requests.
     pub pending_requests: Vec<AccessRequestView>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_resources_without_agent_type_still_parses() {
+        let old: Request = serde_json::from_str(r#"{"op":"list_resources"}"#).unwrap();
+        assert_eq!(old, Request::ListResources { agent_type: None });
+        let new = serde_json::to_string(&Request::ListResources {
+            agent_type: Some("cursor".into()),
+        })
+        .unwrap();
+        assert_eq!(new, r#"{"op":"list_resources","agent_type":"cursor"}"#);
+        let grants: Request = serde_json::from_str(r#"{"op":"list_grants"}"#).unwrap();
+        assert_eq!(grants, Request::ListGrants);
+    }
+}
