@@ -782,11 +782,6 @@ fn validate_credential(
                     return err(&format!("credential.grant_roles[{i}]"), "must not be empty");
                 }
             }
-            if d.creation_statements.iter().all(|s| s.trim().is_empty())
-                && !d.creation_statements.is_empty()
-            {
-                return err("credential.creation_statements", "are all empty");
-            }
             if !d.creation_statements.is_empty()
                 && !d.creation_statements.iter().any(|s| s.contains("{{name}}"))
             {
@@ -1053,6 +1048,97 @@ policy = "approval"
             let err = err_of(&extra);
             assert!(err.contains(want), "{extra}\n=> {err}\nwanted {want}");
             assert!(err.contains("c.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn credential_sources_parse_and_validate() {
+        let base = GOOD.replace("username = \"agent_ro\"\n", "");
+        let with = |cred: &str| {
+            Config::parse(
+                &base.replace("policy = \"auto\"", &format!("{cred}\npolicy = \"auto\"")),
+                Path::new("c.toml"),
+            )
+        };
+        let c = with(r#"credential = { source = "command", argv = ["op", "read", "op://v/db"] }"#)
+            .unwrap();
+        let (_, p) = c.permission("app", "ro").unwrap();
+        assert_eq!(
+            p.credential,
+            CredentialSource::Command {
+                argv: vec!["op".into(), "read".into(), "op://v/db".into()],
+                timeout_seconds: 10
+            }
+        );
+        assert_eq!(p.credential.keychain_entry("app", "ro"), None);
+        let c = with(
+            r#"credential = { source = "dynamic", admin_username = "adm", grant_roles = ["ro"] }"#,
+        )
+        .unwrap();
+        let (_, p) = c.permission("app", "ro").unwrap();
+        let CredentialSource::Dynamic(d) = &p.credential else {
+            panic!("{:?}", p.credential)
+        };
+        assert_eq!(
+            (d.connection_limit, d.admin_entry("app").as_str()),
+            (10, "app/admin")
+        );
+        assert_eq!(
+            p.credential.keychain_entry("app", "ro").as_deref(),
+            Some("app/admin")
+        );
+        let c = with("username = \"u\"\ncredential = { source = \"keychain\" }").unwrap();
+        assert_eq!(
+            c.permission("app", "ro")
+                .unwrap()
+                .1
+                .credential
+                .keychain_entry("app", "ro")
+                .as_deref(),
+            Some("app/ro")
+        );
+
+        for (cred, want) in [
+            (
+                "",
+                "resources.app.permissions.ro.username: must not be empty",
+            ),
+            (
+                r#"credential = { source = "command", argv = [] }"#,
+                "credential.argv: must name a program",
+            ),
+            (
+                r#"credential = { source = "command", argv = ["x"], timeout_seconds = 0 }"#,
+                "credential.timeout_seconds: must be between 1 and 300",
+            ),
+            (
+                r#"credential = { source = "command", argv = ["x"], shell = true }"#,
+                "unknown field `shell`",
+            ),
+            (
+                r#"username = "u"
+credential = { source = "dynamic", admin_username = "adm" }"#,
+                "username: not used with source = \"dynamic\"",
+            ),
+            (
+                r#"credential = { source = "dynamic", admin_username = "" }"#,
+                "credential.admin_username: must not be empty",
+            ),
+            (
+                r#"credential = { source = "dynamic", admin_username = "a", connection_limit = -2 }"#,
+                "credential.connection_limit",
+            ),
+            (
+                r#"credential = { source = "dynamic", admin_username = "a", creation_statements = ["CREATE ROLE x"] }"#,
+                "must use {{name}}",
+            ),
+            (
+                r#"credential = { source = "vault" }"#,
+                "unknown variant `vault`",
+            ),
+        ] {
+            let err = with(cred).unwrap_err().to_string();
+            assert!(err.contains(want), "{cred}\n=> {err}\nwanted {want}");
         }
     }
 

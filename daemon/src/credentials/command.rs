@@ -220,7 +220,7 @@ mod tests {
     fn errors_never_quote_the_output() {
         let canary = "canary-0123456789";
         for bad in [
-            format!("{canary}"),
+            canary.to_owned(),
             format!(r#"{{"password": {canary}}}"#),
             format!(r#"{{"username":"u","pass":"{canary}"}}"#),
             format!(r#"{{"username":"u","password":"{canary}","expires_at":"{canary}"}}"#),
