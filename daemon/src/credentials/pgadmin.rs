@@ -7,7 +7,7 @@
 
 use crate::listener::postgres::startup::StartupParams;
 use crate::listener::postgres::upstream::{self, UpstreamStream, UpstreamTarget};
-use crate::listener::postgres::wire::{self, parse_error_fields, put_message};
+use crate::listener::postgres::wire::{self, put_message};
 use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt as _;
@@ -138,22 +138,14 @@ impl AdminSession {
 }
 
 fn server_error(body: &[u8], redact: &[&str]) -> AdminError {
-    let fields = parse_error_fields(body);
-    let get = |t: u8| {
-        fields
-            .iter()
-            .find(|(f, _)| *f == t)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+    let (sqlstate, mut message) = match upstream::refused(body) {
+        upstream::UpstreamError::Refused { sqlstate, message } => (sqlstate, message),
+        other => (String::new(), other.to_string()),
     };
-    let mut message = get(b'M');
     for secret in redact.iter().filter(|s| !s.is_empty()) {
         message = message.replace(secret, "[REDACTED]");
     }
-    AdminError {
-        sqlstate: get(b'C'),
-        message,
-    }
+    AdminError { sqlstate, message }
 }
 
 /// A DataRow body: Int16 column count, then per column Int32 length (-1 = NULL) and bytes.
