@@ -273,7 +273,10 @@ pub struct Permission {
     /// Free text shown to agents.
     #[serde(default)]
     pub description: String,
-    /// Upstream user name the daemon logs in as.
+    /// Upstream user name the daemon logs in as. Required for `keyring` credentials; for
+    /// `command` the fallback when the program prints no username; not allowed for
+    /// `dynamic` (the role is generated per grant).
+    #[serde(default)]
     pub username: String,
     /// Where the secret for `username` comes from.
     #[serde(default)]
@@ -421,17 +424,112 @@ impl Permission {
     }
 }
 
-/// Where a permission's upstream secret comes from.
+/// Where a permission's upstream login comes from. Three sources:
+///
+/// ```toml
+/// credential = { source = "keyring" }                       # default; `agentd secret set R P`
+/// credential = { source = "command", argv = ["op", "read", "op://vault/db/password"], timeout_seconds = 10 }
+/// credential = { source = "dynamic", admin_username = "agentd_admin", grant_roles = ["app_readonly"] }
+/// ```
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialSource {
     /// The OS keychain, entry `RESOURCE/PERMISSION` under the daemon's keyring service
-    /// (or `entry` when given). Set it with `agentd secret set RESOURCE PERMISSION`.
+    /// (or `entry` when given), holding the password of the permission's `username`. Set it
+    /// with `agentd secret set RESOURCE PERMISSION`. `source = "keychain"` is accepted too.
+    #[serde(alias = "keychain")]
     Keyring {
         /// Explicit entry name instead of `RESOURCE/PERMISSION`.
         #[serde(default)]
         entry: Option<String>,
     },
+    /// An external program (no shell) that prints one JSON object on stdout:
+    /// `{"username": "...", "password": "...", "expires_at": "RFC 3339"}` (`username`
+    /// optional when the permission has one; `expires_at` optional). The result is cached
+    /// until `expires_at` minus a minute; without `expires_at` the program runs once per
+    /// grant. The pattern of AWS `credential_process` and git credential helpers.
+    Command {
+        /// Program and arguments, e.g. `["op", "read", "op://vault/db/password"]`; `argv[0]`
+        /// is looked up on `PATH`.
+        argv: Vec<String>,
+        /// Kill the program and fail the grant after this many seconds (default 10, 1 to
+        /// 300).
+        #[serde(default = "default_command_timeout")]
+        timeout_seconds: u64,
+    },
+    /// A PostgreSQL role created for each grant and dropped when it ends (Vault's database
+    /// secrets engine model). The admin login is used only by the daemon to create and drop
+    /// roles; listeners log in as the grant's own role.
+    Dynamic(DynamicRole),
+}
+
+/// `credential = { source = "dynamic", … }`: how per-grant roles are made and removed.
+///
+/// Statements may use Vault's placeholders: `{{name}}` (the role, `agentd_g_<16 hex>`),
+/// `{{password}}` (a SCRAM-SHA-256 verifier of the role's random password: the password
+/// itself never leaves the daemon), `{{expiration}}` (the grant's expiry,
+/// `YYYY-MM-DD HH:MM:SS+00`), `{{connection_limit}}` and `{{grant_roles}}` (the roles as
+/// quoted identifiers, comma-separated). Every substituted value is made of characters that
+/// need no escaping inside `"…"` or `'…'`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicRole {
+    /// The admin role agentd logs in as to create and drop roles. It needs `CREATEROLE`,
+    /// membership in `grant_roles` with ADMIN OPTION (PostgreSQL 16+) and in
+    /// `pg_signal_backend` (or be a superuser).
+    pub admin_username: String,
+    /// Keychain entry holding the admin's password (default `RESOURCE/admin`); set it with
+    /// `agentd secret set RESOURCE PERMISSION`.
+    #[serde(default)]
+    pub admin: Option<String>,
+    /// Roles each grant's role is made a member of (`IN ROLE …`); they carry the privileges.
+    #[serde(default)]
+    pub grant_roles: Vec<String>,
+    /// `CONNECTION LIMIT` of each grant's role (default 10; -1 for none).
+    #[serde(default = "default_connection_limit")]
+    pub connection_limit: i32,
+    /// Statements that create the role; default
+    /// `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' CONNECTION LIMIT {{connection_limit}} IN ROLE {{grant_roles}}`.
+    /// They run in one transaction together with agentd's own `COMMENT ON ROLE` marker.
+    #[serde(default)]
+    pub creation_statements: Vec<String>,
+    /// Statements that remove the role after its sessions were terminated; default
+    /// `GRANT "{{name}}" TO CURRENT_USER; REASSIGN OWNED BY "{{name}}" TO CURRENT_USER;
+    /// DROP OWNED BY "{{name}}"; DROP ROLE IF EXISTS "{{name}}"`.
+    #[serde(default)]
+    pub revocation_statements: Vec<String>,
+}
+
+impl DynamicRole {
+    /// The keychain entry of the admin password: `admin`, else `RESOURCE/admin`.
+    pub fn admin_entry(&self, resource: &str) -> String {
+        self.admin
+            .clone()
+            .unwrap_or_else(|| format!("{resource}/admin"))
+    }
+}
+
+impl CredentialSource {
+    /// The keychain entry this source reads (the login's password for `keyring`, the
+    /// admin's for `dynamic`); `None` for `command`.
+    pub fn keychain_entry(&self, resource: &str, permission: &str) -> Option<String> {
+        match self {
+            CredentialSource::Keyring { entry } => {
+                Some(entry.clone().unwrap_or_else(|| {
+                    crate::credentials::keychain::entry_name(resource, permission)
+                }))
+            }
+            CredentialSource::Command { .. } => None,
+            CredentialSource::Dynamic(d) => Some(d.admin_entry(resource)),
+        }
+    }
+}
+
+fn default_command_timeout() -> u64 {
+    10
+}
+fn default_connection_limit() -> i32 {
+    10
 }
 
 impl Default for CredentialSource {
@@ -558,9 +656,7 @@ impl Config {
                 if perm.default_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
                     return Err(invalid(field("default_ttl"), "must be at least 1s"));
                 }
-                if perm.username.is_empty() {
-                    return Err(invalid(field("username"), "must not be empty"));
-                }
+                validate_credential(perm, &field).map_err(|(f, m)| invalid(f, &m))?;
                 for (i, rule) in perm.rules.iter().enumerate() {
                     for (j, agent) in rule.agents.iter().enumerate() {
                         if !valid_name(agent) {
@@ -642,6 +738,75 @@ fn check_windows(table: &toml::Table) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// Checks a permission's `username` and `credential` together; the error is `(field,
+/// message)`.
+fn validate_credential(
+    perm: &Permission,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), (String, String)> {
+    let err = |f: &str, m: &str| Err((field(f), m.to_owned()));
+    match &perm.credential {
+        CredentialSource::Keyring { .. } if perm.username.is_empty() => {
+            err("username", "must not be empty")
+        }
+        CredentialSource::Keyring { .. } => Ok(()),
+        CredentialSource::Command {
+            argv,
+            timeout_seconds,
+        } => {
+            if argv.first().is_none_or(|a| a.is_empty()) {
+                return err(
+                    "credential.argv",
+                    "must name a program, e.g. [\"op\", \"read\", \"op://vault/db/password\"]",
+                );
+            }
+            if !(1..=300).contains(timeout_seconds) {
+                return err("credential.timeout_seconds", "must be between 1 and 300");
+            }
+            Ok(())
+        }
+        CredentialSource::Dynamic(d) => {
+            if !perm.username.is_empty() {
+                return err("username", "not used with source = \"dynamic\": each grant gets its own role (agentd_g_…); set credential.admin_username for the admin login");
+            }
+            if d.admin_username.is_empty() {
+                return err("credential.admin_username", "must not be empty");
+            }
+            if d.connection_limit < -1 {
+                return err(
+                    "credential.connection_limit",
+                    "must be -1 (no limit) or more",
+                );
+            }
+            for (i, role) in d.grant_roles.iter().enumerate() {
+                if role.is_empty() {
+                    return err(&format!("credential.grant_roles[{i}]"), "must not be empty");
+                }
+            }
+            if !d.creation_statements.is_empty()
+                && !d.creation_statements.iter().any(|s| s.contains("{{name}}"))
+            {
+                return err(
+                    "credential.creation_statements",
+                    "must use {{name}} (the generated role)",
+                );
+            }
+            if !d.revocation_statements.is_empty()
+                && !d
+                    .revocation_statements
+                    .iter()
+                    .any(|s| s.contains("{{name}}"))
+            {
+                return err(
+                    "credential.revocation_statements",
+                    "must use {{name}} (the role to drop)",
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -886,6 +1051,97 @@ policy = "approval"
             let err = err_of(&extra);
             assert!(err.contains(want), "{extra}\n=> {err}\nwanted {want}");
             assert!(err.contains("c.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn credential_sources_parse_and_validate() {
+        let base = GOOD.replace("username = \"agent_ro\"\n", "");
+        let with = |cred: &str| {
+            Config::parse(
+                &base.replace("policy = \"auto\"", &format!("{cred}\npolicy = \"auto\"")),
+                Path::new("c.toml"),
+            )
+        };
+        let c = with(r#"credential = { source = "command", argv = ["op", "read", "op://v/db"] }"#)
+            .unwrap();
+        let (_, p) = c.permission("app", "ro").unwrap();
+        assert_eq!(
+            p.credential,
+            CredentialSource::Command {
+                argv: vec!["op".into(), "read".into(), "op://v/db".into()],
+                timeout_seconds: 10
+            }
+        );
+        assert_eq!(p.credential.keychain_entry("app", "ro"), None);
+        let c = with(
+            r#"credential = { source = "dynamic", admin_username = "adm", grant_roles = ["ro"] }"#,
+        )
+        .unwrap();
+        let (_, p) = c.permission("app", "ro").unwrap();
+        let CredentialSource::Dynamic(d) = &p.credential else {
+            panic!("{:?}", p.credential)
+        };
+        assert_eq!(
+            (d.connection_limit, d.admin_entry("app").as_str()),
+            (10, "app/admin")
+        );
+        assert_eq!(
+            p.credential.keychain_entry("app", "ro").as_deref(),
+            Some("app/admin")
+        );
+        let c = with("username = \"u\"\ncredential = { source = \"keychain\" }").unwrap();
+        assert_eq!(
+            c.permission("app", "ro")
+                .unwrap()
+                .1
+                .credential
+                .keychain_entry("app", "ro")
+                .as_deref(),
+            Some("app/ro")
+        );
+
+        for (cred, want) in [
+            (
+                "",
+                "resources.app.permissions.ro.username: must not be empty",
+            ),
+            (
+                r#"credential = { source = "command", argv = [] }"#,
+                "credential.argv: must name a program",
+            ),
+            (
+                r#"credential = { source = "command", argv = ["x"], timeout_seconds = 0 }"#,
+                "credential.timeout_seconds: must be between 1 and 300",
+            ),
+            (
+                r#"credential = { source = "command", argv = ["x"], shell = true }"#,
+                "unknown field `shell`",
+            ),
+            (
+                r#"username = "u"
+credential = { source = "dynamic", admin_username = "adm" }"#,
+                "username: not used with source = \"dynamic\"",
+            ),
+            (
+                r#"credential = { source = "dynamic", admin_username = "" }"#,
+                "credential.admin_username: must not be empty",
+            ),
+            (
+                r#"credential = { source = "dynamic", admin_username = "a", connection_limit = -2 }"#,
+                "credential.connection_limit",
+            ),
+            (
+                r#"credential = { source = "dynamic", admin_username = "a", creation_statements = ["CREATE ROLE x"] }"#,
+                "must use {{name}}",
+            ),
+            (
+                r#"credential = { source = "vault" }"#,
+                "unknown variant `vault`",
+            ),
+        ] {
+            let err = with(cred).unwrap_err().to_string();
+            assert!(err.contains(want), "{cred}\n=> {err}\nwanted {want}");
         }
     }
 

@@ -1,6 +1,8 @@
-//! `agentd daemon`: loads the config, binds the control socket, prints one ready line on
-//! stdout and serves until SIGINT or SIGTERM, then ends every grant (cutting their
-//! sessions) and removes the socket. Logs go to stderr.
+//! `agentd daemon`: hardens the process (no core dumps, see
+//! [`crate::credentials::hardening`]), loads the config, binds the control socket, sweeps
+//! dynamic roles a previous daemon left behind, prints one ready line on stdout and serves
+//! until SIGINT or SIGTERM, then ends every grant (cutting their sessions, dropping their
+//! dynamic roles) and removes the socket. Logs go to stderr.
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -11,17 +13,22 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// Longest the shutdown waits for dynamic roles to be dropped (seconds).
+pub const SHUTDOWN_ROLE_DROP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Runs the daemon in the foreground until interrupted.
 ///
 /// # Errors
 /// Config errors, an insecure socket directory, or another daemon already serving `socket`.
 pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
+    crate::credentials::hardening::apply();
     let config = Config::load(&config_path)?;
     prepare_socket(&socket).await?;
     let listener = control::bind(&socket)
         .with_context(|| format!("cannot bind control socket {}", socket.display()))?;
     let unix_root = socket.parent().map(|d| d.join("pg"));
     let broker = Broker::open(config, config_path.clone(), unix_root)?;
+    broker.sweep_dynamic_roles().await;
     let stop = CancellationToken::new();
     info!(socket = %socket.display(), config = %config_path.display(), pid = std::process::id(), "agentd daemon ready");
     announce_ready(&socket);
@@ -29,7 +36,7 @@ pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     wait_for_shutdown_signal().await;
     info!("shutting down: ending all grants");
     stop.cancel();
-    broker.shutdown();
+    broker.shutdown_gracefully(SHUTDOWN_ROLE_DROP_LIMIT).await;
     let _ = server.await;
     #[cfg(unix)]
     let _ = std::fs::remove_file(&socket);

@@ -27,6 +27,27 @@ pub const PERMISSION: &str = "read_only";
 pub const ROLE: &str = "agent_ro";
 /// The demo database.
 pub const DATABASE: &str = "agentd_demo";
+/// The admin role that creates per-grant roles in the dynamic demo (CREATEROLE, not a
+/// superuser).
+pub const ADMIN_ROLE: &str = "agentd_admin";
+
+/// Where the demo permission's credential comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SandboxCredential {
+    /// [`ROLE`]'s password in the keychain (entry `demo/read_only`).
+    #[default]
+    Keychain,
+    /// A role per grant made by [`ADMIN_ROLE`] (password in the keychain, entry
+    /// `demo/admin`), member of [`ROLE`] (then a NOLOGIN role carrying the privileges).
+    Dynamic,
+    /// This program (argv) prints the login as JSON; nothing is stored in the keychain.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Timeout in seconds.
+        timeout_seconds: u64,
+    },
+}
 
 /// A throwaway cluster plus everything agentd needs to proxy to it.
 pub struct Sandbox {
@@ -40,7 +61,11 @@ pub struct Sandbox {
     pub socket_path: PathBuf,
     /// The one-off keychain service the secret is stored under.
     pub keyring_service: String,
-    /// The upstream password of [`ROLE`] (what agentd must never leak).
+    /// The keychain entry holding [`Sandbox::upstream_password`] (`None` for a command
+    /// source).
+    pub keychain_entry: Option<String>,
+    /// The upstream password agentd holds and must never leak: [`ROLE`]'s, or with a
+    /// dynamic credential [`ADMIN_ROLE`]'s.
     pub upstream_password: SecretString,
 }
 
@@ -72,6 +97,8 @@ pub struct SandboxOptions {
     pub extra_daemon_toml: String,
     /// Extra TOML appended after the demo permission, e.g. `[[resources.demo.permissions.read_only.rules]]` tables.
     pub extra_permission_toml: String,
+    /// Where the demo permission's credential comes from.
+    pub credential: SandboxCredential,
 }
 
 impl Default for SandboxOptions {
@@ -84,6 +111,7 @@ impl Default for SandboxOptions {
             role_owns_database: false,
             extra_daemon_toml: String::new(),
             extra_permission_toml: String::new(),
+            credential: SandboxCredential::default(),
         }
     }
 }
@@ -107,7 +135,7 @@ impl Sandbox {
         let password = options
             .password
             .unwrap_or_else(|| SecretString::from(format!("demo-{}", random_hex())));
-        seed_database(&cluster, &password)?;
+        seed_database(&cluster, &password, &options.credential)?;
         if options.role_owns_database {
             cluster.psql(
                 DATABASE,
@@ -145,7 +173,7 @@ ca_file = "{ca}"
 
 [resources.{RESOURCE}.permissions.{PERMISSION}]
 description = "SELECT on public.orders"
-username = "{ROLE}"
+{credential}
 policy = "{policy}"
 max_ttl = "{max_ttl}"
 {extra_permission}"#,
@@ -156,20 +184,25 @@ max_ttl = "{max_ttl}"
             data_dir = dir.path().join("data").display(),
             extra_daemon = options.extra_daemon_toml,
             extra_permission = options.extra_permission_toml,
+            credential = credential_toml(&options.credential),
         );
         std::fs::write(&config_path, config)?;
-        keychain::set(
-            &keyring_service,
-            &keychain::entry_name(RESOURCE, PERMISSION),
-            &password,
-        )
-        .context("storing the demo secret in the OS keychain")?;
+        let keychain_entry = match &options.credential {
+            SandboxCredential::Keychain => Some(keychain::entry_name(RESOURCE, PERMISSION)),
+            SandboxCredential::Dynamic => Some(format!("{RESOURCE}/admin")),
+            SandboxCredential::Command { .. } => None,
+        };
+        if let Some(entry) = &keychain_entry {
+            keychain::set(&keyring_service, entry, &password)
+                .context("storing the demo secret in the OS keychain")?;
+        }
         Ok(Self {
             cluster,
             dir,
             config_path,
             socket_path,
             keyring_service,
+            keychain_entry,
             upstream_password: password,
         })
     }
@@ -185,24 +218,49 @@ max_ttl = "{max_ttl}"
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = keychain::delete(
-            &self.keyring_service,
-            &keychain::entry_name(RESOURCE, PERMISSION),
-        );
+        if let Some(entry) = &self.keychain_entry {
+            let _ = keychain::delete(&self.keyring_service, entry);
+        }
     }
 }
 
-/// Creates [`ROLE`] (with a SCRAM verifier computed here, so the password itself never
-/// reaches the server or its logs), [`DATABASE`] and a sample `orders` table.
-fn seed_database(cluster: &Cluster, password: &SecretString) -> anyhow::Result<()> {
+/// The permission's login lines for the generated config.
+fn credential_toml(credential: &SandboxCredential) -> String {
+    match credential {
+        SandboxCredential::Keychain => format!("username = \"{ROLE}\""),
+        SandboxCredential::Dynamic => format!(
+            "credential = {{ source = \"dynamic\", admin_username = \"{ADMIN_ROLE}\", grant_roles = [\"{ROLE}\"], connection_limit = 5 }}"
+        ),
+        SandboxCredential::Command {
+            argv,
+            timeout_seconds,
+        } => format!(
+            "credential = {{ source = \"command\", argv = {}, timeout_seconds = {timeout_seconds} }}",
+            toml::Value::Array(argv.iter().cloned().map(toml::Value::String).collect())
+        ),
+    }
+}
+
+/// Creates [`ROLE`] — for a dynamic credential as a NOLOGIN role, plus [`ADMIN_ROLE`]
+/// (CREATEROLE, allowed to terminate backends, ADMIN OPTION on [`ROLE`]) — with a SCRAM verifier computed here, so
+/// the password itself never reaches the server or its logs; then [`DATABASE`] and a sample
+/// `orders` table.
+fn seed_database(
+    cluster: &Cluster,
+    password: &SecretString,
+    credential: &SandboxCredential,
+) -> anyhow::Result<()> {
     let verifier = postgres_protocol::password::scram_sha_256(password.expose_secret().as_bytes());
+    let roles = match credential {
+        SandboxCredential::Dynamic => format!(
+            "CREATE ROLE {ROLE} NOLOGIN;\n\
+             CREATE ROLE {ADMIN_ROLE} LOGIN CREATEROLE PASSWORD '{verifier}' IN ROLE pg_signal_backend;\n\
+             GRANT {ROLE} TO {ADMIN_ROLE} WITH ADMIN OPTION;\n"
+        ),
+        _ => format!("CREATE ROLE {ROLE} LOGIN PASSWORD '{verifier}';\n"),
+    };
     cluster
-        .psql(
-            "postgres",
-            &format!(
-                "CREATE ROLE {ROLE} LOGIN PASSWORD '{verifier}';\nCREATE DATABASE {DATABASE};\n"
-            ),
-        )
+        .psql("postgres", &format!("{roles}CREATE DATABASE {DATABASE};\n"))
         .context("creating the demo role and database")?;
     cluster
         .psql(
@@ -252,14 +310,23 @@ pub async fn psql_through(
 }
 
 /// Runs `agentd demo` (see the module docs). With `serve`, prints one JSON line
-/// `{"dsn","socket","config"}` and keeps running until Ctrl-C.
+/// `{"dsn","socket","config"}` and keeps running until Ctrl-C. With `dynamic`, the grant
+/// logs in as its own PostgreSQL role (`agentd_g_…`), created at grant and dropped at
+/// revoke; the demo shows `pg_roles` before, during and after.
 ///
 /// # Errors
 /// Any step's failure, with what to do about it.
-pub async fn run(serve: bool) -> anyhow::Result<()> {
+pub async fn run(serve: bool, dynamic: bool) -> anyhow::Result<()> {
     eprintln!("agentd demo: starting a throwaway PostgreSQL cluster (SCRAM-SHA-256, TLS on)…");
-    let sandbox =
-        tokio::task::spawn_blocking(|| Sandbox::create(SandboxOptions::default())).await??;
+    let options = SandboxOptions {
+        credential: if dynamic {
+            SandboxCredential::Dynamic
+        } else {
+            SandboxCredential::Keychain
+        },
+        ..SandboxOptions::default()
+    };
+    let sandbox = tokio::task::spawn_blocking(|| Sandbox::create(options)).await??;
     let result = run_in(&sandbox, serve).await;
     let stop = tokio::task::spawn_blocking(move || {
         let stopped = sandbox.cluster.stop();
@@ -280,6 +347,7 @@ async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
         sandbox.config_path.clone(),
         Some(sandbox.dir.path().join("pg")),
     )?;
+    broker.sweep_dynamic_roles().await;
     let stop = CancellationToken::new();
     let server = tokio::spawn(crate::control::serve(
         listener,
@@ -288,13 +356,36 @@ async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     ));
     let result = demo_session(sandbox, serve).await;
     stop.cancel();
-    broker.shutdown();
+    broker
+        .shutdown_gracefully(crate::daemon::SHUTDOWN_ROLE_DROP_LIMIT)
+        .await;
     let _ = server.await;
     result
 }
 
+/// Whether the sandbox's permission uses a dynamic role.
+fn is_dynamic(sandbox: &Sandbox) -> bool {
+    sandbox.keychain_entry.as_deref() == Some("demo/admin")
+}
+
+/// Prints the `agentd_%` roles on the demo server (as the cluster's superuser).
+async fn print_agentd_roles(sandbox: &Sandbox, when: &str) -> anyhow::Result<()> {
+    let sql = "SELECT coalesce(string_agg(rolname || ' (valid until ' || rolvaliduntil || ')', E'\\n' ORDER BY rolname), '(none)') \
+               FROM pg_roles WHERE rolname LIKE 'agentd!_g!_%' ESCAPE '!'";
+    let out = sandbox.cluster.psql("postgres", sql)?;
+    println!("pg_roles agentd_g_* {when}:");
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        println!("  {}", line.trim());
+    }
+    Ok(())
+}
+
 async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     let mut client = Client::connect(&sandbox.socket_path).await?;
+    let dynamic = is_dynamic(sandbox);
+    if dynamic && !serve {
+        print_agentd_roles(sandbox, "before the grant").await?;
+    }
     let handle = request_grant(&mut client).await?;
     if serve {
         let line = serde_json::json!({
@@ -316,6 +407,11 @@ async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     );
     let rows = psql_through(&handle, DEMO_QUERY, &[]).await?;
     println!("{rows}");
+    if dynamic {
+        let who = psql_through(&handle, "SELECT current_user", &["-At"]).await?;
+        println!("upstream login through the proxy: {}", who.trim());
+        print_agentd_roles(sandbox, "during the grant").await?;
+    }
     println!("handle (what an agent receives; the upstream password never leaves the daemon):");
     println!("  dsn:  {}", handle.dsn);
     println!("  psql: {}", handle.psql);
@@ -329,6 +425,9 @@ async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
             eprintln!("agentd demo: revoked {}", grant_ids.join(", "))
         }
         other => bail!("unexpected reply to revoke: {other:?}"),
+    }
+    if dynamic {
+        print_agentd_roles(sandbox, "after revoke").await?;
     }
     print_audit_trail(sandbox)?;
     eprintln!("agentd demo: cleaning up");

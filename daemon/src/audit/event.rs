@@ -132,6 +132,51 @@ pub enum AuditEvent {
         /// Whether `text` was cut at the capture limit.
         truncated: bool,
     },
+    /// A dynamic credential: the grant's own PostgreSQL role was created (before the grant
+    /// record). Never carries the password.
+    RoleCreated {
+        /// The grant id the role belongs to.
+        grant_id: String,
+        /// The resource name.
+        resource: String,
+        /// The permission name.
+        permission: String,
+        /// The role, `agentd_g_…`.
+        role: String,
+        /// Its `VALID UNTIL`, in Unix seconds.
+        valid_until: u64,
+    },
+    /// A grant's dynamic role was ended: its sessions terminated and the revocation
+    /// statements run (or the attempt failed; access was already cut at the listener).
+    RoleDropped {
+        /// The grant id the role belonged to.
+        grant_id: String,
+        /// The role.
+        role: String,
+        /// Whether the role is gone.
+        dropped: bool,
+        /// Upstream sessions of the role that were terminated.
+        terminated_sessions: u64,
+        /// Why it was not dropped: `SQLSTATE message` (no secret).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// At daemon start, roles this data directory created for grants that no longer exist
+    /// (a crash or kill) were dropped.
+    RolesSwept {
+        /// The resource name.
+        resource: String,
+        /// The dynamic permission whose admin login swept.
+        permission: String,
+        /// Roles dropped.
+        dropped: Vec<String>,
+        /// Roles that could not be dropped, as `ROLE: SQLSTATE message`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<String>,
+        /// Why the sweep could not run at all (admin login failed, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// Statement events were lost because the writer fell behind.
     StatementsDropped {
         /// How many statement events were dropped since the previous such record.
@@ -153,7 +198,9 @@ impl AuditEvent {
             | AuditEvent::GrantEnded { grant_id, .. }
             | AuditEvent::ConnectionOpen { grant_id, .. }
             | AuditEvent::ConnectionClose { grant_id, .. }
-            | AuditEvent::Statement { grant_id, .. } => Some(grant_id),
+            | AuditEvent::Statement { grant_id, .. }
+            | AuditEvent::RoleCreated { grant_id, .. }
+            | AuditEvent::RoleDropped { grant_id, .. } => Some(grant_id),
             _ => None,
         }
     }
@@ -172,6 +219,9 @@ impl AuditEvent {
             AuditEvent::ConnectionClose { .. } => "connection_close",
             AuditEvent::Statement { .. } => "statement",
             AuditEvent::StatementsDropped { .. } => "statements_dropped",
+            AuditEvent::RoleCreated { .. } => "role_created",
+            AuditEvent::RoleDropped { .. } => "role_dropped",
+            AuditEvent::RolesSwept { .. } => "roles_swept",
         }
     }
 }

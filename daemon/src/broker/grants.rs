@@ -3,7 +3,6 @@
 
 use super::{error, ids, Broker, Caller, GrantRecord, RequestRecord};
 use crate::audit::AuditEvent;
-use crate::credentials;
 use crate::listener::postgres::{self as pg, auth::ScramVerifier, upstream, GrantListener};
 use agentd_proto::{ErrorCode, GrantState, Response, RevokeTarget};
 use std::path::PathBuf;
@@ -28,33 +27,26 @@ impl Broker {
         };
         let grant_id = ids::grant_id();
         let token = ids::token();
-        let prepared = {
-            let settings = self.config.daemon.clone();
-            let source = permission.credential.clone();
-            let (res_name, perm_name) = (
-                request.spec.resource.clone(),
-                request.spec.permission.clone(),
-            );
-            let token = token.clone();
-            tokio::task::spawn_blocking(move || {
-                let secret = credentials::fetch_secret(&settings, &source, &res_name, &perm_name)?;
-                Ok::<_, credentials::CredentialError>((secret, ScramVerifier::derive(&token)))
-            })
-            .await
-        };
-        let (secret, verifier) = match prepared {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                warn!(error = %e, "credential unavailable");
-                return Err(format!(
-                    "agentd cannot obtain the credential for {}/{}: {e}",
-                    request.spec.resource, request.spec.permission
-                ));
-            }
-            Err(e) => return Err(format!("internal error preparing the grant: {e}")),
-        };
         let tls = upstream::tls_for(resource)
             .map_err(|e| format!("resource {} TLS settings: {e}", request.spec.resource))?;
+        let verifier = {
+            let token = token.clone();
+            tokio::task::spawn_blocking(move || ScramVerifier::derive(&token))
+                .await
+                .map_err(|e| format!("internal error preparing the grant: {e}"))?
+        };
+        let now = SystemTime::now();
+        let expires_at = now + request.duration;
+        let (login, role) = self
+            .obtain_login(request, resource, permission, &grant_id, expires_at)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "credential unavailable");
+                format!(
+                    "agentd cannot obtain the credential for {}/{}: {e}",
+                    request.spec.resource, request.spec.permission
+                )
+            })?;
         let listener = Arc::new(GrantListener {
             grant_id: grant_id.clone(),
             verifier,
@@ -63,8 +55,8 @@ impl Broker {
                 host: resource.host.clone(),
                 port: resource.port,
                 database: resource.database.clone(),
-                username: permission.username.clone(),
-                secret: Arc::new(secret),
+                username: login.username,
+                secret: Arc::new(login.password),
                 tls,
                 connect_timeout: self.config.daemon.connect_timeout,
             },
@@ -81,11 +73,13 @@ impl Broker {
             Ok(addr) => addr,
             Err(e) => {
                 listener.cut("agentd: grant not opened".to_owned());
+                if let Some(role) = role {
+                    self.spawn_role_drop(&grant_id, role);
+                }
                 return Err(format!("cannot open a local listener: {e}"));
             }
         };
         let socket_dir = self.open_unix_listener(&listener, &grant_id, addr.port());
-        let now = SystemTime::now();
         Ok(GrantRecord {
             id: grant_id,
             request_id: request.id.clone(),
@@ -94,12 +88,13 @@ impl Broker {
             agent: request.spec.agent.clone(),
             state: GrantState::Active,
             created_at: now,
-            expires_at: now + request.duration,
+            expires_at,
             listener_addr: addr,
             socket_dir,
             database: resource.database.clone(),
             token,
             listener,
+            role,
         })
     }
 
@@ -135,6 +130,9 @@ impl Broker {
             grant
                 .listener
                 .cut("agentd: the audit log is unavailable".to_owned());
+            if let Some(role) = grant.role {
+                self.spawn_role_drop(&grant.id, role);
+            }
             return Err(refusal);
         }
         let (grant_id, ttl, addr) = (grant.id.clone(), request.duration, grant.listener_addr);
@@ -148,8 +146,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Revokes the grants `target` names; cuts their sessions.
-    pub fn revoke(&self, target: &RevokeTarget, caller: Caller) -> Response {
+    /// Revokes the grants `target` names; cuts their sessions, and answers once their
+    /// dynamic roles (if any) are dropped.
+    pub async fn revoke(&self, target: &RevokeTarget, caller: Caller) -> Response {
         let ids: Vec<String> = {
             let state = self.state();
             let active = state
@@ -193,17 +192,19 @@ impl Broker {
             }
         };
         let by = format!("user ({})", caller.describe());
-        let grant_ids = ids
+        let grant_ids: Vec<String> = ids
             .into_iter()
             .filter(|id| self.end_grant(id, GrantState::Revoked, &by))
             .collect();
+        self.await_role_drops(Some(&grant_ids)).await;
         Response::Revoked { grant_ids }
     }
 
-    /// The agent gives its grant back.
-    pub fn release(&self, grant_id: &str, caller: Caller) -> Response {
+    /// The agent gives its grant back; answers once its dynamic role (if any) is dropped.
+    pub async fn release(&self, grant_id: &str, caller: Caller) -> Response {
         let by = format!("agent ({})", caller.describe());
         if self.end_grant(grant_id, GrantState::Released, &by) {
+            self.await_role_drops(Some(&[grant_id.to_owned()])).await;
             return Response::Revoked {
                 grant_ids: vec![grant_id.to_owned()],
             };
@@ -217,10 +218,11 @@ impl Broker {
         }
     }
 
-    /// Moves an active grant to `end`, records it, and cuts its listener and sessions.
+    /// Moves an active grant to `end`, records it, and cuts its listener and sessions; a
+    /// dynamic role is then dropped in the background ([`Broker::await_role_drops`] waits).
     /// False if it was not active.
     pub(super) fn end_grant(&self, grant_id: &str, end: GrantState, by: &str) -> bool {
-        let live = {
+        let (live, role) = {
             let mut state = self.state();
             let Some(grant) = state.grants.get_mut(grant_id) else {
                 return false;
@@ -239,7 +241,10 @@ impl Broker {
                 _ => format!("terminating connection: agentd grant {grant_id} was revoked"),
             };
             grant.listener.cut(reason);
-            grant.listener.live_connections.load(Ordering::Relaxed)
+            (
+                grant.listener.live_connections.load(Ordering::Relaxed),
+                grant.role.take(),
+            )
         };
         // Access is already cut; recording cannot undo that, so failures are only logged.
         self.audit_best_effort(&AuditEvent::GrantEnded {
@@ -249,6 +254,9 @@ impl Broker {
             live_connections: live,
         });
         info!(grant = %grant_id, state = ?end, live, %by, "grant ended");
+        if let Some(role) = role {
+            self.spawn_role_drop(grant_id, role);
+        }
         self.persist();
         true
     }

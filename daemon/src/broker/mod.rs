@@ -9,6 +9,7 @@
 //!   restored: their listeners and tokens died with the old process).
 
 mod catalog;
+mod credentials;
 mod grants;
 mod ids;
 mod lifecycle;
@@ -87,6 +88,8 @@ struct GrantRecord {
     database: String,
     token: SecretString,
     listener: Arc<GrantListener>,
+    /// The grant's dynamic role until it is handed to the drop task.
+    role: Option<credentials::GrantRole>,
 }
 
 #[derive(Default)]
@@ -112,6 +115,12 @@ pub struct Broker {
     state_file: persist::StateFile,
     /// Bumped on every request state change; `await_request` waits on it.
     changes: watch::Sender<u64>,
+    /// Logins from `command` credential sources, cached until their expiry.
+    commands: crate::credentials::command::CommandCache,
+    /// Background drops of dynamic roles, by grant id.
+    role_drops: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
+    /// This data directory's id, marking the dynamic roles it creates.
+    owner_tag: String,
     /// The data directory's lock, held for the broker's life.
     _data_dir_lock: std::fs::File,
 }
@@ -134,6 +143,8 @@ impl Broker {
             .with_context(|| format!("cannot lock the data directory {}", data_dir.display()))?;
         let state_file = persist::StateFile::in_dir(&data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let owner_tag = crate::credentials::dynamic::owner_tag(&data_dir)
+            .with_context(|| format!("cannot write the instance id in {}", data_dir.display()))?;
         let audit_dir = config.audit_dir();
         let audit = Arc::new(
             AuditLog::open(
@@ -168,6 +179,9 @@ impl Broker {
             statements,
             state_file,
             changes: watch::channel(0).0,
+            commands: Default::default(),
+            role_drops: Mutex::new(Vec::new()),
+            owner_tag,
             _data_dir_lock: data_dir_lock,
         });
         broker.record_previous_daemon_ended()?;
@@ -360,7 +374,15 @@ impl Broker {
     }
 
     /// Ends every grant and pending request and records the daemon's stop (shutdown).
+    /// Dynamic roles are dropped in the background; [`Broker::shutdown_gracefully`] waits
+    /// for them.
     pub fn shutdown(&self) {
+        self.end_everything("daemon shutdown");
+        self.record_stop();
+    }
+
+    /// Cancels everything, ends every grant and expires every pending request.
+    fn end_everything(&self, by: &str) {
         self.shutdown.cancel();
         let (grants, pending): (Vec<String>, Vec<String>) = {
             let state = self.state();
@@ -380,11 +402,15 @@ impl Broker {
             )
         };
         for id in grants {
-            self.end_grant(&id, GrantState::Revoked, "daemon shutdown");
+            self.end_grant(&id, GrantState::Revoked, by);
         }
         for id in pending {
-            self.expire_request(&id, "daemon shutdown");
+            self.expire_request(&id, by);
         }
+    }
+
+    /// Records the daemon's stop and writes the state file.
+    fn record_stop(&self) {
         self.audit_best_effort(&AuditEvent::DaemonStop {
             pid: std::process::id(),
         });

@@ -402,6 +402,62 @@ fn describe(event: &AuditEvent) -> String {
         AuditEvent::StatementsDropped { count } => {
             format!("{count} statement event(s) not recorded (the writer fell behind)")
         }
+        AuditEvent::RoleCreated {
+            grant_id,
+            resource,
+            permission,
+            role,
+            valid_until,
+        } => format!(
+            "{} role {} on {}/{} valid until {}",
+            clean(grant_id),
+            clean(role),
+            clean(resource),
+            clean(permission),
+            unix_time(*valid_until)
+        ),
+        AuditEvent::RoleDropped {
+            grant_id,
+            role,
+            dropped,
+            terminated_sessions,
+            error,
+        } => {
+            let outcome = match (dropped, error) {
+                (true, _) => "dropped".to_owned(),
+                (false, Some(e)) => format!("NOT dropped: {}", clean(e)),
+                (false, None) => "NOT dropped".to_owned(),
+            };
+            format!(
+                "{} role {} {outcome}, {terminated_sessions} session(s) terminated",
+                clean(grant_id),
+                clean(role)
+            )
+        }
+        AuditEvent::RolesSwept {
+            resource,
+            permission,
+            dropped,
+            failed,
+            error,
+        } => {
+            let mut s = format!(
+                "{}/{}: {} orphan role(s) dropped",
+                clean(resource),
+                clean(permission),
+                dropped.len()
+            );
+            if !dropped.is_empty() {
+                s.push_str(&format!(" ({})", clean(&dropped.join(", "))));
+            }
+            if !failed.is_empty() {
+                s.push_str(&format!("; not dropped: {}", clean(&failed.join("; "))));
+            }
+            if let Some(e) = error {
+                s.push_str(&format!("; sweep failed: {}", clean(e)));
+            }
+            s
+        }
     }
 }
 

@@ -45,8 +45,10 @@ pub fn run(config_path: &Path, args: &ConfigCheckArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Whether a permission's secret is in the keychain. In JSON: `"present"`, `"missing"`,
-/// `"error"` (the message goes in `secret_error`) or `"unknown"`.
+/// Whether a permission's keychain secret (the login's, or a dynamic permission's admin
+/// password) is stored. In JSON: `"present"`, `"missing"`, `"error"` (the message goes in
+/// `secret_error`), `"unknown"` or `"external"` (a `command` source: nothing in the
+/// keychain, the program runs at grant time and is not run by the check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SecretStatus {
     Present,
@@ -55,6 +57,8 @@ enum SecretStatus {
     Error(String),
     /// Not probed: an earlier probe timed out.
     Unknown,
+    /// A `command` source: no keychain secret.
+    External,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,7 +169,7 @@ fn check(path: &Path, probe: &mut dyn FnMut(&Config, &str, &str) -> SecretStatus
                 SecretStatus::Error(message) => {
                     warnings.push(format!("{field}: keychain error: {message}"));
                 }
-                SecretStatus::Present | SecretStatus::Unknown => {}
+                SecretStatus::Present | SecretStatus::Unknown | SecretStatus::External => {}
             }
         }
     }
@@ -278,10 +282,16 @@ fn permission_report(
     let default_ttl = perm.effective_default_ttl();
     PermissionReport {
         name: name.to_owned(),
-        username: perm.username.clone(),
+        username: match &perm.credential {
+            CredentialSource::Dynamic(_) => "agentd_<grant id> (created per grant)".to_owned(),
+            CredentialSource::Command { .. } if perm.username.is_empty() => {
+                "(from the command's output)".to_owned()
+            }
+            _ => perm.username.clone(),
+        },
         credential: describe_credential(
             &perm.credential,
-            &config.daemon.keyring_service,
+            &keychain::service_name(&config.daemon),
             resource,
             name,
         ),
@@ -311,6 +321,7 @@ fn secret_word<S: serde::Serializer>(status: &SecretStatus, s: S) -> Result<S::O
         SecretStatus::Missing => "missing",
         SecretStatus::Error(_) => "error",
         SecretStatus::Unknown => "unknown",
+        SecretStatus::External => "external",
     })
 }
 
@@ -320,12 +331,30 @@ fn describe_credential(
     resource: &str,
     permission: &str,
 ) -> String {
+    let entry = source
+        .keychain_entry(resource, permission)
+        .unwrap_or_default();
     match source {
-        CredentialSource::Keyring { entry } => {
-            let entry = entry
-                .clone()
-                .unwrap_or_else(|| keychain::entry_name(resource, permission));
+        CredentialSource::Keyring { .. } => {
             format!("keychain entry {entry:?} (service {service:?})")
+        }
+        CredentialSource::Command {
+            argv,
+            timeout_seconds,
+        } => format!(
+            "command {:?} printing {{username, password, expires_at?}} JSON (timeout {timeout_seconds}s; cached until expires_at)",
+            argv.first().map(String::as_str).unwrap_or_default()
+        ),
+        CredentialSource::Dynamic(d) => {
+            let roles = if d.grant_roles.is_empty() {
+                "no grant_roles".to_owned()
+            } else {
+                format!("IN ROLE {}", d.grant_roles.join(", "))
+            };
+            format!(
+                "dynamic role agentd_g_… per grant ({roles}, connection limit {}), created and dropped by admin {:?} whose password is keychain entry {entry:?} (service {service:?})",
+                d.connection_limit, d.admin_username
+            )
         }
     }
 }
@@ -347,12 +376,14 @@ fn probe_keychain() -> impl FnMut(&Config, &str, &str) -> SecretStatus {
         std::thread::spawn(move || {
             let status = match credentials::fetch_secret(&settings, &source, &resource, &permission)
             {
-                Ok(secret) => {
+                Ok(Some(secret)) => {
                     drop(secret);
                     SecretStatus::Present
                 }
+                Ok(None) => SecretStatus::External,
                 Err(CredentialError::Missing { .. }) => SecretStatus::Missing,
                 Err(CredentialError::Keychain { message, .. }) => SecretStatus::Error(message),
+                Err(other) => SecretStatus::Error(other.to_string()),
             };
             let _ = tx.send(status);
         });
@@ -413,6 +444,10 @@ fn render_text(report: &Report) -> String {
                 }
                 SecretStatus::Error(m) => format!("unknown (keychain error: {m})"),
                 SecretStatus::Unknown => "unknown (keychain did not answer; skipped)".to_owned(),
+                SecretStatus::External => {
+                    "not in the keychain: the command runs at grant time (not run by this check)"
+                        .to_owned()
+                }
             };
             let _ = writeln!(out, "    secret:     {secret}");
             let _ = writeln!(

@@ -73,7 +73,7 @@ pub enum Command {
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Store or delete an upstream secret in the OS keychain.
+    /// Store, delete or list upstream secrets in the OS keychain (values are never shown).
     #[command(subcommand)]
     Secret(SecretCommand),
     /// Bearer tokens for `agentd-mcp --http` (create, list, revoke).
@@ -196,7 +196,11 @@ pub enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Store the secret for RESOURCE/PERMISSION; read from a no-echo prompt, or from stdin
-    /// when it is not a terminal (never from the command line).
+    /// when it is not a terminal (never from the command line). For a `dynamic` permission
+    /// this is the admin login's password (entry `credential.admin`, default
+    /// `RESOURCE/admin`).
+    ///
+    /// Example: agentd secret set app-db read_only
     Set {
         /// Resource name.
         resource: String,
@@ -210,6 +214,14 @@ pub enum SecretCommand {
         /// Permission name.
         permission: String,
     },
+    /// List the keychain entries the config uses — names and present/missing only, never
+    /// values — and the permissions whose credential comes from a command instead.
+    List {
+        /// Print JSON: `{service, entries: [{entry, kind, used_by, state, error?}],
+        /// commands: [{permission, program}]}`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `agentd demo`.
@@ -219,6 +231,11 @@ pub struct DemoArgs {
     /// clean up on Ctrl-C.
     #[arg(long)]
     pub serve: bool,
+    /// Use a dynamic credential: each grant gets its own PostgreSQL role (agentd_g_…),
+    /// created by an admin login at grant time and dropped at revoke; shows pg_roles before,
+    /// during and after.
+    #[arg(long)]
+    pub dynamic: bool,
 }
 
 impl Cli {
@@ -264,7 +281,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Secret(cmd) => ok(secret::run(&cli.config_path(), cmd).await),
         Command::Token(cmd) => ok(token::run(cmd)),
         Command::Mcp(cmd) => ok(mcp_install::run(cmd)),
-        Command::Demo(args) => ok(crate::demo::run(args.serve).await),
+        Command::Demo(args) => ok(crate::demo::run(args.serve, args.dynamic).await),
     }
 }
 

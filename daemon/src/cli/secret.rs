@@ -1,19 +1,28 @@
-//! `agentd secret set|delete RESOURCE PERMISSION`: the secret is read from a no-echo prompt
-//! (or stdin when it is not a terminal), never from the command line, and stored in the OS
-//! keychain under the config's `keyring_service`.
+//! `agentd secret set|delete RESOURCE PERMISSION` and `agentd secret list [--json]`.
+//!
+//! `set` reads the secret from a no-echo prompt (or stdin when it is not a terminal), never
+//! from the command line, and stores it in the OS keychain under the keychain service name
+//! ([`keychain::service_name`]). For a `dynamic` permission the secret is the admin
+//! login's password. `list` shows entry names and whether each is stored, never a value.
 
 use super::SecretCommand;
 use crate::config::{Config, CredentialSource, DaemonSettings};
 use crate::credentials::keychain;
 use anyhow::{bail, Context as _};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
+use std::time::Duration;
+
+/// How long `secret list` waits for one keychain lookup before reporting it unknown.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs `agentd secret …`.
 ///
 /// # Errors
-/// Unknown resource/permission (when a config exists), an empty secret, or keychain errors.
+/// Unknown resource/permission (when a config exists), a `command` permission (nothing to
+/// store), an empty secret, or keychain errors.
 pub async fn run(config_path: &Path, cmd: &SecretCommand) -> anyhow::Result<()> {
     let config = if config_path.exists() {
         Some(Config::load(config_path)?)
@@ -24,49 +33,189 @@ pub async fn run(config_path: &Path, cmd: &SecretCommand) -> anyhow::Result<()> 
         .as_ref()
         .map(|c| c.daemon.clone())
         .unwrap_or_default();
+    let service = keychain::service_name(&settings);
     match cmd {
         SecretCommand::Set {
             resource,
             permission,
         } => {
-            let entry = entry_for(config.as_ref(), resource, permission)?;
-            let secret = read_secret(resource, permission)?;
+            let (entry, what) = entry_for(config.as_ref(), resource, permission)?;
+            let secret = read_secret(resource, permission, what)?;
             store(&settings, entry.clone(), secret).await?;
-            eprintln!("stored the secret for {resource}/{permission} in the keychain (service {:?}, entry {entry:?})", settings.keyring_service);
+            eprintln!("stored the {what} for {resource}/{permission} in the keychain (service {service:?}, entry {entry:?})");
         }
         SecretCommand::Delete {
             resource,
             permission,
         } => {
-            let entry = entry_for(config.as_ref(), resource, permission)?;
-            let service = settings.keyring_service.clone();
+            let (entry, what) = entry_for(config.as_ref(), resource, permission)?;
             let e2 = entry.clone();
             tokio::task::spawn_blocking(move || keychain::delete(&service, &e2))
                 .await?
                 .with_context(|| format!("deleting keychain entry {entry:?}"))?;
-            eprintln!("deleted the secret for {resource}/{permission}");
+            eprintln!("deleted the {what} for {resource}/{permission}");
+        }
+        SecretCommand::List { json } => {
+            let Some(config) = config else {
+                bail!(
+                    "no config at {}; `secret list` shows the entries a config uses",
+                    config_path.display()
+                );
+            };
+            let listing = list(&config).await;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", render(&listing));
+            }
         }
     }
     Ok(())
 }
 
-fn entry_for(config: Option<&Config>, resource: &str, permission: &str) -> anyhow::Result<String> {
+/// The keychain entry `set`/`delete` act on, and what it holds (for messages).
+fn entry_for(
+    config: Option<&Config>,
+    resource: &str,
+    permission: &str,
+) -> anyhow::Result<(String, &'static str)> {
     let Some(config) = config else {
-        return Ok(keychain::entry_name(resource, permission));
+        return Ok((keychain::entry_name(resource, permission), "secret"));
     };
     let Some((_, perm)) = config.permission(resource, permission) else {
         bail!("the config has no permission {permission:?} on resource {resource:?}");
     };
-    Ok(match &perm.credential {
-        CredentialSource::Keyring { entry: Some(e) } => e.clone(),
-        CredentialSource::Keyring { entry: None } => keychain::entry_name(resource, permission),
-    })
+    let what = match &perm.credential {
+        CredentialSource::Keyring { .. } => "secret",
+        CredentialSource::Dynamic(_) => "admin password",
+        CredentialSource::Command { argv, .. } => bail!(
+            "{resource}/{permission} gets its credential from the command {:?}; nothing is stored in the keychain for it",
+            argv.first().map(String::as_str).unwrap_or_default()
+        ),
+    };
+    let entry = perm
+        .credential
+        .keychain_entry(resource, permission)
+        .unwrap_or_else(|| keychain::entry_name(resource, permission));
+    Ok((entry, what))
+}
+
+/// `secret list` output.
+#[derive(Debug, Serialize)]
+struct Listing {
+    service: String,
+    entries: Vec<EntryStatus>,
+    commands: Vec<CommandUse>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntryStatus {
+    entry: String,
+    /// `login` (a keyring permission's password) or `admin` (a dynamic permission's).
+    kind: &'static str,
+    used_by: Vec<String>,
+    /// `present`, `missing`, `error` or `unknown` (the keychain did not answer in time).
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct CommandUse {
+    permission: String,
+    program: String,
+}
+
+async fn list(config: &Config) -> Listing {
+    let mut entries: Vec<EntryStatus> = Vec::new();
+    let mut commands = Vec::new();
+    for (rname, res) in &config.resources {
+        for (pname, perm) in &res.permissions {
+            let used_by = format!("{rname}/{pname}");
+            let kind = match &perm.credential {
+                CredentialSource::Command { argv, .. } => {
+                    commands.push(CommandUse {
+                        permission: used_by,
+                        program: argv.first().cloned().unwrap_or_default(),
+                    });
+                    continue;
+                }
+                CredentialSource::Keyring { .. } => "login",
+                CredentialSource::Dynamic(_) => "admin",
+            };
+            let entry = perm
+                .credential
+                .keychain_entry(rname, pname)
+                .unwrap_or_default();
+            match entries.iter_mut().find(|e| e.entry == entry) {
+                Some(e) => e.used_by.push(used_by),
+                None => entries.push(EntryStatus {
+                    entry,
+                    kind,
+                    used_by: vec![used_by],
+                    state: "unknown",
+                    error: None,
+                }),
+            }
+        }
+    }
+    let service = keychain::service_name(&config.daemon);
+    for e in &mut entries {
+        let (service, name) = (service.clone(), e.entry.clone());
+        let probe = tokio::task::spawn_blocking(move || keychain::get(&service, &name).map(drop));
+        (e.state, e.error) = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(Ok(()))) => ("present", None),
+            Ok(Ok(Err(keychain::KeychainError::NotFound))) => ("missing", None),
+            Ok(Ok(Err(keychain::KeychainError::Store(m)))) => ("error", Some(m)),
+            Ok(Err(join)) => ("error", Some(join.to_string())),
+            Err(_) => break, // a hung keychain: leave the rest "unknown"
+        };
+    }
+    Listing {
+        service,
+        entries,
+        commands,
+    }
+}
+
+fn render(listing: &Listing) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("keychain service {:?}\n", listing.service);
+    if listing.entries.is_empty() {
+        out.push_str("  no keychain entries in this config\n");
+    }
+    for e in &listing.entries {
+        let hint = match e.state {
+            "missing" => {
+                let first = e.used_by.first().map(String::as_str).unwrap_or_default();
+                format!(" — run `agentd secret set {}`", first.replacen('/', " ", 1))
+            }
+            "error" => format!(" ({})", e.error.as_deref().unwrap_or_default()),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<32} {:<6} {:<8} used by {}{hint}",
+            e.entry,
+            e.kind,
+            e.state,
+            e.used_by.join(", ")
+        );
+    }
+    for c in &listing.commands {
+        let _ = writeln!(
+            out,
+            "  {:<32} from command {:?} (nothing stored)",
+            c.permission, c.program
+        );
+    }
+    out
 }
 
 /// Reads the secret from a no-echo prompt on a terminal, else one line of stdin.
-fn read_secret(resource: &str, permission: &str) -> anyhow::Result<SecretString> {
+fn read_secret(resource: &str, permission: &str, what: &str) -> anyhow::Result<SecretString> {
     let secret = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(format!("secret for {resource}/{permission}: "))?
+        rpassword::prompt_password(format!("{what} for {resource}/{permission}: "))?
     } else {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -90,7 +239,7 @@ pub async fn store(
     entry: String,
     secret: SecretString,
 ) -> anyhow::Result<()> {
-    let service = settings.keyring_service.clone();
+    let service = keychain::service_name(settings);
     tokio::task::spawn_blocking(move || keychain::set(&service, &entry, &secret))
         .await?
         .context("storing the secret in the OS keychain")

@@ -160,7 +160,7 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, peer: Peer) -> Respons
                 .await
         }
         Request::CancelRequest { request_id } => broker.cancel(&request_id, peer),
-        Request::Release { grant_id } => broker.release(&grant_id, peer),
+        Request::Release { grant_id } => broker.release(&grant_id, peer).await,
         Request::Status => broker.status(),
         Request::ListRequests { all } => broker.list_requests(all),
         Request::Approve {
@@ -184,7 +184,7 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, peer: Peer) -> Respons
         } => broker.deny(&request_id, reason, &presence, peer),
         Request::Revoke { target } => {
             info!(?target, "revoke");
-            broker.revoke(&target, peer)
+            broker.revoke(&target, peer).await
         }
     }
 }

@@ -18,6 +18,13 @@ pub enum KeychainError {
     Store(String),
 }
 
+/// The keychain service name secrets live under: `[daemon] keyring_service` (default
+/// `agentd`). Every reader and writer goes through here, so a profile can keep its secrets
+/// apart by changing this one function's input.
+pub fn service_name(settings: &crate::config::DaemonSettings) -> String {
+    settings.keyring_service.clone()
+}
+
 /// The keychain account name for a permission's secret: `RESOURCE/PERMISSION`.
 pub fn entry_name(resource: &str, permission: &str) -> String {
     format!("{resource}/{permission}")
