@@ -29,7 +29,7 @@ pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     wait_for_shutdown_signal().await;
     info!("shutting down: ending all grants");
     stop.cancel();
-    broker.shutdown();
+    broker.shutdown().await;
     let _ = server.await;
     #[cfg(unix)]
     let _ = std::fs::remove_file(&socket);

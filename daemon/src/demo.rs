@@ -288,7 +288,7 @@ async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     ));
     let result = demo_session(sandbox, serve).await;
     stop.cancel();
-    broker.shutdown();
+    broker.shutdown().await;
     let _ = server.await;
     result
 }

@@ -386,8 +386,11 @@ impl Broker {
         }))
     }
 
-    /// Ends every grant and pending request and records the daemon's stop (shutdown).
-    pub fn shutdown(&self) {
+    /// Ends every grant and pending request, waits (up to [`SHUTDOWN_GRACE`]) for the cut
+    /// sessions to record their close and for queued statement records to be written, then
+    /// records the daemon's stop. Nothing queued at SIGTERM is lost unless the grace runs out
+    /// (then it is logged).
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
         let (grants, pending): (Vec<String>, Vec<String>) = {
             let state = self.state();
@@ -412,10 +415,42 @@ impl Broker {
         for id in pending {
             self.expire_request(&id, "daemon shutdown");
         }
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.drain_sessions())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "shutdown: sessions or statement records still pending after the grace period"
+            );
+        }
         self.audit_best_effort(&AuditEvent::DaemonStop {
             pid: std::process::id(),
         });
         self.persist();
+    }
+}
+
+/// How long shutdown waits for cut sessions and queued statement records.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// Waits for every listener's session tasks to finish (they were cut) and then for the
+    /// statement writer to write what they queued.
+    async fn drain_sessions(&self) {
+        let listeners: Vec<Arc<GrantListener>> = self
+            .state()
+            .grants
+            .values()
+            .map(|g| g.listener.clone())
+            .collect();
+        for listener in listeners {
+            listener.sessions.close();
+            listener.sessions.wait().await;
+        }
+        if let Some(sink) = &self.statements {
+            sink.flush().await;
+        }
     }
 }
 
