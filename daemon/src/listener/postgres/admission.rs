@@ -84,7 +84,9 @@ impl Admission {
     /// Records one wrong token at `now` and says how long to delay its answer.
     pub fn record_failure(&self, now: Instant) -> Throttle {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if f.last.is_some_and(|last| now.duration_since(last) > FAILURE_WINDOW) {
+        if f.last
+            .is_some_and(|last| now.duration_since(last) > FAILURE_WINDOW)
+        {
             f.count = 0;
         }
         f.count = f.count.saturating_add(1);

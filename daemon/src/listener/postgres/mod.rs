@@ -101,7 +101,9 @@ async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
         };
         let span = tracing::info_span!("session", %peer);
         let Some(slot) = admit(&grant, &peer.to_string()) else {
-            grant.sessions.spawn(refuse_busy(stream, grant.admission.max_handshakes));
+            grant
+                .sessions
+                .spawn(refuse_busy(stream, grant.admission.max_handshakes));
             continue;
         };
         let grant = grant.clone();
@@ -400,7 +402,9 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
         };
         let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
         let Some(slot) = admit(&grant, "unix") else {
-            grant.sessions.spawn(refuse_busy(stream, grant.admission.max_handshakes));
+            grant
+                .sessions
+                .spawn(refuse_busy(stream, grant.admission.max_handshakes));
             continue;
         };
         let grant = grant.clone();
