@@ -20,6 +20,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
 
+mod granted;
+pub use granted::{config, token, Granted};
+
 /// Longest any single step may take before a test fails instead of hanging (seconds).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -5,87 +5,13 @@
 //! only: a live session on the same grant keeps working, the daemon's memory stays bounded,
 //! and the canary secret appears nowhere.
 
-use agentd::demo::{Sandbox, SandboxOptions};
 use agentd_tests::*;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rand::{Rng as _, SeedableRng as _};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, Config, NoTls};
-
-/// A daemon with one grant and one live session on it (the bystander every test checks).
-struct Target {
-    sandbox: Sandbox,
-    daemon: DaemonProcess,
-    handle: Value,
-    live: Client,
-}
-
-impl Target {
-    async fn start(daemon_toml: &str) -> anyhow::Result<Self> {
-        let sandbox = sandbox(SandboxOptions {
-            extra_daemon_toml: daemon_toml.to_owned(),
-            ..SandboxOptions::default()
-        })
-        .await?;
-        let daemon = DaemonProcess::start(&sandbox).await?;
-        let handle = request_via_cli(&sandbox, "30m").await?.json()?["handle"].clone();
-        let (live, conn) = config(&handle, &token(&handle)).connect(NoTls).await?;
-        tokio::spawn(conn);
-        let target = Self {
-            sandbox,
-            daemon,
-            handle,
-            live,
-        };
-        target.bystander_ok().await?;
-        Ok(target)
-    }
-
-    fn port(&self) -> u16 {
-        handle_port(&self.handle)
-    }
-
-    /// The live session still answers, and a new session with the right token works.
-    async fn bystander_ok(&self) -> anyhow::Result<()> {
-        let row = self.live.query_one("SELECT count(*) FROM orders", &[]);
-        let row = tokio::time::timeout(STEP_TIMEOUT, row).await??;
-        anyhow::ensure!(row.get::<_, i64>(0) == 3, "live session broken");
-        let (ok, out, err) = psql(&handle_env(&self.handle), "SELECT 1").await?;
-        anyhow::ensure!(ok && out.trim() == "1", "new session failed: {err}");
-        Ok(())
-    }
-
-    /// Stops the daemon and scans everything it emitted for the canary.
-    async fn finish(self) -> anyhow::Result<()> {
-        self.bystander_ok().await?;
-        drop(self.live);
-        let status = self.daemon.stop().await?;
-        anyhow::ensure!(status.success(), "daemon exit: {status}");
-        assert_sandbox_clean(&self.sandbox, &[])?;
-        Ok(())
-    }
-}
-
-fn token(handle: &Value) -> String {
-    handle["env"]["PGPASSWORD"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn config(handle: &Value, password: &str) -> Config {
-    let mut c = Config::new();
-    c.host("127.0.0.1")
-        .port(handle_port(handle))
-        .user(handle["user"].as_str().unwrap_or_default())
-        .password(password)
-        .dbname(DATABASE)
-        .connect_timeout(STEP_TIMEOUT);
-    c
-}
+use tokio_postgres::NoTls;
 
 /// Everything the listener sends until it closes, bounded by [`STEP_TIMEOUT`].
 async fn read_until_close(s: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
@@ -138,7 +64,7 @@ fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
 
 /// A raw connection that has done startup and SCRAM with the grant token and read up to
 /// ReadyForQuery.
-async fn authenticated(target: &Target) -> anyhow::Result<TcpStream> {
+async fn authenticated(target: &Granted) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect(("127.0.0.1", target.port())).await?;
     let user = target.handle["user"].as_str().unwrap_or_default();
     s.write_all(&startup_packet(user)).await?;
@@ -166,7 +92,7 @@ async fn authenticated(target: &Target) -> anyhow::Result<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_truncated_and_extreme_lengths_end_only_their_connection() -> anyhow::Result<()> {
-    let target = Target::start("handshake_timeout = \"2s\"\n").await?;
+    let target = Granted::start("handshake_timeout = \"2s\"\n").await?;
     let user = target.handle["user"]
         .as_str()
         .unwrap_or_default()
@@ -249,12 +175,13 @@ async fn random_truncated_and_extreme_lengths_end_only_their_connection() -> any
     }
     eprintln!("hostile inputs tried: {tried}");
     assert!(target.daemon.log().contains("session refused"));
-    target.finish().await
+    target.bystander_ok().await?;
+    target.finish(&[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_is_closed_at_the_handshake_timeout() -> anyhow::Result<()> {
-    let target = Target::start("handshake_timeout = \"1s\"\n").await?;
+    let target = Granted::start("handshake_timeout = \"1s\"\n").await?;
     let user = target.handle["user"].as_str().unwrap_or_default();
     let packet = startup_packet(user);
     let s = TcpStream::connect(("127.0.0.1", target.port())).await?;
@@ -277,7 +204,8 @@ async fn slow_loris_is_closed_at_the_handshake_timeout() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&answer).contains("must finish within 1s"));
     assert!(took < Duration::from_secs(10), "closed only after {took:?}");
     assert!(target.daemon.log().contains("handshake timed out after 1s"));
-    target.finish().await
+    target.bystander_ok().await?;
+    target.finish(&[]).await
 }
 
 /// Connections that never authenticate: the number handshaking at once is capped, the rest
@@ -291,7 +219,7 @@ async fn connections_that_never_authenticate_are_capped_and_memory_stays_bounded
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let target = Target::start(&format!(
+    let target = Granted::start(&format!(
         "handshake_timeout = \"30s\"\nmax_handshakes = {CAP}\n"
     ))
     .await?;
@@ -353,12 +281,13 @@ async fn connections_that_never_authenticate_are_capped_and_memory_stays_bounded
         rss_peak < rss_before + 64 * 1024,
         "daemon memory grew from {rss_before} KiB to {rss_peak} KiB"
     );
-    target.finish().await
+    target.bystander_ok().await?;
+    target.finish(&[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_token_repeated_is_throttled_and_logged() -> anyhow::Result<()> {
-    let target = Target::start("").await?;
+    let target = Granted::start("").await?;
     let wrong = config(&target.handle, "not-the-token");
     let started = Instant::now();
     for attempt in 1..=7 {
@@ -383,7 +312,8 @@ async fn wrong_token_repeated_is_throttled_and_logged() -> anyhow::Result<()> {
     );
     // The right token is not held back.
     target.bystander_ok().await?;
-    target.finish().await
+    target.bystander_ok().await?;
+    target.finish(&[]).await
 }
 
 #[cfg(unix)]
@@ -391,7 +321,7 @@ async fn wrong_token_repeated_is_throttled_and_logged() -> anyhow::Result<()> {
 async fn oversized_and_malformed_control_messages_get_an_error_and_the_daemon_carries_on(
 ) -> anyhow::Result<()> {
     use tokio::net::UnixStream;
-    let target = Target::start("").await?;
+    let target = Granted::start("").await?;
     let socket = target.sandbox.socket_path.clone();
     let reply = |mut s: UnixStream| async move {
         let mut out = Vec::new();
@@ -441,5 +371,6 @@ async fn oversized_and_malformed_control_messages_get_an_error_and_the_daemon_ca
         .daemon
         .log()
         .contains("control message over the size limit"));
-    target.finish().await
+    target.bystander_ok().await?;
+    target.finish(&[]).await
 }

@@ -261,6 +261,7 @@ impl Broker {
         };
         let now = views::unix(SystemTime::now());
         for g in &previous.grants {
+            self.remove_stale_socket_dir(&g.grant_id);
             let state = if g.expires_at <= now {
                 "expired"
             } else {
@@ -302,6 +303,28 @@ impl Broker {
         }
         self.persist();
         Ok(())
+    }
+
+    /// Removes the Unix-socket directory a killed daemon left for `grant_id` (its socket
+    /// file refuses connections already; this removes the file too). Only well-formed grant
+    /// ids are joined to the path, so a tampered state file cannot point elsewhere.
+    fn remove_stale_socket_dir(&self, grant_id: &str) {
+        let well_formed = grant_id.starts_with("g_")
+            && grant_id.len() <= 64
+            && grant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let Some(root) = self.unix_socket_root.as_ref().filter(|_| well_formed) else {
+            return;
+        };
+        let dir = root.join(grant_id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => info!(dir = %dir.display(), "removed a stale grant socket directory"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(error = %e, dir = %dir.display(), "cannot remove a stale grant socket directory")
+            }
+        }
     }
 
     /// The configured resources for [`agentd_proto::Request::ListResources`].
