@@ -134,9 +134,10 @@ pub struct DaemonSettings {
     /// A client still handshaking then gets `FATAL 08006` and is closed (slow-loris defence).
     #[serde(default = "default_handshake_timeout", with = "humantime_serde_compat")]
     pub handshake_timeout: Duration,
-    /// Most connections one grant listener lets authenticate at the same time (default 64,
-    /// at least 1). Further connections get `FATAL 53300` at once and are closed, so
-    /// connections that never authenticate cannot pile up memory or tasks.
+    /// Most connections one grant listener lets authenticate at the same time (default 128,
+    /// at least 1). Further connections get `FATAL 53300` (too_many_connections, which
+    /// pools retry) at once and are closed, so connections that never authenticate cannot
+    /// pile up memory or tasks.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
 }
@@ -221,7 +222,7 @@ fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_max_handshakes() -> usize {
-    64
+    128
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
