@@ -121,9 +121,8 @@ async fn sessions_queries_and_grant_churn_lose_no_record() -> anyhow::Result<()>
         }
         peak
     };
-    let ((churn_ops, churn_failures), rss_peak) = tokio::try_join!(churn, async {
-        anyhow::Ok(sampler.await)
-    })?;
+    let ((churn_ops, churn_failures), rss_peak) =
+        tokio::try_join!(churn, async { anyhow::Ok(sampler.await) })?;
     while let Some(r) = work.join_next().await {
         r?;
     }
@@ -181,7 +180,10 @@ async fn sessions_queries_and_grant_churn_lose_no_record() -> anyhow::Result<()>
     );
     assert_sandbox_clean(
         &sandbox,
-        &[("daemon log".to_owned(), log), ("audit".to_owned(), audit.stdout)],
+        &[
+            ("daemon log".to_owned(), log),
+            ("audit".to_owned(), audit.stdout),
+        ],
     )?;
     Ok(())
 }
