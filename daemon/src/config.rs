@@ -129,6 +129,17 @@ pub struct DaemonSettings {
     /// Show a desktop notification when a new access request starts pending (default `true`).
     #[serde(default = "default_true")]
     pub notify: bool,
+    /// Time a client of a grant listener has to finish startup and authentication
+    /// (StartupMessage through the SCRAM exchange; humantime, default `10s`, at least `1s`).
+    /// A client still handshaking then gets `FATAL 08006` and is closed (slow-loris defence).
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+    /// Most connections one grant listener lets authenticate at the same time (default 128,
+    /// at least 1). Further connections get `FATAL 53300` (too_many_connections, which
+    /// pools retry) at once and are closed, so connections that never authenticate cannot
+    /// pile up memory or tasks.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
 }
 
 impl Default for DaemonSettings {
@@ -140,6 +151,8 @@ impl Default for DaemonSettings {
             data_dir: None,
             pending_timeout: default_pending_timeout(),
             notify: true,
+            handshake_timeout: default_handshake_timeout(),
+            max_handshakes: default_max_handshakes(),
         }
     }
 }
@@ -203,6 +216,12 @@ fn default_keyring_service() -> String {
 }
 fn default_listen_host() -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_handshakes() -> usize {
+    128
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -607,6 +626,18 @@ impl Config {
             return Err(invalid(
                 "daemon.pending_timeout".to_owned(),
                 "must be at least 1s",
+            ));
+        }
+        if self.daemon.handshake_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "daemon.handshake_timeout".to_owned(),
+                "must be at least 1s",
+            ));
+        }
+        if self.daemon.max_handshakes == 0 {
+            return Err(invalid(
+                "daemon.max_handshakes".to_owned(),
+                "must be at least 1",
             ));
         }
         if let Some(dir) = &self.daemon.data_dir {

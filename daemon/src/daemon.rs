@@ -13,9 +13,6 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Longest the shutdown waits for dynamic roles to be dropped (seconds).
-pub const SHUTDOWN_ROLE_DROP_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// Runs the daemon in the foreground until interrupted.
 ///
 /// # Errors
@@ -36,7 +33,7 @@ pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     wait_for_shutdown_signal().await;
     info!("shutting down: ending all grants");
     stop.cancel();
-    broker.shutdown_gracefully(SHUTDOWN_ROLE_DROP_LIMIT).await;
+    broker.shutdown().await;
     let _ = server.await;
     #[cfg(unix)]
     let _ = std::fs::remove_file(&socket);

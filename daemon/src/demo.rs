@@ -356,9 +356,7 @@ async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     ));
     let result = demo_session(sandbox, serve).await;
     stop.cancel();
-    broker
-        .shutdown_gracefully(crate::daemon::SHUTDOWN_ROLE_DROP_LIMIT)
-        .await;
+    broker.shutdown().await;
     let _ = server.await;
     result
 }

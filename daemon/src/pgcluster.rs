@@ -303,6 +303,15 @@ impl Cluster {
     pub fn stop(&self) -> anyhow::Result<()> {
         self.pg_ctl(&["stop", "-m", "fast", "-w"], None)
     }
+
+    /// Starts the server again after [`Cluster::stop`] (same data, port and certificates);
+    /// waits until it accepts connections.
+    ///
+    /// # Errors
+    /// pg_ctl's failure.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l"], Some(&self.log_file))
+    }
 }
 
 impl Drop for Cluster {

@@ -20,6 +20,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
 
+mod granted;
+pub use granted::{config, token, Granted};
+
 /// Every tool `agentd-mcp` offers, sorted by name.
 pub const TOOL_NAMES: [&str; 9] = [
     "await_approval",
@@ -667,4 +670,36 @@ pub fn handle_port(handle: &Value) -> u16 {
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(0)
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`); `None` where
+/// procfs is missing.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The canary scan over everything the system emitted for `sandbox`: every file under its
+/// directory (daemon and shim logs, config, audit log, state file, Unix-socket dirs) plus
+/// `outputs` (MCP results, CLI and psql output). Returns how many places were scanned.
+///
+/// # Errors
+/// The first place the upstream secret was found (named, the secret never printed).
+pub fn assert_sandbox_clean(
+    sandbox: &Sandbox,
+    outputs: &[(String, String)],
+) -> anyhow::Result<usize> {
+    let mut places = files_under(sandbox.dir.path());
+    places.extend(outputs.iter().cloned());
+    assert_no_leak(
+        &sandbox.upstream_password,
+        places.iter().map(|(l, t)| (l.clone(), t.as_str())),
+    )?;
+    Ok(places.len())
 }

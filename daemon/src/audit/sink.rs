@@ -13,7 +13,7 @@ use super::{AuditEvent, AuditLog};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Default channel capacity, in events.
@@ -34,6 +34,8 @@ struct Counters {
     /// Milliseconds after `epoch` of the last warning, plus one (0 = never warned).
     last_warn: AtomicU64,
     epoch: Instant,
+    /// Events accepted into the channel so far.
+    accepted: AtomicU64,
 }
 
 /// The sending side of the statement channel. Cheap to clone (one per session).
@@ -41,6 +43,9 @@ struct Counters {
 pub struct StatementSink {
     tx: mpsc::Sender<AuditEvent>,
     counters: Arc<Counters>,
+    /// Events the writer has taken off the channel and handed to the log (written, or
+    /// reported as failed).
+    processed: watch::Receiver<u64>,
 }
 
 impl StatementSink {
@@ -49,6 +54,7 @@ impl StatementSink {
     /// a second.
     pub fn record(&self, event: AuditEvent) {
         if self.tx.try_send(event).is_ok() {
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
@@ -74,6 +80,15 @@ impl StatementSink {
     pub fn dropped_total(&self) -> u64 {
         self.counters.total.load(Ordering::Relaxed)
     }
+
+    /// Waits until the writer has handled every event accepted before this call (written to
+    /// the log, or logged as a failed write). Returns at once when the writer is gone.
+    /// Shutdown calls this, bounded by a timeout, before recording the daemon's stop.
+    pub async fn flush(&self) {
+        let target = self.counters.accepted.load(Ordering::Relaxed);
+        let mut processed = self.processed.clone();
+        let _ = processed.wait_for(|&n| n >= target).await;
+    }
 }
 
 /// Start the writer task on the current tokio runtime and return the sink that feeds it,
@@ -98,12 +113,26 @@ pub fn spawn_writer_with_handle(
         total: AtomicU64::new(0),
         last_warn: AtomicU64::new(0),
         epoch: Instant::now(),
+        accepted: AtomicU64::new(0),
     });
-    let handle = tokio::spawn(writer(log, rx, Arc::clone(&counters)));
-    (StatementSink { tx, counters }, handle)
+    let (processed_tx, processed) = watch::channel(0);
+    let handle = tokio::spawn(writer(log, rx, Arc::clone(&counters), processed_tx));
+    (
+        StatementSink {
+            tx,
+            counters,
+            processed,
+        },
+        handle,
+    )
 }
 
-async fn writer(log: Arc<AuditLog>, mut rx: mpsc::Receiver<AuditEvent>, counters: Arc<Counters>) {
+async fn writer(
+    log: Arc<AuditLog>,
+    mut rx: mpsc::Receiver<AuditEvent>,
+    counters: Arc<Counters>,
+    processed: watch::Sender<u64>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH + 1);
     loop {
         let first = rx.recv().await;
@@ -112,11 +141,16 @@ async fn writer(log: Arc<AuditLog>, mut rx: mpsc::Receiver<AuditEvent>, counters
         if dropped > 0 {
             batch.push(AuditEvent::StatementsDropped { count: dropped });
         }
+        let mut taken = 0u64;
         if let Some(event) = first {
             batch.push(event);
+            taken += 1;
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(event) => batch.push(event),
+                    Ok(event) => {
+                        batch.push(event);
+                        taken += 1;
+                    }
                     Err(_) => break,
                 }
             }
@@ -140,6 +174,7 @@ async fn writer(log: Arc<AuditLog>, mut rx: mpsc::Receiver<AuditEvent>, counters
                 Err(e) => tracing::error!(error = %e, "audit log: statement writer failed"),
             }
         }
+        processed.send_modify(|n| *n += taken);
         if done {
             break;
         }
@@ -205,6 +240,19 @@ mod tests {
             .filter(|e| matches!(e, AuditEvent::Statement { .. }))
             .count() as u64;
         assert_eq!(statements + dropped, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_waits_for_every_accepted_event_while_sinks_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), no_fsync(1 << 20)).unwrap());
+        let (sink, _handle) = spawn_writer_with_handle(Arc::clone(&log), DEFAULT_CAPACITY);
+        for i in 0..1000 {
+            sink.record(stmt(i));
+        }
+        sink.flush().await;
+        assert_eq!(sink.dropped_total(), 0);
+        assert_eq!(read_records(dir.path()).unwrap().len(), 1000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,16 +219,17 @@ impl Broker {
         }
     }
 
-    /// Ends every grant like [`Broker::shutdown`], but first waits for their dynamic roles
-    /// to be dropped (at most `limit`), so the log's `daemon_stop` comes last.
-    pub async fn shutdown_gracefully(&self, limit: Duration) {
-        self.end_everything("daemon shutdown");
-        if tokio::time::timeout(limit, self.await_role_drops(None))
+    /// At shutdown, after every grant was ended: waits up to [`ROLE_DROP_GRACE`] for their
+    /// dynamic roles to be dropped (the next start sweeps any left).
+    pub(super) async fn await_role_drops_at_shutdown(&self) {
+        if tokio::time::timeout(ROLE_DROP_GRACE, self.await_role_drops(None))
             .await
             .is_err()
         {
             warn!("dynamic roles still being dropped at shutdown; the next start sweeps leftovers");
         }
-        self.record_stop();
     }
 }
+
+/// Longest the shutdown waits for dynamic roles to be dropped (20 seconds).
+pub const ROLE_DROP_GRACE: Duration = Duration::from_secs(20);

@@ -68,6 +68,11 @@ impl Broker {
             cancels: Default::default(),
             audit: self.audit.clone(),
             statements: self.statements.clone(),
+            admission: pg::admission::Admission::new(
+                self.config.daemon.handshake_timeout,
+                self.config.daemon.max_handshakes,
+            ),
+            sessions: Default::default(),
         });
         let addr = match pg::spawn(listener.clone(), self.config.daemon.listen_host).await {
             Ok(addr) => addr,

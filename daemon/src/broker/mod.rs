@@ -275,6 +275,7 @@ impl Broker {
         };
         let now = views::unix(SystemTime::now());
         for g in &previous.grants {
+            self.remove_stale_socket_dir(&g.grant_id);
             let state = if g.expires_at <= now {
                 "expired"
             } else {
@@ -316,6 +317,28 @@ impl Broker {
         }
         self.persist();
         Ok(())
+    }
+
+    /// Removes the Unix-socket directory a killed daemon left for `grant_id` (its socket
+    /// file refuses connections already; this removes the file too). Only well-formed grant
+    /// ids are joined to the path, so a tampered state file cannot point elsewhere.
+    fn remove_stale_socket_dir(&self, grant_id: &str) {
+        let well_formed = grant_id.starts_with("g_")
+            && grant_id.len() <= 64
+            && grant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let Some(root) = self.unix_socket_root.as_ref().filter(|_| well_formed) else {
+            return;
+        };
+        let dir = root.join(grant_id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => info!(dir = %dir.display(), "removed a stale grant socket directory"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(error = %e, dir = %dir.display(), "cannot remove a stale grant socket directory")
+            }
+        }
     }
 
     /// Looks up a request.
@@ -373,11 +396,23 @@ impl Broker {
         }))
     }
 
-    /// Ends every grant and pending request and records the daemon's stop (shutdown).
-    /// Dynamic roles are dropped in the background; [`Broker::shutdown_gracefully`] waits
-    /// for them.
-    pub fn shutdown(&self) {
+    /// Ends every grant and pending request, then waits for what they leave behind before
+    /// recording the daemon's stop: the cut sessions' close records and queued statement
+    /// records (up to [`SHUTDOWN_GRACE`]), and the grants' dynamic roles being dropped (up
+    /// to [`credentials::ROLE_DROP_GRACE`]; leftovers are swept at the next start). Nothing
+    /// queued at SIGTERM is lost unless a grace period runs out (then it is logged).
+    pub async fn shutdown(&self) {
         self.end_everything("daemon shutdown");
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.drain_sessions())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                "shutdown: sessions or statement records still pending after the grace period"
+            );
+        }
+        self.await_role_drops_at_shutdown().await;
         self.record_stop();
     }
 
@@ -415,6 +450,29 @@ impl Broker {
             pid: std::process::id(),
         });
         self.persist();
+    }
+}
+
+/// How long shutdown waits for cut sessions and queued statement records.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Broker {
+    /// Waits for every listener's session tasks to finish (they were cut) and then for the
+    /// statement writer to write what they queued.
+    async fn drain_sessions(&self) {
+        let listeners: Vec<Arc<GrantListener>> = self
+            .state()
+            .grants
+            .values()
+            .map(|g| g.listener.clone())
+            .collect();
+        for listener in listeners {
+            listener.sessions.close();
+            listener.sessions.wait().await;
+        }
+        if let Some(sink) = &self.statements {
+            sink.flush().await;
+        }
     }
 }
 

@@ -15,6 +15,10 @@ use tracing::{debug, info, warn, Instrument};
 /// How long a refused peer gets to send its first request before the refusal is sent.
 const REFUSAL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Most control connections served at once. Each costs one task and at most one frame
+/// buffer ([`framing::MAX_FRAME_BYTES`]); connections beyond this are closed at once.
+pub const MAX_CONTROL_CONNECTIONS: usize = 256;
+
 /// Binds the control socket at `path` (mode 0600 on Unix; the directory must be private).
 ///
 /// # Errors
@@ -32,6 +36,7 @@ pub fn bind(path: &Path) -> std::io::Result<Listener> {
 
 /// Serves control connections until `stop` fires.
 pub async fn serve(listener: Listener, broker: Arc<Broker>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => break,
@@ -43,8 +48,21 @@ pub async fn serve(listener: Listener, broker: Arc<Broker>, stop: CancellationTo
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(
+                limit = MAX_CONTROL_CONNECTIONS,
+                "refused control connection: too many open"
+            );
+            continue;
+        };
         let broker = broker.clone();
-        tokio::spawn(serve_connection(stream, broker).instrument(tracing::info_span!("control")));
+        tokio::spawn(
+            async move {
+                serve_connection(stream, broker).await;
+                drop(slot);
+            }
+            .instrument(tracing::info_span!("control")),
+        );
     }
 }
 
@@ -111,6 +129,20 @@ async fn serve_connection(stream: Stream, broker: Arc<Broker>) {
                 code: ErrorCode::BadRequest,
                 message: format!("malformed request: {e}"),
             },
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // The length prefix was over the cap: answer, then close (the stream cannot
+                // be resynchronised).
+                warn!(error = %e, "control message over the size limit; connection closed");
+                let reply = Response::Error {
+                    code: ErrorCode::BadRequest,
+                    message: format!(
+                        "control message too large: the limit is {} bytes",
+                        framing::MAX_FRAME_BYTES
+                    ),
+                };
+                let _ = framing::send(&mut framed, &Envelope::new(reply)).await;
+                return;
+            }
             Err(e) => {
                 debug!(error = %e, "control connection dropped");
                 return;

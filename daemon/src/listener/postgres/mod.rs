@@ -7,8 +7,10 @@
 //! ParameterStatus messages and our own BackendKeyData ([`cancel`]) → [`relay`] (bytes pass
 //! through until either side closes or the grant ends). A CancelRequest with one of our keys
 //! is forwarded upstream. Errors go to the client as an ErrorResponse and close only that
-//! connection.
+//! connection. [`admission`] bounds what unauthenticated clients can cost: simultaneous
+//! handshakes per listener, the time startup + authentication may take, and wrong tokens.
 
+pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod capture;
@@ -27,12 +29,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 use upstream::UpstreamTarget;
-
-/// Time a client has to finish startup and authentication, in seconds.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a grant's listener needs, shared by its sessions.
 #[derive(Debug)]
@@ -59,6 +59,11 @@ pub struct GrantListener {
     pub audit: Arc<AuditLog>,
     /// Where captured statements go (`None` when `[audit] statements = false`).
     pub statements: Option<StatementSink>,
+    /// Handshake limits and the wrong-token throttle.
+    pub admission: admission::Admission,
+    /// Every session task of this listener (TCP and Unix); shutdown waits for them so their
+    /// connection-close and statement records reach the audit log.
+    pub sessions: tokio_util::task::TaskTracker,
 }
 
 impl GrantListener {
@@ -94,20 +99,59 @@ async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
                 }
             },
         };
-        let grant = grant.clone();
         let span = tracing::info_span!("session", %peer);
-        tokio::spawn(serve_connection(stream, peer, grant).instrument(span));
+        let Some(slot) = admit(&grant, &peer.to_string()) else {
+            grant
+                .sessions
+                .spawn(refuse_busy(stream, grant.admission.max_handshakes));
+            continue;
+        };
+        let grant = grant.clone();
+        grant
+            .sessions
+            .clone()
+            .spawn(serve_connection(stream, peer, grant, slot).instrument(span));
     }
     info!("listener closed");
 }
 
+/// A handshake slot for a new connection from `peer`, or `None` (logged) when the listener
+/// already has `max_handshakes` connections authenticating.
+fn admit(grant: &GrantListener, peer: &str) -> Option<OwnedSemaphorePermit> {
+    let slot = grant.admission.try_admit();
+    if slot.is_none() {
+        // At most one line per refused connection, and those are cheap: no task waits.
+        warn!(
+            grant = %grant.grant_id,
+            peer,
+            limit = grant.admission.max_handshakes,
+            "refused connection: too many connections authenticating"
+        );
+    }
+    slot
+}
+
+/// Tells a connection over the handshake limit to come back later, and closes it.
+async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S, limit: usize) {
+    let message = format!(
+        "agentd: too many connections are authenticating on this listener (limit {limit}); try again shortly"
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        wire::send_fatal(&mut stream, "53300", &message),
+    )
+    .await;
+}
+
 /// Why a session ended before the relay; split into what the client sees and what is logged.
 /// An empty `client_message` means the client was already told (or cannot be).
+/// `delay` holds the answer back (the wrong-token throttle).
 #[derive(Debug)]
 struct Refusal {
     sqlstate: &'static str,
     client_message: String,
     log_message: String,
+    delay: Duration,
 }
 
 impl Refusal {
@@ -116,11 +160,17 @@ impl Refusal {
             sqlstate,
             client_message,
             log_message,
+            delay: Duration::ZERO,
         }
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<GrantListener>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    grant: Arc<GrantListener>,
+    slot: OwnedSemaphorePermit,
+) {
     if !peer.ip().is_loopback() {
         warn!("refused non-loopback peer");
         wire::send_fatal(
@@ -132,33 +182,44 @@ async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, grant: Arc<Gr
         return;
     }
     let _ = stream.set_nodelay(true);
-    serve_session(stream, &grant, peer.to_string()).await;
+    serve_session(stream, &grant, peer.to_string(), slot).await;
 }
 
 /// Startup, authentication, upstream login, then the relay, for one client connection of
-/// any transport (TCP or Unix socket). `peer` names the client in the audit log.
+/// any transport (TCP or Unix socket). `peer` names the client in the audit log; `slot` is
+/// its handshake slot, given back when the relay starts.
 async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     grant: &GrantListener,
     peer: String,
+    slot: OwnedSemaphorePermit,
 ) {
-    let handshake = tokio::time::timeout(AUTH_TIMEOUT, handshake(&mut stream, grant));
-    let (upstream, _cancel_registration) = match handshake.await {
-        Ok(Ok(Some(session))) => session,
-        Ok(Ok(None)) => return,
-        Ok(Err(refusal)) => {
+    let outcome = tokio::select! {
+        r = handshake(&mut stream, grant) => r,
+        _ = grant.cut.cancelled() => Err(Refusal::new(
+            "57P01",
+            cut_message(grant),
+            "grant ended during the handshake".to_owned(),
+        )),
+    };
+    let (upstream, _cancel_registration) = match outcome {
+        Ok(Some(session)) => session,
+        Ok(None) => return,
+        Err(refusal) => {
             warn!(reason = %refusal.log_message, "session refused");
+            if !refusal.delay.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(refusal.delay) => {}
+                    _ = grant.cut.cancelled() => {}
+                }
+            }
             if !refusal.client_message.is_empty() {
                 wire::send_fatal(&mut stream, refusal.sqlstate, &refusal.client_message).await;
             }
             return;
         }
-        Err(_) => {
-            warn!("startup/authentication timed out");
-            wire::send_fatal(&mut stream, "08006", "agentd: authentication timed out").await;
-            return;
-        }
     };
+    drop(slot);
     let session = grant.next_session.fetch_add(1, Ordering::Relaxed) + 1;
     let opened = grant.audit.append(
         &AuditEvent::ConnectionOpen {
@@ -186,13 +247,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         stream,
         upstream,
         grant.cut.clone(),
-        || {
-            grant
-                .cut_reason
-                .get()
-                .cloned()
-                .unwrap_or_else(|| format!("agentd: grant {} ended", grant.grant_id))
-        },
+        || cut_message(grant),
         |bytes| capture.observe(bytes),
     )
     .await;
@@ -222,6 +277,15 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         executes,
         "session ended"
     );
+}
+
+/// What a cut client is told: the grant's end reason.
+fn cut_message(grant: &GrantListener) -> String {
+    grant
+        .cut_reason
+        .get()
+        .cloned()
+        .unwrap_or_else(|| format!("agentd: grant {} ended", grant.grant_id))
 }
 
 /// Statement capture for one session: the frontend byte stream goes through a
@@ -337,9 +401,15 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
             },
         };
         let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
+        let Some(slot) = admit(&grant, "unix") else {
+            grant
+                .sessions
+                .spawn(refuse_busy(stream, grant.admission.max_handshakes));
+            continue;
+        };
         let grant = grant.clone();
         let span = tracing::info_span!("session", peer = "unix", ?peer_uid);
-        tokio::spawn(
+        grant.sessions.clone().spawn(
             async move {
                 if peer_uid != Some(uid) {
                     warn!("refused Unix-socket peer with another uid");
@@ -351,7 +421,7 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
                     .await;
                     return;
                 }
-                serve_session(stream, &grant, "unix".to_owned()).await;
+                serve_session(stream, &grant, "unix".to_owned(), slot).await;
             }
             .instrument(span),
         );
@@ -359,12 +429,65 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
     info!("listener closed");
 }
 
-/// Startup, client auth, upstream login, and the login tail up to ReadyForQuery. `Ok(None)`
-/// for a CancelRequest (handled and done).
+/// Startup and client auth (within `handshake_timeout`), then upstream login and the login
+/// tail up to ReadyForQuery (within the upstream `connect_timeout`). `Ok(None)` for a
+/// CancelRequest (handled and done).
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     grant: &GrantListener,
 ) -> Result<Option<(upstream::UpstreamStream, cancel::Registration)>, Refusal> {
+    let limit = grant.admission.handshake_timeout;
+    let params = match tokio::time::timeout(limit, client_phase(stream, grant)).await {
+        Ok(Ok(Some(params))) => params,
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(refusal)) => return Err(refusal),
+        Err(_) => {
+            return Err(Refusal::new(
+                "08006",
+                format!(
+                    "agentd: startup and authentication must finish within {}s",
+                    limit.as_secs()
+                ),
+                format!("handshake timed out after {}s", limit.as_secs()),
+            ))
+        }
+    };
+    let mut upstream = upstream::connect(&grant.upstream, &params)
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                "08001",
+                e.client_message(&grant.upstream.resource),
+                format!("upstream {}: {e}", grant.upstream.resource),
+            )
+        })?;
+    let mut ok = BytesMut::new();
+    wire::put_authentication(&mut ok, 0, &[]);
+    write_client(stream, &ok).await?;
+    let limit = grant.upstream.connect_timeout;
+    let registration = tokio::time::timeout(limit, finish_login(&mut upstream, stream, grant))
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                "08006",
+                format!(
+                    "agentd: upstream {} did not finish the login within {}s",
+                    grant.upstream.resource,
+                    limit.as_secs()
+                ),
+                "upstream login tail timed out".to_owned(),
+            )
+        })??;
+    Ok(Some((upstream, registration)))
+}
+
+/// Startup (SSLRequest, StartupMessage or CancelRequest), NegotiateProtocolVersion when
+/// needed, SCRAM with the grant token and the database check. `Ok(None)` for a
+/// CancelRequest.
+async fn client_phase<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    grant: &GrantListener,
+) -> Result<Option<StartupParams>, Refusal> {
     let params = match startup::read_startup(stream).await {
         Ok(Startup::Session(p)) => p,
         Ok(Startup::Cancel(key)) => {
@@ -380,20 +503,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
     authenticate(stream, grant, &params).await?;
     check_database(grant, &params)?;
-    let mut upstream = upstream::connect(&grant.upstream, &params)
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                "08001",
-                e.client_message(&grant.upstream.resource),
-                format!("upstream {}: {e}", grant.upstream.resource),
-            )
-        })?;
-    let mut ok = BytesMut::new();
-    wire::put_authentication(&mut ok, 0, &[]);
-    write_client(stream, &ok).await?;
-    let registration = finish_login(&mut upstream, stream, grant).await?;
-    Ok(Some((upstream, registration)))
+    Ok(Some(params))
 }
 
 async fn write_client<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), Refusal> {
@@ -492,14 +602,22 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     params: &StartupParams,
 ) -> Result<(), Refusal> {
     let failed = || {
-        Refusal::new(
+        let throttle = grant.admission.record_failure(std::time::Instant::now());
+        let mut refusal = Refusal::new(
             "28P01",
             format!(
                 "password authentication failed for user \"{}\"",
                 params.user
             ),
-            format!("client authentication failed for user {:?}", params.user),
-        )
+            format!(
+                "wrong grant token for user {:?} ({} failures on this listener within a minute of each other; answer delayed {} ms)",
+                params.user,
+                throttle.failures,
+                throttle.delay.as_millis()
+            ),
+        );
+        refusal.delay = throttle.delay;
+        refusal
     };
     match auth::authenticate_client(stream, &grant.verifier).await {
         Ok(()) if params.user == grant.grant_id => Ok(()),
