@@ -100,7 +100,7 @@ fn derive(password: &SecretString, salt: &[u8], iterations: u32) -> ScramKeys {
 #[error("SCRAM: {0}")]
 pub struct ScramError(String);
 
-fn attribute<'a>(message: &'a str, name: char) -> Option<&'a str> {
+fn attribute(message: &str, name: char) -> Option<&str> {
     message
         .split(',')
         .find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
