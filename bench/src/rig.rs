@@ -393,7 +393,18 @@ impl Rig {
         self.audit_on.stop().await;
         self.audit_off.stop().await;
         let mut bouncer = self.bouncer;
-        let _ = bouncer.child.kill().await;
+        // SIGTERM: runuser passes it on to PgBouncer (SIGKILL would orphan PgBouncer).
+        if let Some(pid) = bouncer.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(10), bouncer.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = bouncer.child.kill().await;
+        }
         let sandbox = self.sandbox;
         let _ = tokio::task::spawn_blocking(move || {
             let _ = sandbox.cluster.stop();
