@@ -296,6 +296,18 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Restarts the server (fast shutdown, then start), e.g. after `ALTER SYSTEM` of a
+    /// setting that needs a restart such as `max_connections`.
+    ///
+    /// # Errors
+    /// pg_ctl's failure, with the server log.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.pg_ctl(
+            &["restart", "-m", "fast", "-w", "-t", "60", "-l"],
+            Some(&self.log_file),
+        )
+    }
+
     /// Stops the server (fast shutdown).
     ///
     /// # Errors

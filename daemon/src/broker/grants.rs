@@ -59,6 +59,7 @@ impl Broker {
                 secret: Arc::new(login.password),
                 tls,
                 connect_timeout: self.config.daemon.connect_timeout,
+                scram_keys: Default::default(),
             },
             cut: self.shutdown.child_token(),
             cut_reason: Default::default(),

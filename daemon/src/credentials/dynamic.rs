@@ -126,6 +126,7 @@ impl RoleManager {
                 secret: Arc::new(admin_password),
                 tls,
                 connect_timeout,
+                scram_keys: Default::default(),
             },
             spec: spec.clone(),
             owner_tag: owner_tag.to_owned(),

@@ -2,14 +2,88 @@
 //! directions. The server→client direction tracks message boundaries (type byte + Int32
 //! length) without buffering messages, so that when the grant ends we can inject a FATAL
 //! ErrorResponse at a boundary instead of cutting a message in half.
+//!
+//! Memory: a session holds a relay buffer only while a chunk is in flight (read, being
+//! written). Every read is polled with a buffer taken from a process-wide pool and put back
+//! when the read is still pending, so an idle session (the usual state of a pooled
+//! connection) holds no relay buffer at all.
 
 use super::wire;
+use std::future::poll_fn;
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-/// Relay buffer size per direction, in bytes.
+/// Relay buffer size, in bytes: one read takes at most this much.
 pub const RELAY_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Free relay buffers the pool keeps for reuse; more are freed.
+const POOL_KEEP: usize = 256;
+
+/// Relay buffers not in use, shared by every session of the process.
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+fn take_buffer() -> Box<[u8]> {
+    let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    pooled.unwrap_or_else(|| vec![0u8; RELAY_BUFFER_BYTES].into_boxed_slice())
+}
+
+fn give_buffer(buf: Box<[u8]>) {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_KEEP {
+        pool.push(buf);
+    }
+}
+
+/// Bytes read by [`read_chunk`]; the buffer goes back to the pool on drop.
+struct Chunk {
+    buf: Option<Box<[u8]>>,
+    len: usize,
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[][..], |b| &b[..self.len])
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_buffer(buf);
+        }
+    }
+}
+
+/// Reads once into a pooled buffer; while the read is pending no buffer is held. A
+/// zero-length chunk means EOF.
+async fn read_chunk<R: AsyncRead + Unpin>(rd: &mut R) -> io::Result<Chunk> {
+    poll_fn(|cx| {
+        let mut buf = take_buffer();
+        let mut read_buf = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *rd).poll_read(cx, &mut read_buf) {
+            Poll::Ready(Ok(())) => {
+                let len = read_buf.filled().len();
+                Poll::Ready(Ok(Chunk {
+                    buf: Some(buf),
+                    len,
+                }))
+            }
+            Poll::Ready(Err(e)) => {
+                give_buffer(buf);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                give_buffer(buf);
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
 
 /// How a relayed session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,21 +225,18 @@ where
     W: AsyncWrite + Unpin,
     O: FnMut(&[u8]),
 {
-    let mut buf = vec![0u8; RELAY_BUFFER_BYTES];
     loop {
-        let n = match rd.read(&mut buf).await {
-            Ok(0) => return RelayEnd::ClientClosed,
-            Ok(n) => n,
+        let chunk = match read_chunk(rd).await {
+            Ok(c) if c.len == 0 => return RelayEnd::ClientClosed,
+            Ok(c) => c,
             Err(_) => return RelayEnd::Error,
         };
-        if wr.write_all(&buf[..n]).await.is_err() {
+        let bytes = chunk.bytes();
+        if wr.write_all(bytes).await.is_err() || wr.flush().await.is_err() {
             return RelayEnd::UpstreamClosed;
         }
-        if wr.flush().await.is_err() {
-            return RelayEnd::UpstreamClosed;
-        }
-        *count += n as u64;
-        observe(&buf[..n]);
+        *count += bytes.len() as u64;
+        observe(bytes);
     }
 }
 
@@ -180,24 +251,24 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; RELAY_BUFFER_BYTES];
     loop {
-        let n = tokio::select! {
+        let chunk = tokio::select! {
             biased;
             _ = cut.cancelled() => return RelayEnd::Cut,
-            r = rd.read(&mut buf) => match r {
-                Ok(0) => return RelayEnd::UpstreamClosed,
-                Ok(n) => n,
+            r = read_chunk(rd) => match r {
+                Ok(c) if c.len == 0 => return RelayEnd::UpstreamClosed,
+                Ok(c) => c,
                 Err(_) => return RelayEnd::Error,
             },
         };
-        if tracker.feed(&buf[..n]).is_err() {
+        let bytes = chunk.bytes();
+        if tracker.feed(bytes).is_err() {
             return RelayEnd::Error;
         }
-        if wr.write_all(&buf[..n]).await.is_err() || wr.flush().await.is_err() {
+        if wr.write_all(bytes).await.is_err() || wr.flush().await.is_err() {
             return RelayEnd::ClientClosed;
         }
-        *count += n as u64;
+        *count += bytes.len() as u64;
     }
 }
 

@@ -5,11 +5,11 @@
 //! Source: PostgreSQL docs, "Frontend/Backend Protocol" → "Start-up", "SSL Session
 //! Encryption", "SASL Authentication".
 
+use super::scram_client::{ScramClient, ScramKeyCache};
 use super::startup::{StartupParams, PROTOCOL_3_0};
 use super::wire::{self, parse_error_fields, put_message, WireError, MAX_AUTH_MESSAGE_BYTES};
 use crate::config::{Resource, TlsMode};
 use bytes::{BufMut, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -43,6 +43,9 @@ pub struct UpstreamTarget {
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
     /// TCP connect + TLS + auth deadline.
     pub connect_timeout: Duration,
+    /// SCRAM keys derived from `secret`, shared by the grant's sessions (PBKDF2 once per
+    /// grant, not per connection).
+    pub scram_keys: ScramKeyCache,
 }
 
 impl std::fmt::Debug for UpstreamTarget {
@@ -376,7 +379,7 @@ async fn authenticate(
     target: &UpstreamTarget,
 ) -> Result<(), UpstreamError> {
     let password = target.secret.expose_secret().as_bytes();
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient> = None;
     loop {
         let msg = wire::read_message(stream, MAX_AUTH_MESSAGE_BYTES).await?;
         match msg.kind {
@@ -428,10 +431,11 @@ async fn authenticate(
                         "server offers no SCRAM-SHA-256".into(),
                     ));
                 }
-                let s = ScramSha256::new(password, ChannelBinding::unsupported());
+                let s = ScramClient::new();
+                let first = s.client_first();
                 let mut body = b"SCRAM-SHA-256\0".to_vec();
-                body.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
-                body.extend_from_slice(s.message());
+                body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                body.extend_from_slice(&first);
                 put_message(&mut out, b'p', &body);
                 scram = Some(s);
             }
@@ -439,16 +443,18 @@ async fn authenticate(
                 let s = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASLContinue before SASL".into()))?;
-                s.update(data)
-                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
-                put_message(&mut out, b'p', s.message());
+                let reply = s
+                    .client_final(data, &target.secret, &target.scram_keys)
+                    .await
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                put_message(&mut out, b'p', &reply);
             }
             12 => {
                 let mut s = scram
                     .take()
                     .ok_or_else(|| UpstreamError::Protocol("SASLFinal before SASL".into()))?;
-                s.finish(data)
-                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
+                s.verify_server_final(data)
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
                 continue;
             }
             other => return Err(UpstreamError::UnsupportedAuth(other)),
