@@ -475,10 +475,9 @@ fn dynamic_permission_toml() -> String {
     format!(
         "\n[resources.{RESOURCE}.permissions.{DYNAMIC_PERMISSION}]\n\
          description = \"per-grant role in readonly\"\n\
-         username = \"{DYNAMIC_ADMIN_ROLE}\"\n\
          policy = \"auto\"\n\
          max_ttl = \"1h\"\n\
-         credential = {{ source = \"dynamic\", admin = \"{DYNAMIC_ADMIN_ENTRY}\", grant_roles = [\"readonly\"] }}\n"
+         credential = {{ source = \"dynamic\", admin_username = \"{DYNAMIC_ADMIN_ROLE}\", admin = \"{DYNAMIC_ADMIN_ENTRY}\", grant_roles = [\"readonly\"] }}\n"
     )
 }
 
@@ -504,7 +503,8 @@ async fn setup_dynamic(sandbox: &Sandbox, agentd: &Path, work: &Path) -> anyhow:
         &format!(
             "CREATE ROLE {DYNAMIC_ADMIN_ROLE} LOGIN CREATEROLE PASSWORD '{verifier}';\n\
              CREATE ROLE readonly NOLOGIN;\nGRANT SELECT ON ALL TABLES IN SCHEMA public TO readonly;\n\
-             GRANT readonly TO {DYNAMIC_ADMIN_ROLE} WITH ADMIN OPTION;\n"
+             GRANT readonly TO {DYNAMIC_ADMIN_ROLE} WITH ADMIN OPTION;\n\
+             GRANT pg_signal_backend TO {DYNAMIC_ADMIN_ROLE};\n"
         ),
     )?;
     agentd::credentials::keychain::set(
