@@ -359,13 +359,18 @@ impl AuditLog {
     }
 
     /// Append several records under one lock with as few writes as possible (one, unless a
-    /// rotation falls inside the batch), without fsync ([`Durability::Write`]). For the
-    /// statement writer.
+    /// rotation falls inside the batch), each write with `durability`: the statement writer
+    /// uses [`Durability::Write`]; the broker uses [`Durability::Sync`] to record a request,
+    /// its decision and its grant with one fdatasync.
     ///
     /// Returns the sequence number of the last record written, or `None` for an empty batch.
     /// Errors: as [`AuditLog::append`]; records of the batch written before a failed write
     /// (at a rotation boundary) stay written.
-    pub fn append_batch(&self, events: &[AuditEvent]) -> Result<Option<u64>, AuditError> {
+    pub fn append_batch(
+        &self,
+        events: &[AuditEvent],
+        durability: Durability,
+    ) -> Result<Option<u64>, AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
         let ts = now_rfc3339();
         let mut buf = Vec::new();
@@ -384,7 +389,7 @@ impl AuditLog {
                     first_in_buf,
                     seq - 1,
                     prev.clone(),
-                    Durability::Write,
+                    durability,
                 )?;
                 buf.clear();
                 first_in_buf = seq;
@@ -395,14 +400,7 @@ impl AuditLog {
             seq += 1;
         }
         if !buf.is_empty() {
-            self.write_lines(
-                &mut state,
-                &buf,
-                first_in_buf,
-                seq - 1,
-                prev,
-                Durability::Write,
-            )?;
+            self.write_lines(&mut state, &buf, first_in_buf, seq - 1, prev, durability)?;
         }
         Ok(last)
     }
@@ -849,7 +847,9 @@ pub(crate) mod tests {
             }
             other => panic!("{other}"),
         }
-        assert!(log.append_batch(&[stmt(2), stmt(3)]).is_err());
+        assert!(log
+            .append_batch(&[stmt(2), stmt(3)], Durability::Write)
+            .is_err());
         assert_eq!(log.last_seq().unwrap(), 1);
         {
             let mut state = log.state.lock().unwrap();
@@ -889,8 +889,11 @@ pub(crate) mod tests {
         let log = AuditLog::open(dir.path(), no_fsync(700)).unwrap();
         log.append(&stmt(0), Durability::Write).unwrap();
         let events: Vec<_> = (1..15).map(stmt).collect();
-        assert_eq!(log.append_batch(&events).unwrap(), Some(15));
-        assert_eq!(log.append_batch(&[]).unwrap(), None);
+        assert_eq!(
+            log.append_batch(&events, Durability::Write).unwrap(),
+            Some(15)
+        );
+        assert_eq!(log.append_batch(&[], Durability::Write).unwrap(), None);
         let report = verify(dir.path()).unwrap();
         assert!(report.ok(), "{report:?}");
         assert_eq!(report.records, 15);
@@ -907,7 +910,8 @@ pub(crate) mod tests {
                 std::thread::spawn(move || {
                     for i in 0..50 {
                         if i % 10 == 0 {
-                            log.append_batch(&[stmt(t), stmt(i)]).unwrap();
+                            log.append_batch(&[stmt(t), stmt(i)], Durability::Write)
+                                .unwrap();
                         } else {
                             log.append(&stmt(i), Durability::Write).unwrap();
                         }

@@ -12,7 +12,6 @@
 //! before its next batch, so the log says how much it is missing. Control-plane events do not
 //! go through here: they are appended synchronously with [`Durability::Sync`].
 
-#[cfg(doc)]
 use super::Durability;
 use super::{redact_secrets, AuditEvent, AuditLog};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,7 +180,7 @@ async fn writer(
             let events = std::mem::take(&mut batch);
             let log = Arc::clone(&log);
             let written = tokio::task::spawn_blocking(move || {
-                let result = log.append_batch(&events);
+                let result = log.append_batch(&events, Durability::Write);
                 (result, events)
             })
             .await;

@@ -107,31 +107,34 @@ impl Broker {
     /// Records the approval and the grant in the audit log (synced), then makes the grant
     /// visible and schedules its expiry. If the audit log cannot be written the listener is
     /// closed again and the agent is told why.
+    ///
+    /// `preceding` are records that belong before the decision (the request itself, for an
+    /// auto-approved request): all of them go out with one fdatasync.
     pub(super) fn activate_grant(
         self: &Arc<Self>,
         grant: GrantRecord,
         request: &RequestRecord,
         by: &str,
         rule: Option<String>,
+        preceding: Option<AuditEvent>,
     ) -> Result<(), Response> {
-        let recorded = self
-            .audit_sync(&AuditEvent::Decision {
-                request_id: request.id.clone(),
-                decision: "approved".to_owned(),
-                by: by.to_owned(),
-                reason: None,
-                rule,
-            })
-            .and_then(|()| {
-                self.audit_sync(&AuditEvent::Grant {
-                    grant_id: grant.id.clone(),
-                    request_id: request.id.clone(),
-                    resource: grant.resource.clone(),
-                    permission: grant.permission.clone(),
-                    expires_at: super::views::unix(grant.expires_at),
-                    agent: grant.agent.clone(),
-                })
-            });
+        let mut events: Vec<AuditEvent> = preceding.into_iter().collect();
+        events.push(AuditEvent::Decision {
+            request_id: request.id.clone(),
+            decision: "approved".to_owned(),
+            by: by.to_owned(),
+            reason: None,
+            rule,
+        });
+        events.push(AuditEvent::Grant {
+            grant_id: grant.id.clone(),
+            request_id: request.id.clone(),
+            resource: grant.resource.clone(),
+            permission: grant.permission.clone(),
+            expires_at: super::views::unix(grant.expires_at),
+            agent: grant.agent.clone(),
+        });
+        let recorded = self.audit_sync_all(&events);
         if let Err(refusal) = recorded {
             grant
                 .listener

@@ -53,7 +53,7 @@ impl Broker {
             message: None,
             grant_id: None,
         };
-        if let Err(refusal) = self.audit_sync(&AuditEvent::Request {
+        let request_event = AuditEvent::Request {
             request_id: record.id.clone(),
             resource: record.spec.resource.clone(),
             permission: record.spec.permission.clone(),
@@ -61,8 +61,13 @@ impl Broker {
             clamped: record.clamped,
             justification: record.spec.justification.clone(),
             agent: record.spec.agent.clone(),
-        }) {
-            return refusal;
+        };
+        // An auto-approved request is recorded together with its decision and grant (one
+        // fdatasync, before the handle exists); the others are recorded here.
+        if decision.policy != PolicyDecision::Auto {
+            if let Err(refusal) = self.audit_sync(&request_event) {
+                return refusal;
+            }
         }
         let by = match decision.rule {
             Some(i) => format!("policy rule {i}"),
@@ -103,7 +108,9 @@ impl Broker {
             PolicyDecision::Auto => match self.open_grant(&record).await {
                 Ok(grant) => {
                     let grant_id = grant.id.clone();
-                    if let Err(refusal) = self.activate_grant(grant, &record, &by, rule) {
+                    if let Err(refusal) =
+                        self.activate_grant(grant, &record, &by, rule, Some(request_event))
+                    {
                         return refusal;
                     }
                     record.state = RequestState::Approved;
@@ -111,6 +118,7 @@ impl Broker {
                     record.grant_id = Some(grant_id);
                 }
                 Err(message) => {
+                    self.audit_best_effort(&request_event);
                     self.audit_best_effort(&AuditEvent::Decision {
                         request_id: record.id.clone(),
                         decision: "denied".to_owned(),
@@ -178,7 +186,7 @@ impl Broker {
         let opened = self.open_grant(&snapshot).await;
         let activated = opened.and_then(|grant| {
             let grant_id = grant.id.clone();
-            self.activate_grant(grant, &snapshot, &by, None)
+            self.activate_grant(grant, &snapshot, &by, None, None)
                 .map(|()| grant_id)
                 .map_err(|r| match r {
                     Response::Error { message, .. } => message,

@@ -201,8 +201,14 @@ impl Broker {
     /// Appends a control-plane event and syncs it; the caller acknowledges the action only
     /// after this succeeded.
     fn audit_sync(&self, event: &AuditEvent) -> Result<(), Response> {
+        self.audit_sync_all(std::slice::from_ref(event))
+    }
+
+    /// Appends control-plane events in order with a single fdatasync (one `write(2)` unless a
+    /// rotation falls inside); the caller acknowledges the action only after this succeeded.
+    fn audit_sync_all(&self, events: &[AuditEvent]) -> Result<(), Response> {
         self.audit
-            .append(event, Durability::Sync)
+            .append_batch(events, Durability::Sync)
             .map(|_| ())
             .map_err(|e| {
                 error!(error = %e, "audit log write failed");
