@@ -22,6 +22,7 @@ pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
 
 mod granted;
 pub use granted::{config, token, Granted};
+pub mod raw;
 
 /// Every tool `agentd-mcp` offers, sorted by name.
 pub const TOOL_NAMES: [&str; 9] = [
@@ -662,6 +663,11 @@ pub async fn request_via_cli(sandbox: &Sandbox, ttl: &str) -> anyhow::Result<Cli
     .await?;
     anyhow::ensure!(out.code == 0, "agentd request failed: {}", out.stderr);
     Ok(out)
+}
+
+/// The grant id in an access-request view JSON (`grant.id`; empty when absent).
+pub fn grant_id(view: &Value) -> String {
+    view["grant"]["id"].as_str().unwrap_or_default().to_owned()
 }
 
 /// The listener port in a handle JSON (0 when absent).

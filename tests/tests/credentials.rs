@@ -115,7 +115,7 @@ async fn dynamic_role_has_only_the_granted_privileges_and_revoke_drops_it() -> a
     let out = request_via_cli(&sandbox, "10m").await?;
     outputs.push(("request output".to_owned(), out.stdout.clone()));
     let view = out.json()?;
-    let grant_id = view["grant"]["id"].as_str().unwrap_or_default().to_owned();
+    let grant_id = grant_id(&view);
     let role = format!("agentd_{grant_id}");
     let env = handle_env(&view["handle"]);
     assert_eq!(agentd_roles(&sandbox)?, vec![role.clone()]);
@@ -204,7 +204,7 @@ async fn dynamic_role_is_dropped_when_the_grant_expires() -> anyhow::Result<()> 
     let sandbox = dynamic_sandbox().await?;
     let daemon = DaemonProcess::start(&sandbox).await?;
     let view = request_via_cli(&sandbox, "4s").await?.json()?;
-    let grant_id = view["grant"]["id"].as_str().unwrap_or_default().to_owned();
+    let grant_id = grant_id(&view);
     let role = format!("agentd_{grant_id}");
     let mut live = LivePsql::start(&handle_env(&view["handle"]))?;
     assert_eq!(live.query_line("SELECT 1;").await?, "1");

@@ -44,10 +44,7 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .starts_with("psql "));
-    let grant_id = granted.value["grant"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let grant_id = grant_id(&granted.value);
     let env = handle_env(handle);
 
     // Real psql through the proxy: rows; the upstream leg is TLS, logged in as the

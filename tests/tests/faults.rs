@@ -117,10 +117,7 @@ async fn audit_disk_full_refuses_new_grants_and_sessions_and_says_why() -> anyho
     let _mount = Tmpfs(data.clone());
     let daemon = DaemonProcess::start(&sandbox).await?;
     let granted = request_via_cli(&sandbox, "30m").await?.json()?;
-    let grant_id = granted["grant"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let grant_id = grant_id(&granted);
     let env = handle_env(&granted["handle"]);
     let mut outputs = vec![("first grant".to_owned(), granted.to_string())];
 

@@ -5,9 +5,9 @@
 //! only: a live session on the same grant keeps working, the daemon's memory stays bounded,
 //! and the canary secret appears nowhere.
 
+use agentd_tests::raw::{frontend_message, read_backend_message, scram_login, startup_packet};
 use agentd_tests::*;
 use anyhow::Context as _;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rand::{Rng as _, SeedableRng as _};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,62 +33,16 @@ fn sqlstate(bytes: &[u8]) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-fn startup_packet(user: &str) -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", DATABASE)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
-}
-
-async fn read_msg(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
-    let kind = tokio::time::timeout(STEP_TIMEOUT, s.read_u8()).await??;
-    let len = s.read_i32().await?;
-    anyhow::ensure!((4..1 << 20).contains(&len), "bad length {len}");
-    let mut body = vec![0; len as usize - 4];
-    s.read_exact(&mut body).await?;
-    Ok((kind, body))
-}
-
-fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![kind];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 /// A raw connection that has done startup and SCRAM with the grant token and read up to
 /// ReadyForQuery.
 async fn authenticated(target: &Granted) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect(("127.0.0.1", target.port())).await?;
     let user = target.handle["user"].as_str().unwrap_or_default();
     s.write_all(&startup_packet(user)).await?;
-    let (kind, _) = read_msg(&mut s).await?;
+    let (kind, _) = read_backend_message(&mut s).await?;
     anyhow::ensure!(kind == b'R');
-    let token = token(&target.handle);
-    let mut scram = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
-    let mut first = b"SCRAM-SHA-256\0".to_vec();
-    first.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
-    first.extend_from_slice(scram.message());
-    s.write_all(&msg(b'p', &first)).await?;
-    let (_, cont) = read_msg(&mut s).await?;
-    scram.update(&cont[4..])?;
-    s.write_all(&msg(b'p', scram.message())).await?;
-    let (_, fin) = read_msg(&mut s).await?;
-    scram.finish(&fin[4..])?;
-    loop {
-        let (kind, _) = read_msg(&mut s).await?;
-        anyhow::ensure!(kind != b'E', "login failed");
-        if kind == b'Z' {
-            return Ok(s);
-        }
-    }
+    scram_login(&mut s, &token(&target.handle)).await?;
+    Ok(s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,11 +96,11 @@ async fn random_truncated_and_extreme_lengths_end_only_their_connection() -> any
         b"p\0\0\0\0".to_vec(),
         b"p\0\0\0\x04".to_vec(),
         b"p\x7f\xff\xff\xff".to_vec(),
-        msg(b'p', b"SCRAM-SHA-256\0\0\0\0\x20n,,n=,r=abc")[..20].to_vec(),
+        frontend_message(b'p', b"SCRAM-SHA-256\0\0\0\0\x20n,,n=,r=abc")[..20].to_vec(),
     ] {
         let mut s = TcpStream::connect(("127.0.0.1", target.port())).await?;
         s.write_all(&startup_packet(&user)).await?;
-        let (kind, _) = read_msg(&mut s).await?;
+        let (kind, _) = read_backend_message(&mut s).await?;
         assert_eq!(kind, b'R');
         s.write_all(&sasl).await?;
         s.shutdown().await?;

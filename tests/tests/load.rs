@@ -34,10 +34,7 @@ async fn sessions_queries_and_grant_churn_lose_no_record() -> anyhow::Result<()>
     sandbox.cluster.start_again()?;
     let daemon = DaemonProcess::start(&sandbox).await?;
     let granted = request_via_cli(&sandbox, "30m").await?.json()?;
-    let grant_id = granted["grant"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let grant_id = grant_id(&granted);
     let handle = granted["handle"].clone();
     let rss_base = vm_rss_kib(daemon.pid).unwrap_or(0);
 
@@ -98,10 +95,7 @@ async fn sessions_queries_and_grant_churn_lose_no_record() -> anyhow::Result<()>
             while Instant::now() < deadline {
                 let ok = match request_via_cli(sandbox_ref, "1m").await {
                     Ok(out) => {
-                        let id = out.json()?["grant"]["id"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned();
+                        let id = agentd_tests::grant_id(&out.json()?);
                         agentd_cli(sandbox_ref, &["revoke", &id]).await?.code == 0
                     }
                     Err(_) => false,

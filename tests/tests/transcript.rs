@@ -112,7 +112,7 @@ async fn readme_transcript_install_request_approve_query_release() -> anyhow::Re
             .as_str()
             .unwrap_or_default(),
     );
-    let grant_id = view["grant"]["id"].as_str().unwrap_or_default().to_owned();
+    let grant_id = grant_id(&view);
     transcript.push_str(&format!(
         "      ← {}\n        handle.dsn = {}\n",
         text_of(&waited),

@@ -3,6 +3,7 @@
 //! errors, pgbench, psycopg — and hostile startup packets end only their own connection.
 
 use agentd::demo::{Sandbox, SandboxOptions};
+use agentd_tests::raw::{frontend_message, read_backend_message, scram_login, startup_message};
 use agentd_tests::*;
 use bytes::BytesMut;
 use futures_util::{SinkExt as _, StreamExt as _, TryStreamExt as _};
@@ -198,7 +199,6 @@ async fn psql_ctrl_c_cancels_through_the_proxy() -> anyhow::Result<()> {
 /// the option listed) and then logs in normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_3_2_client_gets_negotiate_protocol_version() -> anyhow::Result<()> {
-    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
     let proxy = Proxy::start(SandboxOptions::default()).await?;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
     let user = proxy.handle["user"].as_str().unwrap_or_default().to_owned();
@@ -206,24 +206,17 @@ async fn protocol_3_2_client_gets_negotiate_protocol_version() -> anyhow::Result
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let mut body = Vec::new();
-    body.extend_from_slice(&((3 << 16) | 2i32).to_be_bytes());
-    for (k, v) in [
-        ("user", user.as_str()),
-        ("database", DATABASE),
-        ("_pq_.test_option", "1"),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    s.write_all(&((body.len() + 4) as i32).to_be_bytes())
-        .await?;
-    s.write_all(&body).await?;
+    s.write_all(&startup_message(
+        (3 << 16) | 2,
+        &[
+            ("user", user.as_str()),
+            ("database", DATABASE),
+            ("_pq_.test_option", "1"),
+        ],
+    ))
+    .await?;
 
-    let (kind, negotiate) = read_msg(&mut s).await?;
+    let (kind, negotiate) = read_backend_message(&mut s).await?;
     assert_eq!(kind, b'v');
     assert_eq!(
         &negotiate[..8],
@@ -233,30 +226,14 @@ async fn protocol_3_2_client_gets_negotiate_protocol_version() -> anyhow::Result
     assert_eq!(&negotiate[8..], b"_pq_.test_option\0");
 
     // SCRAM-SHA-256 login with the grant token, then one query.
-    let (kind, auth) = read_msg(&mut s).await?;
+    let (kind, auth) = read_backend_message(&mut s).await?;
     assert_eq!((kind, &auth[..4]), (b'R', &10i32.to_be_bytes()[..]));
-    let mut scram = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
-    let mut first = b"SCRAM-SHA-256\0".to_vec();
-    first.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
-    first.extend_from_slice(scram.message());
-    send_msg(&mut s, b'p', &first).await?;
-    let (_, cont) = read_msg(&mut s).await?;
-    scram.update(&cont[4..])?;
-    send_msg(&mut s, b'p', scram.message()).await?;
-    let (_, fin) = read_msg(&mut s).await?;
-    scram.finish(&fin[4..])?;
-    loop {
-        let (kind, _) = read_msg(&mut s).await?;
-        if kind == b'Z' {
-            break;
-        }
-        assert_ne!(kind, b'E');
-    }
+    scram_login(&mut s, &token).await?;
     send_msg(&mut s, b'Q', b"SELECT 6 * 7\0").await?;
     let mut kinds = Vec::new();
     let mut value = Vec::new();
     loop {
-        let (kind, body) = read_msg(&mut s).await?;
+        let (kind, body) = read_backend_message(&mut s).await?;
         kinds.push(kind);
         if kind == b'D' {
             value = body[6..].to_vec();
@@ -270,21 +247,8 @@ async fn protocol_3_2_client_gets_negotiate_protocol_version() -> anyhow::Result
     proxy.finish().await
 }
 
-async fn read_msg(s: &mut tokio::net::TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
-    let kind = tokio::time::timeout(STEP_TIMEOUT, s.read_u8()).await??;
-    let len = s.read_i32().await?;
-    anyhow::ensure!((4..1 << 20).contains(&len), "bad length {len}");
-    let mut body = vec![0; len as usize - 4];
-    s.read_exact(&mut body).await?;
-    Ok((kind, body))
-}
-
 async fn send_msg(s: &mut tokio::net::TcpStream, kind: u8, body: &[u8]) -> anyhow::Result<()> {
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[kind]);
-    buf.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    buf.extend_from_slice(body);
-    s.write_all(&buf).await?;
+    s.write_all(&frontend_message(kind, body)).await?;
     Ok(())
 }
 
@@ -297,7 +261,7 @@ async fn hostile_startup_packets_close_only_their_connection() -> anyhow::Result
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
     s.write_all(&100_000i32.to_be_bytes()).await?;
     s.write_all(&196_608i32.to_be_bytes()).await?;
-    let (kind, body) = read_msg(&mut s).await?;
+    let (kind, body) = read_backend_message(&mut s).await?;
     assert_eq!(kind, b'E');
     assert!(String::from_utf8_lossy(&body).contains("08P01"));
 

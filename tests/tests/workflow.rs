@@ -140,10 +140,7 @@ async fn approval_at_a_terminal_then_audited_queries_then_revoke() -> anyhow::Re
         decided_by.starts_with("user ") && decided_by.contains("/dev/pts/"),
         "{decided_by}"
     );
-    let grant_id = awaited.value["grant"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let grant_id = grant_id(&awaited.value);
     let handle = &awaited.value["handle"];
     let env = handle_env(handle);
 
@@ -380,18 +377,12 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         )
         .await?;
     let mut grants = vec![(
-        by_agent.value["grant"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        grant_id(&by_agent.value),
         handle_env(&by_agent.value["handle"]),
     )];
     for _ in 0..3 {
         let v = request_via_cli(&sandbox, "10m").await?.json()?;
-        grants.push((
-            v["grant"]["id"].as_str().unwrap_or_default().to_owned(),
-            handle_env(&v["handle"]),
-        ));
+        grants.push((grant_id(&v), handle_env(&v["handle"])));
     }
     let mut sessions = Vec::new();
     for (_, env) in &grants {
@@ -479,10 +470,7 @@ async fn sigkill_mid_traffic_leaves_a_verifiable_log_and_restart_records_the_gra
     let sandbox = sandbox(SandboxOptions::default()).await?;
     let daemon = DaemonProcess::start(&sandbox).await?;
     let granted = request_via_cli(&sandbox, "10m").await?.json()?;
-    let grant_id = granted["grant"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let grant_id = grant_id(&granted);
     let env = handle_env(&granted["handle"]);
 
     // Traffic: four pgbench clients running statements through the proxy, reporting
