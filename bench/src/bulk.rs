@@ -91,20 +91,9 @@ pub async fn run(rig: &Rig, plan: &Plan, report: &mut Report) -> anyhow::Result<
 }
 
 fn admin_psql(rig: &Rig, sql: &str) -> tokio::process::Command {
-    let cluster = &rig.sandbox.cluster;
-    let mut cmd = tokio::process::Command::new(agentd::pgcluster::psql_path());
-    cmd.arg("-h")
-        .arg(&cluster.socket_dir)
-        .args([
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            agentd::demo::DATABASE,
-        ])
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .stdin(Stdio::null());
+    let mut cmd =
+        tokio::process::Command::from(rig.sandbox.cluster.superuser_psql(agentd::demo::DATABASE));
+    cmd.args(["-c", sql]).stdin(Stdio::null());
     cmd
 }
 

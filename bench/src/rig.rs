@@ -309,19 +309,8 @@ impl Rig {
 
     /// Runs SQL as the superuser over the cluster's Unix socket (blocking psql).
     pub async fn admin_sql(&self, sql: &str) -> anyhow::Result<String> {
-        let cluster = &self.sandbox.cluster;
-        let out = tokio::process::Command::new(agentd::pgcluster::psql_path())
-            .arg("-h")
-            .arg(&cluster.socket_dir)
-            .args([
-                "-p",
-                &cluster.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                DATABASE,
-            ])
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        let out = tokio::process::Command::from(self.sandbox.cluster.superuser_psql(DATABASE))
+            .args(["-At", "-c", sql])
             .stdin(Stdio::null())
             .output()
             .await?;

@@ -259,15 +259,12 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs SQL as the superuser over the Unix socket with `psql -v ON_ERROR_STOP=1 -At`;
-    /// returns stdout. The SQL goes through stdin, never argv, so a password in it does not
-    /// show in the process list.
-    ///
-    /// # Errors
-    /// psql's stderr when it fails.
-    pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
-        let mut child = Command::new(psql_path())
-            .arg("-h")
+    /// A `psql -X -q -v ON_ERROR_STOP=1` command connected as the superuser to `database`
+    /// over the cluster's Unix socket (no password; `PGPASSWORD` removed). Callers add the
+    /// output flags and the SQL (`-c` or `-f -`).
+    pub fn superuser_psql(&self, database: &str) -> Command {
+        let mut cmd = Command::new(psql_path());
+        cmd.arg("-h")
             .arg(&self.socket_dir)
             .args([
                 "-p",
@@ -277,8 +274,21 @@ impl Cluster {
                 "-d",
                 database,
             ])
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"])
-            .env_remove("PGPASSWORD")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .env_remove("PGPASSWORD");
+        cmd
+    }
+
+    /// Runs SQL as the superuser over the Unix socket with `psql -v ON_ERROR_STOP=1 -At`;
+    /// returns stdout. The SQL goes through stdin, never argv, so a password in it does not
+    /// show in the process list.
+    ///
+    /// # Errors
+    /// psql's stderr when it fails.
+    pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let mut child = self
+            .superuser_psql(database)
+            .args(["-At", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
