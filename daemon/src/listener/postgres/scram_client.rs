@@ -57,12 +57,20 @@ impl ScramKeyCache {
     }
 }
 
-/// One SCRAM exchange, client side.
-#[derive(Debug)]
+/// One SCRAM exchange, client side. `Debug` shows only how far the exchange got, never
+/// the ServerKey.
 pub struct ScramClient {
     nonce: String,
     /// `AuthMessage` and ServerKey, once the client-final message is built.
     pending: Option<(String, Zeroizing<[u8; 32]>)>,
+}
+
+impl std::fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramClient")
+            .field("client_final_sent", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -244,6 +252,10 @@ mod tests {
                 text.starts_with("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=")
             );
             let (auth_message, server_key) = c.pending.clone().unwrap();
+            // Neither the key bytes nor the password show in Debug output.
+            let debug = format!("{c:?} {cache:?}");
+            assert!(!debug.contains("pencil"));
+            assert!(!debug.contains(format!("{:?}", &server_key[..4]).trim_end_matches(']')));
             let v = STANDARD.encode(hmac(&*server_key, &[auth_message.as_bytes()]));
             c.verify_server_final(format!("v={v}").as_bytes()).unwrap();
             assert!(cache
