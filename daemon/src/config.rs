@@ -140,6 +140,16 @@ pub struct DaemonSettings {
     /// pile up memory or tasks.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
+    /// `user` (default: the daemon runs as the user it serves) or `system` (the daemon runs
+    /// as its own OS user; see [`crate::principal`]).
+    #[serde(default)]
+    pub mode: crate::principal::Mode,
+    /// System mode: the users and groups (names) served as clients. Ignored in user mode.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// System mode: a group whose members are admins besides uid 0. Ignored in user mode.
+    #[serde(default)]
+    pub admin_group: Option<String>,
 }
 
 impl Default for DaemonSettings {
@@ -153,6 +163,9 @@ impl Default for DaemonSettings {
             notify: true,
             handshake_timeout: default_handshake_timeout(),
             max_handshakes: default_max_handshakes(),
+            mode: crate::principal::Mode::User,
+            clients: Vec::new(),
+            admin_group: None,
         }
     }
 }

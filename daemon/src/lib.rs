@@ -19,3 +19,4 @@ pub mod fsutil;
 pub mod listener;
 pub mod pgcluster;
 pub mod policy;
+pub mod principal;

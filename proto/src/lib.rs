@@ -7,6 +7,7 @@
 //! * [`mcp_tokens`]: hashed bearer tokens for `agentd-mcp --http`.
 //! * [`profile`]: per-profile paths (config, socket, data dir, keychain service, tokens).
 //! * [`socket`]: where the control socket lives (Unix socket or Windows named pipe).
+//! * [`system`]: the fixed paths of system mode.
 //! * [`client`]: a small async client that sends one request and reads one response.
 //!
 //! This crate never carries an upstream secret: the most sensitive value in it is a
@@ -19,6 +20,7 @@ pub mod mcp_tokens;
 pub mod messages;
 pub mod profile;
 pub mod socket;
+pub mod system;
 
 pub use client::{Client, ClientError};
 pub use framing::{FrameError, MAX_FRAME_BYTES};

@@ -1,8 +1,9 @@
 //! What an agent may discover: the configured resources with each permission's policy (as
 //! it applies to the asking agent type right now) and the caller's own active grants.
 
-use super::{views, Broker, Caller, GrantRecord};
+use super::{views, Broker, GrantRecord};
 use crate::policy;
+use crate::principal::Principal;
 use agentd_proto::{GrantState, HeldGrant, PermissionInfo, ResourceInfo, Response};
 
 impl Broker {
@@ -10,7 +11,7 @@ impl Broker {
     /// `agent_type`, each permission carries `policy_now` / `max_ttl_now_seconds` (the policy
     /// decision for that agent type at the current local time) and the ids of `caller`'s
     /// active grants on it.
-    pub fn list_resources(&self, agent_type: Option<&str>, caller: Caller) -> Response {
+    pub fn list_resources(&self, agent_type: Option<&str>, caller: &Principal) -> Response {
         let now_local = chrono::Local::now().naive_local();
         let state = self.state();
         let mine: Vec<&GrantRecord> = state
@@ -59,8 +60,8 @@ impl Broker {
 
     /// `caller`'s own active grants with their handles, for
     /// [`agentd_proto::Request::ListGrants`]. A grant belongs to the peer process (pid and
-    /// uid) that requested it; a caller whose pid is unknown holds none.
-    pub fn list_grants(&self, caller: Caller) -> Response {
+    /// uid, start time) that requested it; a caller whose pid is unknown holds none.
+    pub fn list_grants(&self, caller: &Principal) -> Response {
         let state = self.state();
         let grants = state
             .grant_order
@@ -76,7 +77,7 @@ impl Broker {
     }
 }
 
-/// True when `g` was requested by the peer process `caller` (same pid and uid).
-fn held_by(g: &GrantRecord, caller: Caller) -> bool {
-    caller.pid.is_some() && g.agent.pid == caller.pid && g.agent.uid == caller.uid
+/// True when `g` was requested by the process instance `caller` (see [`Principal::owns`]).
+fn held_by(g: &GrantRecord, caller: &Principal) -> bool {
+    caller.owns(&g.owner)
 }

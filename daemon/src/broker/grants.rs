@@ -1,9 +1,10 @@
 //! Grants: opening one (secret, token verifier, listeners), recording it, and ending it by
 //! expiry, revoke or release — which cuts its live sessions.
 
-use super::{error, ids, Broker, Caller, GrantRecord, RequestRecord};
+use super::{error, ids, Broker, GrantRecord, RequestRecord};
 use crate::audit::AuditEvent;
 use crate::listener::postgres::{self as pg, auth::ScramVerifier, upstream, GrantListener};
+use crate::principal::Principal;
 use agentd_proto::{ErrorCode, GrantState, Response, RevokeTarget};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -92,6 +93,7 @@ impl Broker {
             resource: request.spec.resource.clone(),
             permission: request.spec.permission.clone(),
             agent: request.spec.agent.clone(),
+            owner: request.owner.clone(),
             state: GrantState::Active,
             created_at: now,
             expires_at,
@@ -157,7 +159,8 @@ impl Broker {
 
     /// Revokes the grants `target` names; cuts their sessions, and answers once their
     /// dynamic roles (if any) are dropped.
-    pub async fn revoke(&self, target: &RevokeTarget, caller: Caller) -> Response {
+    /// The control server lets only admins send this.
+    pub async fn revoke(&self, target: &RevokeTarget, caller: &Principal) -> Response {
         let ids: Vec<String> = {
             let state = self.state();
             let active = state
@@ -200,7 +203,7 @@ impl Broker {
                 },
             }
         };
-        let by = format!("user ({})", caller.describe());
+        let by = caller.describe();
         let grant_ids: Vec<String> = ids
             .into_iter()
             .filter(|id| self.end_grant(id, GrantState::Revoked, &by))
@@ -209,9 +212,18 @@ impl Broker {
         Response::Revoked { grant_ids }
     }
 
-    /// The agent gives its grant back; answers once its dynamic role (if any) is dropped.
-    pub async fn release(&self, grant_id: &str, caller: Caller) -> Response {
-        let by = format!("agent ({})", caller.describe());
+    /// The agent gives its own grant back; answers once its dynamic role (if any) is
+    /// dropped. Someone else's grant is answered exactly like an unknown id.
+    pub async fn release(&self, grant_id: &str, caller: &Principal) -> Response {
+        let owned = self
+            .state()
+            .grants
+            .get(grant_id)
+            .is_some_and(|g| caller.owns(&g.owner));
+        if !owned {
+            return error(ErrorCode::NotFound, format!("no grant {grant_id}"));
+        }
+        let by = format!("owner {}", caller.describe());
         if self.end_grant(grant_id, GrantState::Released, &by) {
             self.await_role_drops(Some(&[grant_id.to_owned()])).await;
             return Response::Revoked {

@@ -7,12 +7,12 @@
 //! the caller hears of it, and wakes long-pollers ([`Broker::await_request`]).
 
 use super::views::view_request;
-use super::{error, no_such_request, notify, Broker, Caller, RequestRecord, MIN_TTL};
+use super::{error, no_such_request, notify, Broker, RequestRecord, MIN_TTL};
 use crate::audit::AuditEvent;
 use crate::policy;
+use crate::principal::Principal;
 use agentd_proto::{
-    AccessRequestSpec, ErrorCode, PolicyDecision, Presence, RequestState, Response,
-    MAX_AWAIT_SECONDS,
+    AccessRequestSpec, ErrorCode, PolicyDecision, RequestState, Response, MAX_AWAIT_SECONDS,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,8 +20,18 @@ use tracing::info;
 
 impl Broker {
     /// Handles an access request: the policy decision, and for `auto` a grant with its
-    /// listener.
-    pub async fn request_access(self: &Arc<Self>, spec: AccessRequestSpec) -> Response {
+    /// listener. `caller` becomes the request's owner.
+    pub async fn request_access(
+        self: &Arc<Self>,
+        spec: AccessRequestSpec,
+        caller: &Principal,
+    ) -> Response {
+        let Some(owner) = caller.as_owner() else {
+            return error(
+                ErrorCode::BadRequest,
+                "agentd cannot tell which process is asking, so it cannot give it a grant".into(),
+            );
+        };
         let Some((_, permission)) = self.config.permission(&spec.resource, &spec.permission) else {
             return self.not_found(&spec.resource, &spec.permission);
         };
@@ -42,6 +52,7 @@ impl Broker {
         let mut record = RequestRecord {
             id: super::ids::request_id(),
             spec,
+            owner,
             state: RequestState::Pending,
             duration: decision.duration.max(MIN_TTL),
             clamped: decision.clamped,
@@ -138,7 +149,7 @@ impl Broker {
             state.request_order.push(id.clone());
             state.requests.insert(id.clone(), record);
             let r = &state.requests[&id];
-            Response::AccessRequest(Box::new(view_request(&state, r)))
+            Response::AccessRequest(Box::new(view_request(&state, r, true)))
         };
         self.persist();
         self.announce_change();
@@ -151,13 +162,12 @@ impl Broker {
         self: &Arc<Self>,
         request_id: &str,
         duration: Option<Duration>,
-        presence: &Presence,
-        caller: Caller,
+        caller: &Principal,
     ) -> Response {
         if let Err(refusal) = self.begin_decision(request_id) {
             return refusal;
         }
-        let by = human(presence, caller);
+        let by = human(caller);
         let snapshot = {
             let mut state = self.state();
             let Some(r) = state.requests.get_mut(request_id) else {
@@ -171,6 +181,7 @@ impl Broker {
             RequestRecord {
                 id: r.id.clone(),
                 spec: r.spec.clone(),
+                owner: r.owner.clone(),
                 state: r.state,
                 duration: r.duration,
                 clamped: r.clamped,
@@ -206,7 +217,8 @@ impl Broker {
                     r.message = None;
                     r.grant_id = Some(grant_id);
                     let r = &state.requests[request_id];
-                    Response::AccessRequest(Box::new(view_request(&state, r)))
+                    // The approver sees the decision, never the agent's token.
+                    Response::AccessRequest(Box::new(view_request(&state, r, false)))
                 }
                 Err(message) => error(ErrorCode::Internal, message),
             }
@@ -218,14 +230,8 @@ impl Broker {
     }
 
     /// A human denies a pending request (the control server checked user presence).
-    pub fn deny(
-        &self,
-        request_id: &str,
-        reason: Option<String>,
-        presence: &Presence,
-        caller: Caller,
-    ) -> Response {
-        let by = human(presence, caller);
+    pub fn deny(&self, request_id: &str, reason: Option<String>, caller: &Principal) -> Response {
+        let by = human(caller);
         let message = format!(
             "denied by a human{}; do not retry this request",
             reason
@@ -236,12 +242,16 @@ impl Broker {
         self.decide_without_grant(request_id, RequestState::Denied, &by, reason, message)
     }
 
-    /// The agent withdraws its own pending request.
-    pub fn cancel(&self, request_id: &str, caller: Caller) -> Response {
+    /// The agent withdraws its own pending request; someone else's is answered like an
+    /// unknown id.
+    pub fn cancel(&self, request_id: &str, caller: &Principal) -> Response {
+        if !self.owned_request(request_id, caller) {
+            return no_such_request(request_id);
+        }
         self.decide_without_grant(
             request_id,
             RequestState::Cancelled,
-            &format!("agent ({})", caller.describe()),
+            &format!("owner {}", caller.describe()),
             None,
             "cancelled by the agent".to_owned(),
         )
@@ -260,7 +270,16 @@ impl Broker {
 
     /// Waits (at most `timeout`, capped at [`MAX_AWAIT_SECONDS`]) until the request leaves
     /// `pending`, then returns its view; on timeout the view still says `pending`.
-    pub async fn await_request(&self, request_id: &str, timeout: Duration) -> Response {
+    /// Only the request's owner may wait on it; for anyone else it does not exist.
+    pub async fn await_request(
+        &self,
+        request_id: &str,
+        timeout: Duration,
+        caller: &Principal,
+    ) -> Response {
+        if !self.owned_request(request_id, caller) {
+            return no_such_request(request_id);
+        }
         let timeout = timeout.min(Duration::from_secs(MAX_AWAIT_SECONDS));
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.changes.subscribe();
@@ -271,7 +290,7 @@ impl Broker {
                     return no_such_request(request_id);
                 };
                 if r.state != RequestState::Pending || tokio::time::Instant::now() >= deadline {
-                    let mut view = view_request(&state, r);
+                    let mut view = view_request(&state, r, true);
                     if view.state == RequestState::Pending {
                         view.message = Some(format!(
                             "still pending: no human has decided yet. Remind the human to run `{}`, then call await_approval again",
@@ -290,6 +309,14 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// True when `request_id` exists and `caller` made it.
+    fn owned_request(&self, request_id: &str, caller: &Principal) -> bool {
+        self.state()
+            .requests
+            .get(request_id)
+            .is_some_and(|r| caller.owns(&r.owner))
     }
 
     /// Marks a pending request as being decided, so a second decision (or the expiry timer)
@@ -343,7 +370,7 @@ impl Broker {
             r.decided_by = Some(by.to_owned());
             r.message = Some(message);
             let r = &state.requests[request_id];
-            Response::AccessRequest(Box::new(view_request(&state, r)))
+            Response::AccessRequest(Box::new(view_request(&state, r, false)))
         };
         info!(request = %request_id, state = ?to, %by, "request decided");
         self.persist();
@@ -397,13 +424,13 @@ pub(super) fn approve_command(request_id: &str) -> String {
     }
 }
 
-/// `user NAME (uid U pid P) on TTY` for a human decision (NAME omitted when unknown).
-fn human(presence: &Presence, caller: Caller) -> String {
-    let name = match presence.user.trim() {
-        "" => String::new(),
-        user => format!("{user} "),
-    };
-    format!("user {name}({}) on {}", caller.describe(), presence.tty)
+/// `user NAME (uid U pid P) on TTY` for a human decision, every part as the daemon read it
+/// from the OS (never what the client said about itself).
+fn human(caller: &Principal) -> String {
+    match &caller.tty {
+        Some(tty) => format!("{} on {tty}", caller.describe()),
+        None => format!("{} without a terminal", caller.describe()),
+    }
 }
 
 fn already_decided(r: &RequestRecord) -> Response {

@@ -20,6 +20,7 @@ mod views;
 use crate::audit::{AuditEvent, AuditLog, AuditOptions, Durability, StatementSink};
 use crate::config::Config;
 use crate::listener::postgres::GrantListener;
+use crate::principal::{Owner, Principal, Roles};
 use agentd_proto::{
     AccessRequestSpec, AgentInfo, ErrorCode, GrantState, RequestState, Response, StatusView,
 };
@@ -36,28 +37,13 @@ use tracing::{error, info, warn};
 /// Shortest grant, in seconds.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 
-/// Who sent a control request, as the kernel reported it for the socket's peer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Caller {
-    /// Peer process id.
-    pub pid: Option<u32>,
-    /// Peer user id.
-    pub uid: Option<u32>,
-}
-
-impl Caller {
-    /// `uid U pid P` for the audit log's `by` fields.
-    pub fn describe(&self) -> String {
-        let show = |v: Option<u32>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
-        format!("uid {} pid {}", show(self.uid), show(self.pid))
-    }
-}
-
 /// An access request as the broker keeps it.
 #[derive(Debug)]
 struct RequestRecord {
     id: String,
     spec: AccessRequestSpec,
+    /// The requesting instance (from the OS); only it sees the handle, awaits or cancels.
+    owner: Owner,
     state: RequestState,
     /// Duration the grant gets (after defaulting and clamping).
     duration: Duration,
@@ -80,6 +66,8 @@ struct GrantRecord {
     resource: String,
     permission: String,
     agent: AgentInfo,
+    /// The requesting instance (from the OS); only it sees the token or releases the grant.
+    owner: Owner,
     state: GrantState,
     created_at: SystemTime,
     expires_at: SystemTime,
@@ -104,6 +92,8 @@ struct State {
 pub struct Broker {
     config: Arc<Config>,
     config_path: PathBuf,
+    /// Who is served and as what (from `[daemon] mode`, `clients`, `admin_group`).
+    roles: Roles,
     /// Where per-grant Unix-socket listeners go (`ROOT/<grant id>/.s.PGSQL.<port>`); `None`
     /// for TCP only.
     unix_socket_root: Option<PathBuf>,
@@ -168,7 +158,14 @@ impl Broker {
         let statements = config.audit.statements.then(|| {
             crate::audit::spawn_writer(audit.clone(), crate::audit::sink::DEFAULT_CAPACITY)
         });
+        let roles = Roles::new(
+            config.daemon.mode,
+            daemon_uid(),
+            config.daemon.clients.clone(),
+            config.daemon.admin_group.clone(),
+        );
         let broker = Arc::new(Self {
+            roles,
             config: Arc::new(config),
             config_path,
             unix_socket_root,
@@ -191,6 +188,11 @@ impl Broker {
     fn state(&self) -> MutexGuard<'_, State> {
         // A poisoned lock means a panic mid-update; the maps are still structurally valid.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who this daemon serves and as what.
+    pub fn roles(&self) -> &Roles {
+        &self.roles
     }
 
     /// The audit log this broker writes.
@@ -347,17 +349,21 @@ impl Broker {
         }
     }
 
-    /// Looks up a request.
-    pub fn get_request(&self, request_id: &str) -> Response {
+    /// Looks up one of `caller`'s requests, with its handle while the grant is active.
+    /// Someone else's request is answered exactly like an unknown id.
+    pub fn get_request(&self, request_id: &str, caller: &Principal) -> Response {
         let state = self.state();
         match state.requests.get(request_id) {
-            Some(r) => Response::AccessRequest(Box::new(views::view_request(&state, r))),
-            None => no_such_request(request_id),
+            Some(r) if caller.owns(&r.owner) => {
+                Response::AccessRequest(Box::new(views::view_request(&state, r, true)))
+            }
+            _ => no_such_request(request_id),
         }
     }
 
-    /// Requests, newest first: pending ones, or all with `all`.
-    pub fn list_requests(&self, all: bool) -> Response {
+    /// Requests, newest first: pending ones, or all with `all`. Admins see everyone's,
+    /// clients their own; nobody gets a handle here.
+    pub fn list_requests(&self, all: bool, caller: &Principal) -> Response {
         let state = self.state();
         let requests = state
             .request_order
@@ -365,19 +371,22 @@ impl Broker {
             .rev()
             .filter_map(|id| state.requests.get(id))
             .filter(|r| all || r.state == RequestState::Pending)
-            .map(|r| views::view_request(&state, r))
+            .filter(|r| caller.is_admin() || caller.owns(&r.owner))
+            .map(|r| views::view_request(&state, r, false))
             .collect();
         Response::Requests { requests }
     }
 
-    /// Daemon status.
-    pub fn status(&self) -> Response {
+    /// Daemon status: admins see every active grant and pending request, clients their
+    /// own; never a token.
+    pub fn status(&self, caller: &Principal) -> Response {
         let state = self.state();
         let grants = state
             .grant_order
             .iter()
             .filter_map(|id| state.grants.get(id))
             .filter(|g| g.state == GrantState::Active)
+            .filter(|g| caller.is_admin() || caller.owns(&g.owner))
             .map(views::view_grant)
             .collect();
         let pending = state
@@ -385,7 +394,8 @@ impl Broker {
             .iter()
             .filter_map(|id| state.requests.get(id))
             .filter(|r| r.state == RequestState::Pending)
-            .map(|r| views::view_request(&state, r))
+            .filter(|r| caller.is_admin() || caller.owns(&r.owner))
+            .map(|r| views::view_request(&state, r, false))
             .collect();
         Response::Status(Box::new(StatusView {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -479,6 +489,18 @@ impl Broker {
         if let Some(sink) = &self.statements {
             sink.flush().await;
         }
+    }
+}
+
+/// The uid the daemon runs as (its own user in system mode, the served user in user mode).
+fn daemon_uid() -> u32 {
+    #[cfg(unix)]
+    {
+        agentd_proto::socket::current_uid()
+    }
+    #[cfg(not(unix))]
+    {
+        0
     }
 }
 

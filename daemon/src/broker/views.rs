@@ -40,8 +40,13 @@ pub(crate) fn view_grant(g: &GrantRecord) -> GrantView {
     }
 }
 
-/// The view of request `r`, with its grant and (while the grant is active) its handle.
-pub(crate) fn view_request(state: &State, r: &RequestRecord) -> AccessRequestView {
+/// The view of request `r`, with its grant and, when `with_handle` (the caller owns it) and
+/// the grant is active, its handle. Views for anyone but the owner never carry a token.
+pub(crate) fn view_request(
+    state: &State,
+    r: &RequestRecord,
+    with_handle: bool,
+) -> AccessRequestView {
     let grant = r.grant_id.as_ref().and_then(|g| state.grants.get(g));
     let message = match grant {
         Some(g) if g.state != GrantState::Active => Some(format!(
@@ -69,7 +74,7 @@ pub(crate) fn view_request(state: &State, r: &RequestRecord) -> AccessRequestVie
         message,
         grant: grant.map(view_grant),
         handle: grant
-            .filter(|g| g.state == GrantState::Active)
+            .filter(|g| with_handle && g.state == GrantState::Active)
             .map(handle_for),
     }
 }

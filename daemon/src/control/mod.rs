@@ -1,7 +1,8 @@
 //! The control socket server: accepts local connections, checks the peer's uid (Unix),
 //! reads framed [`agentd_proto::Request`]s and answers with the broker's responses.
 
-use crate::broker::{Broker, Caller};
+use crate::broker::Broker;
+use crate::principal::{Peer, Principal};
 use agentd_proto::framing::{self, FrameError};
 use agentd_proto::{Envelope, ErrorCode, Request, Response, PROTOCOL_VERSION};
 use interprocess::local_socket::tokio::{prelude::*, Listener, Stream};
@@ -66,54 +67,40 @@ pub async fn serve(listener: Listener, broker: Arc<Broker>, stop: CancellationTo
     }
 }
 
-/// The peer's identity as the kernel reports it.
-type Peer = Caller;
-
-fn peer_of(stream: &Stream) -> Peer {
-    match stream.peer_creds() {
-        Ok(creds) => Caller {
-            pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
-            #[cfg(unix)]
-            uid: creds.euid(),
-            #[cfg(not(unix))]
-            uid: None,
-        },
-        Err(_) => Peer::default(),
-    }
+/// The peer as the kernel reports it for the socket (`SO_PEERCRED` / `LOCAL_PEERCRED`).
+/// `None` when the platform reports no credentials (such a peer is refused).
+fn peer_of(stream: &Stream) -> Option<Peer> {
+    let creds = stream.peer_creds().ok()?;
+    #[cfg(unix)]
+    let (uid, gid) = (creds.euid()?, creds.egid());
+    #[cfg(not(unix))]
+    let (uid, gid) = (0, None);
+    Some(Peer {
+        uid,
+        gid,
+        pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
+    })
 }
 
-/// On Unix only our own uid may talk to the daemon.
-fn peer_allowed(peer: &Peer) -> bool {
-    #[cfg(unix)]
-    {
-        peer.uid == Some(agentd_proto::socket::current_uid())
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = peer;
-        true
+/// Classifies the connection's peer ([`crate::principal::Roles::classify`]).
+fn principal_of(stream: &Stream, broker: &Broker) -> Result<Principal, String> {
+    match peer_of(stream) {
+        Some(peer) => broker.roles().classify(peer).map_err(|r| r.to_string()),
+        None => Err("agentd cannot tell who is connecting (no peer credentials)".to_owned()),
     }
 }
 
 async fn serve_connection(stream: Stream, broker: Arc<Broker>) {
-    let peer = peer_of(&stream);
+    let principal = principal_of(&stream, &broker);
     let mut framed = framing::framed(stream);
-    if !peer_allowed(&peer) {
-        warn!(uid = ?peer.uid, pid = ?peer.pid, "refused control connection from another user");
-        let reply = Envelope::new(Response::Error {
-            code: ErrorCode::Denied,
-            message: "this agentd daemon serves only the user that started it".to_owned(),
-        });
-        // Read the peer's first request (bounded in size and time) before answering, so the
-        // refusal reaches it instead of a broken pipe.
-        let _ = tokio::time::timeout(
-            REFUSAL_READ_TIMEOUT,
-            framing::recv::<_, serde_json::Value>(&mut framed),
-        )
-        .await;
-        let _ = framing::send(&mut framed, &reply).await;
-        return;
-    }
+    let principal = match principal {
+        Ok(p) => p,
+        Err(message) => {
+            warn!(%message, "refused control connection");
+            refuse(&mut framed, message).await;
+            return;
+        }
+    };
     loop {
         let reply = match framing::recv::<_, Envelope<Request>>(&mut framed).await {
             Ok(env) if env.version != PROTOCOL_VERSION => Response::Error {
@@ -123,7 +110,7 @@ async fn serve_connection(stream: Stream, broker: Arc<Broker>) {
                     env.version
                 ),
             },
-            Ok(env) => dispatch(&broker, env.body, peer).await,
+            Ok(env) => dispatch(&broker, env.body, &principal).await,
             Err(FrameError::Closed) => return,
             Err(FrameError::Json(e)) => Response::Error {
                 code: ErrorCode::BadRequest,
@@ -157,136 +144,172 @@ async fn serve_connection(stream: Stream, broker: Arc<Broker>) {
     }
 }
 
-async fn dispatch(broker: &Arc<Broker>, request: Request, peer: Peer) -> Response {
+/// Answers a refused peer: reads its first request (bounded in size and time) before
+/// answering, so the refusal reaches it instead of a broken pipe.
+async fn refuse<S>(framed: &mut framing::FramedStream<S>, message: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let reply = Envelope::new(Response::Error {
+        code: ErrorCode::Denied,
+        message,
+    });
+    let _ = tokio::time::timeout(
+        REFUSAL_READ_TIMEOUT,
+        framing::recv::<_, serde_json::Value>(framed),
+    )
+    .await;
+    let _ = framing::send(framed, &reply).await;
+}
+
+/// Whether `principal` may send `request` at all (ownership of the request or grant it
+/// names is checked by the broker). Approve, deny and revoke are admin verbs; approve and
+/// deny also need user presence.
+///
+/// # Errors
+/// The refusal to send back.
+fn authorize(request: &Request, principal: &Principal) -> Result<(), Response> {
+    let admin_verb = matches!(
+        request,
+        Request::Approve { .. } | Request::Deny { .. } | Request::Revoke { .. }
+    );
+    if admin_verb && !principal.is_admin() {
+        warn!(who = %principal.describe(), "admin verb refused to a client");
+        return Err(Response::Error {
+            code: ErrorCode::Denied,
+            message: "only an agentd admin may approve, deny or revoke; ask an admin (e.g. `sudo agentd approve ID`)"
+                .to_owned(),
+        });
+    }
     if !request.is_agent_verb() {
-        if let Err(message) = check_user_presence(&peer) {
-            warn!(pid = ?peer.pid, "human verb refused without user presence");
-            return Response::Error {
+        if let Err(message) = check_user_presence(principal) {
+            warn!(who = %principal.describe(), "human verb refused without user presence");
+            return Err(Response::Error {
                 code: ErrorCode::PresenceRequired,
                 message,
-            };
+            });
         }
+    }
+    Ok(())
+}
+
+async fn dispatch(broker: &Arc<Broker>, request: Request, principal: &Principal) -> Response {
+    if let Err(refusal) = authorize(&request, principal) {
+        return refusal;
     }
     match request {
         Request::Ping => Response::Pong {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
         },
-        Request::ListResources { agent_type } => broker.list_resources(agent_type.as_deref(), peer),
-        Request::ListGrants => broker.list_grants(peer),
+        Request::ListResources { agent_type } => {
+            broker.list_resources(agent_type.as_deref(), principal)
+        }
+        Request::ListGrants => broker.list_grants(principal),
         Request::RequestAccess(mut spec) => {
-            spec.agent.pid = peer.pid;
-            spec.agent.uid = peer.uid;
+            spec.agent.pid = principal.pid;
+            spec.agent.uid = Some(principal.uid);
             if spec.agent.agent_type.is_empty() {
                 spec.agent.agent_type = "other".to_owned();
             }
-            broker.request_access(spec).await
+            broker.request_access(spec, principal).await
         }
-        Request::GetRequest { request_id } => broker.get_request(&request_id),
+        Request::GetRequest { request_id } => broker.get_request(&request_id, principal),
         Request::AwaitRequest {
             request_id,
             timeout_seconds,
         } => {
             broker
-                .await_request(&request_id, Duration::from_secs(timeout_seconds))
+                .await_request(&request_id, Duration::from_secs(timeout_seconds), principal)
                 .await
         }
-        Request::CancelRequest { request_id } => broker.cancel(&request_id, peer),
-        Request::Release { grant_id } => broker.release(&grant_id, peer).await,
-        Request::Status => broker.status(),
-        Request::ListRequests { all } => broker.list_requests(all),
+        Request::CancelRequest { request_id } => broker.cancel(&request_id, principal),
+        Request::Release { grant_id } => broker.release(&grant_id, principal).await,
+        Request::Status => broker.status(principal),
+        Request::ListRequests { all } => broker.list_requests(all, principal),
         Request::Approve {
             request_id,
             duration_seconds,
-            presence,
+            presence: _,
         } => {
             broker
                 .approve(
                     &request_id,
                     duration_seconds.map(Duration::from_secs),
-                    &presence,
-                    peer,
+                    principal,
                 )
                 .await
         }
         Request::Deny {
             request_id,
             reason,
-            presence,
-        } => broker.deny(&request_id, reason, &presence, peer),
+            presence: _,
+        } => broker.deny(&request_id, reason, principal),
         Request::Revoke { target } => {
-            info!(?target, "revoke");
-            broker.revoke(&target, peer).await
+            info!(?target, who = %principal.describe(), "revoke");
+            broker.revoke(&target, principal).await
         }
     }
 }
 
 /// User presence for human verbs (approve, deny): the peer process must have a controlling
-/// terminal. On Linux the daemon checks this itself from `/proc/PID/stat` (field `tty_nr`),
-/// so a process an agent started without a terminal is refused even if it skips the CLI's
-/// own `/dev/tty` prompt. Elsewhere only the CLI's prompt applies.
+/// terminal. On Linux the daemon checks this itself from `/proc/PID/stat` (field `tty_nr`,
+/// read when the connection was classified), so a process an agent started without a
+/// terminal is refused even if it skips the CLI's own `/dev/tty` prompt. Elsewhere only the
+/// CLI's prompt applies.
 ///
 /// # Errors
 /// A message telling the human what to run.
-fn check_user_presence(peer: &Peer) -> Result<(), String> {
-    let refused = || {
-        "approving or denying access needs a human at an interactive terminal; \
-         this process has none. A human must run `agentd approve ID` / `agentd deny ID` in a terminal"
-            .to_owned()
-    };
-    if !cfg!(target_os = "linux") {
+fn check_user_presence(principal: &Principal) -> Result<(), String> {
+    if !cfg!(target_os = "linux") || principal.tty.is_some() {
         return Ok(());
     }
-    let Some(pid) = peer.pid else {
-        return Err(refused());
-    };
-    match controlling_tty(pid) {
-        Some(tty) if tty != 0 => Ok(()),
-        _ => Err(refused()),
-    }
-}
-
-/// The `tty_nr` field of `/proc/PID/stat` (0 = no controlling terminal); `None` when the
-/// file cannot be read or parsed. Format: `proc(5)`, field 7, after the `(comm)` field
-/// (which may itself contain spaces and parentheses, hence the split at the last `)`).
-fn controlling_tty(pid: u32) -> Option<i64> {
-    parse_tty_nr(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-fn parse_tty_nr(stat: &str) -> Option<i64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // state ppid pgrp session tty_nr …
-    after_comm.split_whitespace().nth(4)?.parse().ok()
+    Err(
+        "approving or denying access needs a human at an interactive terminal; \
+         this process has none. A human must run `agentd approve ID` / `agentd deny ID` in a terminal"
+            .to_owned(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::principal::Role;
 
-    #[test]
-    fn parses_tty_nr_from_proc_stat() {
-        assert_eq!(
-            parse_tty_nr("4242 (bash) S 1 4242 4242 34816 4242 4194560 0"),
-            Some(34816)
-        );
-        // comm may hold spaces and parentheses.
-        assert_eq!(parse_tty_nr("7 (a) b (c)) R 1 7 7 0 -1 4194560"), Some(0));
-        assert_eq!(parse_tty_nr("garbage"), None);
-        assert_eq!(parse_tty_nr("1 (x) S 1"), None);
+    fn principal(role: Role, tty: Option<&str>) -> Principal {
+        Principal {
+            uid: 1000,
+            pid: Some(42),
+            start_time: Some(1),
+            user: "alice".into(),
+            tty: tty.map(str::to_owned),
+            role,
+        }
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
-    fn presence_needs_a_known_peer_with_a_terminal() {
-        assert!(check_user_presence(&Caller {
-            pid: None,
-            uid: Some(0)
-        })
-        .is_err());
-        assert!(check_user_presence(&Caller {
-            pid: Some(u32::MAX),
-            uid: Some(0)
-        })
-        .is_err());
+    fn admin_verbs_need_an_admin_and_human_verbs_a_terminal() {
+        let approve = Request::Approve {
+            request_id: "r_1".into(),
+            duration_seconds: None,
+            presence: Default::default(),
+        };
+        let revoke = Request::Revoke {
+            target: agentd_proto::RevokeTarget::All,
+        };
+        assert!(authorize(&approve, &principal(Role::Client, Some("/dev/pts/1"))).is_err());
+        assert!(authorize(&revoke, &principal(Role::Client, None)).is_err());
+        assert!(authorize(&revoke, &principal(Role::Admin, None)).is_ok());
+        assert!(authorize(&approve, &principal(Role::Admin, Some("/dev/pts/1"))).is_ok());
+        if cfg!(target_os = "linux") {
+            assert!(matches!(
+                authorize(&approve, &principal(Role::Admin, None)),
+                Err(Response::Error {
+                    code: ErrorCode::PresenceRequired,
+                    ..
+                })
+            ));
+        }
+        assert!(authorize(&Request::ListGrants, &principal(Role::Client, None)).is_ok());
     }
 }
