@@ -369,7 +369,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     let daemon = DaemonProcess::start(&sandbox).await?;
     let mcp = McpSession::start(&sandbox, &[]).await?;
 
-    // Four grants: one held by the MCP agent (type e2e-test), three by the CLI (type cli).
+    // Three grants: one held by the MCP agent (type e2e-test), two by the CLI (type cli).
     let by_agent = mcp
         .call(
             "request_access",
@@ -380,7 +380,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         grant_id(&by_agent.value),
         handle_env(&by_agent.value["handle"]),
     )];
-    for _ in 0..3 {
+    for _ in 0..2 {
         let v = request_via_cli(&sandbox, "10m").await?.json()?;
         grants.push((grant_id(&v), handle_env(&v["handle"])));
     }
@@ -392,7 +392,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     }
     let status = agentd_cli(&sandbox, &["status", "--json"]).await?.json()?;
     let listed = status["grants"].as_array().cloned().unwrap_or_default();
-    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.len(), 3);
     assert!(listed
         .iter()
         .all(|g| g["connections"] == 1 && g["remaining_seconds"].as_u64().unwrap_or(0) > 0));
@@ -418,28 +418,45 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     let out = agentd_cli(&sandbox, &["revoke", &grants[1].0, "--json"]).await?;
     assert_eq!(out.json()?["revoked"], json!([grants[1].0]));
     expect_cut("revoked").await?;
+    // A second agent (another agentd-mcp process, same agent type) holds a grant.
+    let other_agent = McpSession::start(&sandbox, &[]).await?;
+    let by_other = other_agent
+        .call(
+            "request_access",
+            json!({"resource": RESOURCE, "permission": PERMISSION, "justification": "release test"}),
+        )
+        .await?;
+    let released_id = grant_id(&by_other.value);
+    let mut other_live = LivePsql::start(&handle_env(&by_other.value["handle"]))?;
+    assert_eq!(other_live.query_line("SELECT 1;").await?, "1");
+    // The first agent cannot release it: for anyone but its holder the grant does not exist.
+    let foreign = mcp
+        .call("release_access", json!({"grant_id": released_id}))
+        .await?;
+    assert_eq!(foreign.value["error"], "not_found", "{}", foreign.raw);
     // Released by its holder (through the MCP tool, as an agent does when done).
-    let released = mcp
-        .call("release_access", json!({"grant_id": grants[2].0}))
+    let released = other_agent
+        .call("release_access", json!({"grant_id": released_id}))
         .await?;
     assert_eq!(
         released.value["released"],
-        json!([grants[2].0]),
+        json!([released_id]),
         "{}",
         released.raw
     );
-    expect_cut("released").await?;
-    // Releasing twice says so.
-    let again = agentd_cli(&sandbox, &["release", &grants[2].0]).await?;
-    assert_ne!(again.code, 0);
+    let (ok, err) = other_live.finish_with("SELECT 1;").await?;
     assert!(
-        again.stderr.contains("already released"),
-        "{}",
-        again.stderr
+        !ok && err.contains("released"),
+        "expected a release cut: {err}"
     );
+    // Releasing twice says so (to the holder).
+    let again = other_agent
+        .call("release_access", json!({"grant_id": released_id}))
+        .await?;
+    assert!(again.raw.contains("already released"), "{}", again.raw);
     // Everything else.
     let out = agentd_cli(&sandbox, &["revoke", "--all", "--json"]).await?;
-    assert_eq!(out.json()?["revoked"], json!([grants[3].0]));
+    assert_eq!(out.json()?["revoked"], json!([grants[2].0]));
     expect_cut("revoked").await?;
     let status = agentd_cli(&sandbox, &["status", "--json"]).await?.json()?;
     assert_eq!(status["grants"], json!([]));
@@ -454,12 +471,13 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         [
             (grants[0].0.as_str(), "revoked"),
             (grants[1].0.as_str(), "revoked"),
-            (grants[2].0.as_str(), "released"),
-            (grants[3].0.as_str(), "revoked"),
+            (released_id.as_str(), "released"),
+            (grants[2].0.as_str(), "revoked"),
         ]
     );
     audit_verifies(&sandbox).await?;
     mcp.close().await?;
+    other_agent.close().await?;
     daemon.stop().await?;
     Ok(())
 }

@@ -143,14 +143,16 @@ async fn call_for_request(socket: &Path, request: Request) -> anyhow::Result<Acc
     }
 }
 
+/// The request as admins see it (`ListRequests`: every request, never a token; a
+/// `GetRequest` serves only the agent that made it).
 async fn pending_request(socket: &Path, request_id: &str) -> anyhow::Result<AccessRequestView> {
-    let view = call_for_request(
-        socket,
-        Request::GetRequest {
-            request_id: request_id.to_owned(),
-        },
-    )
-    .await?;
+    let requests = match call(socket, Request::ListRequests { all: true }).await? {
+        Response::Requests { requests } => requests,
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    };
+    let Some(view) = requests.into_iter().find(|r| r.id == request_id) else {
+        bail!("no access request {request_id}; `agentd requests` lists pending ones");
+    };
     if view.state != RequestState::Pending {
         bail!(
             "request {} is already {}{}",
