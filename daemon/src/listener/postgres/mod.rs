@@ -132,16 +132,13 @@ fn admit(grant: &GrantListener, peer: &str) -> Option<OwnedSemaphorePermit> {
     slot
 }
 
-/// Tells a connection over the handshake limit to come back later, and closes it.
-async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S, limit: usize) {
+/// Tells a connection over the handshake limit to come back later, and closes it
+/// (lingering close, bounded by [`wire::LINGER_TIME`]).
+async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, limit: usize) {
     let message = format!(
         "agentd: too many connections are authenticating on this listener (limit {limit}); try again shortly"
     );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        wire::send_fatal(&mut stream, "53300", &message),
-    )
-    .await;
+    wire::refuse(&mut stream, "53300", &message).await;
 }
 
 /// Why a session ended before the relay; split into what the client sees and what is logged.
@@ -174,7 +171,7 @@ async fn serve_connection(
 ) {
     if !peer.ip().is_loopback() {
         warn!("refused non-loopback peer");
-        wire::send_fatal(
+        wire::refuse(
             &mut stream,
             "28000",
             "agentd: connections are accepted from this machine (loopback) only",
@@ -214,8 +211,10 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     _ = grant.cut.cancelled() => {}
                 }
             }
-            if !refusal.client_message.is_empty() {
-                wire::send_fatal(&mut stream, refusal.sqlstate, &refusal.client_message).await;
+            if refusal.client_message.is_empty() {
+                wire::linger(&mut stream).await;
+            } else {
+                wire::refuse(&mut stream, refusal.sqlstate, &refusal.client_message).await;
             }
             return;
         }
@@ -232,7 +231,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     );
     if let Err(e) = opened {
         tracing::error!(error = %e, "audit log write failed; session refused");
-        wire::send_fatal(
+        wire::refuse(
             &mut stream,
             "53100",
             "agentd: the audit log cannot be written, so this session is refused; tell the human to check the daemon's log",
@@ -415,7 +414,7 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
             async move {
                 if peer_uid != Some(uid) {
                     warn!("refused Unix-socket peer with another uid");
-                    wire::send_fatal(
+                    wire::refuse(
                         &mut stream,
                         "28000",
                         "agentd: this socket serves only the user running agentd",

@@ -174,7 +174,8 @@ impl BoundaryTracker {
 
 /// Relays until either side closes or `cut` fires; on `cut`, sends `cut_message` as a FATAL
 /// ErrorResponse (SQLSTATE 57P01) to the client if the server→client stream is at a message
-/// boundary, then closes both. `observe_up` sees every client→server chunk after it was
+/// boundary, then closes both (the client with a lingering close, [`wire::linger`]).
+/// `observe_up` sees every client→server chunk after it was
 /// forwarded (statement capture); it must not block.
 pub async fn relay<C, U, M, O>(
     client: C,
@@ -208,10 +209,21 @@ where
         r = down => r,
     };
     if end == RelayEnd::Cut && tracker.at_boundary() {
-        wire::send_fatal(&mut client_wr, "57P01", &cut_message()).await;
+        // Bounded: a client that stopped reading cannot delay the cut.
+        let _ = tokio::time::timeout(
+            wire::LINGER_TIME,
+            wire::send_fatal(&mut client_wr, "57P01", &cut_message()),
+        )
+        .await;
     }
-    let _ = client_wr.shutdown().await;
     let _ = up_wr.shutdown().await;
+    drop((up_rd, up_wr));
+    let _ = client_wr.shutdown().await;
+    if matches!(end, RelayEnd::Cut | RelayEnd::UpstreamClosed) {
+        // Lingering close: the client may still be sending; draining its input lets it
+        // read the FATAL (ours, or the server's after pg_terminate_backend) before the close.
+        wire::drain(&mut client_rd).await;
+    }
     RelayStats {
         bytes_up,
         bytes_down,
