@@ -4,7 +4,7 @@
 //! [`startup`] (SSLRequest/GSSENCRequest → `N`, StartupMessage, 10,000-byte cap,
 //! NegotiateProtocolVersion for 3.x > 3.0) → [`auth`] (SCRAM-SHA-256 with the grant token)
 //! → [`upstream`] (TLS + login with the real secret) → AuthenticationOk, the server's
-//! ParameterStatus messages and our own BackendKeyData ([`cancel`]) → [`relay`] (bytes pass
+//! ParameterStatus messages and BackendKeyData with the backend's pid and our own secret key ([`cancel`]) → [`relay`] (bytes pass
 //! through until either side closes or the grant ends). A CancelRequest with one of our keys
 //! is forwarded upstream. Errors go to the client as an ErrorResponse and close only that
 //! connection. [`admission`] bounds what unauthenticated clients can cost: simultaneous
@@ -54,7 +54,7 @@ pub struct GrantListener {
     pub total_connections: AtomicU64,
     /// Session numbers handed out so far (the audit log's `session` field).
     pub next_session: AtomicU64,
-    /// Our BackendKeyData per live session → the upstream backend's, for CancelRequests.
+    /// Our secret key per live session (by upstream pid) → the upstream backend's key, for CancelRequests.
     pub cancels: Arc<cancel::CancelRegistry>,
     /// Where connection open/close records go.
     pub audit: Arc<AuditLog>,
@@ -519,8 +519,8 @@ async fn write_client<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Re
 const MAX_LOGIN_TAIL_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Passes the upstream's messages after AuthenticationOk (ParameterStatus, NoticeResponse)
-/// to the client up to and including ReadyForQuery, replacing BackendKeyData with a key of
-/// our own registered for cancellation.
+/// to the client up to and including ReadyForQuery, replacing BackendKeyData's secret key with
+/// one of our own (the process id stays the backend's) registered for cancellation.
 async fn finish_login<S: AsyncWrite + Unpin>(
     upstream: &mut upstream::UpstreamStream,
     client: &mut S,
