@@ -23,6 +23,8 @@
 //! database = "app"
 //! tls = "verify-full"              # disable | require | verify-full
 //! ca_file = "/etc/ssl/db-ca.pem"   # optional; system roots otherwise
+//! channel_binding = "prefer"       # prefer | require | disable (SCRAM-SHA-256-PLUS over TLS)
+//! allow_weak_auth = false          # allow cleartext/md5 login without tls = "verify-full"
 //!
 //! [resources.app-db.permissions.read_only]
 //! description = "SELECT on all tables"
@@ -256,6 +258,15 @@ pub struct Resource {
     /// Must be `true` for `tls = "disable"`: the secret would cross the network in the clear.
     #[serde(default)]
     pub allow_insecure: bool,
+    /// SCRAM channel binding (`tls-server-end-point`) to the upstream, like libpq's
+    /// `channel_binding` (default `prefer`).
+    #[serde(default)]
+    pub channel_binding: ChannelBindingMode,
+    /// Answer the server's cleartext-password or md5 requests even without
+    /// `tls = "verify-full"` (an impersonating server would get the password or a
+    /// password-equivalent hash). Default `false`; `agentd config check` warns when set.
+    #[serde(default)]
+    pub allow_weak_auth: bool,
     /// Permissions by name.
     pub permissions: BTreeMap<String, Permission>,
 }
@@ -283,6 +294,20 @@ pub enum TlsMode {
     /// TLS, certificate chain and host name verified.
     #[default]
     VerifyFull,
+}
+
+/// SCRAM channel binding to the upstream (RFC 5929 `tls-server-end-point`, as libpq's
+/// `channel_binding` parameter).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBindingMode {
+    /// Never bind (plain SCRAM-SHA-256).
+    Disable,
+    /// Bind (SCRAM-SHA-256-PLUS) when the server offers it over TLS.
+    #[default]
+    Prefer,
+    /// Refuse to log in unless SCRAM-SHA-256-PLUS over TLS is used.
+    Require,
 }
 
 /// A named level of access on a resource.
@@ -665,6 +690,12 @@ impl Config {
                 return Err(invalid(
                     format!("resources.{name}.tls"),
                     "tls = \"disable\" sends the upstream secret in the clear; set allow_insecure = true to accept that",
+                ));
+            }
+            if res.channel_binding == ChannelBindingMode::Require && res.tls == TlsMode::Disable {
+                return Err(invalid(
+                    format!("resources.{name}.channel_binding"),
+                    "channel_binding = \"require\" needs TLS to the upstream (tls = \"require\" or \"verify-full\")",
                 ));
             }
             if res.permissions.is_empty() {

@@ -60,6 +60,7 @@ impl Broker {
                 tls,
                 connect_timeout: self.config.daemon.connect_timeout,
                 scram_keys: Default::default(),
+                auth: upstream::AuthPolicy::for_resource(resource),
             },
             cut: self.shutdown.child_token(),
             cut_reason: Default::default(),
