@@ -116,7 +116,7 @@ pub struct Broker {
     /// Bumped on every request state change; `await_request` waits on it.
     changes: watch::Sender<u64>,
     /// Logins from `command` credential sources, cached until their expiry.
-    commands: crate::credentials::command::CommandCache,
+    commands: Arc<crate::credentials::command::CommandCache>,
     /// Background drops of dynamic roles, by grant id.
     role_drops: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
     /// This data directory's id, marking the dynamic roles it creates.

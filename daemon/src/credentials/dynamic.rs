@@ -128,6 +128,7 @@ impl RoleManager {
                 connect_timeout,
                 scram_keys: Default::default(),
                 auth: upstream::AuthPolicy::for_resource(resource),
+                renewable: None,
             },
             spec: spec.clone(),
             owner_tag: owner_tag.to_owned(),

@@ -453,15 +453,23 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             ))
         }
     };
-    let mut upstream = upstream::connect(&grant.upstream, &params)
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                "08001",
-                e.client_message(&grant.upstream.resource),
-                format!("upstream {}: {e}", grant.upstream.resource),
-            )
-        })?;
+    let target = grant.upstream.for_session().await.map_err(|e| {
+        Refusal::new(
+            "08001",
+            format!(
+                "agentd: could not renew the login for upstream {}; the agentd log has the reason",
+                grant.upstream.resource
+            ),
+            format!("renewing the command login: {e}"),
+        )
+    })?;
+    let mut upstream = upstream::connect(&target, &params).await.map_err(|e| {
+        Refusal::new(
+            "08001",
+            e.client_message(&grant.upstream.resource),
+            format!("upstream {}: {e}", grant.upstream.resource),
+        )
+    })?;
     let mut ok = BytesMut::new();
     wire::put_authentication(&mut ok, 0, &[]);
     write_client(stream, &ok).await?;

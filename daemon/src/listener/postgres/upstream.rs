@@ -15,6 +15,8 @@ use super::scram_client::{ChannelBinding, ScramClient, ScramKeyCache};
 use super::startup::{StartupParams, PROTOCOL_3_0};
 use super::wire::{self, parse_error_fields, put_message, WireError, MAX_AUTH_MESSAGE_BYTES};
 use crate::config::{ChannelBindingMode, Resource, TlsMode};
+use crate::credentials::command::RenewableLogin;
+use crate::credentials::CredentialError;
 use bytes::{BufMut, BytesMut};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -54,6 +56,31 @@ pub struct UpstreamTarget {
     pub scram_keys: ScramKeyCache,
     /// Which login methods the server may ask for.
     pub auth: AuthPolicy,
+    /// For a command login that expires: where each session gets the current login
+    /// (`username`, `secret` and `scram_keys` above are then the first one, unused by
+    /// sessions). See [`UpstreamTarget::for_session`].
+    pub renewable: Option<Arc<RenewableLogin>>,
+}
+
+impl UpstreamTarget {
+    /// The target a new session logs in with: this one, or for a renewable login a copy
+    /// with the current login (renewed when near its expiry).
+    ///
+    /// # Errors
+    /// The credential program failed while renewing (never carries its output).
+    pub async fn for_session(&self) -> Result<std::borrow::Cow<'_, Self>, CredentialError> {
+        let Some(renewable) = &self.renewable else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let login = renewable.current().await?;
+        Ok(std::borrow::Cow::Owned(Self {
+            username: login.username.clone(),
+            secret: Arc::clone(&login.secret),
+            scram_keys: login.scram_keys.clone(),
+            renewable: None,
+            ..self.clone()
+        }))
+    }
 }
 
 /// Which authentication requests the daemon answers for one resource (see the module docs).
@@ -86,6 +113,7 @@ impl std::fmt::Debug for UpstreamTarget {
             .field("username", &self.username)
             .field("secret", &"[REDACTED]")
             .field("tls", &self.tls.is_some())
+            .field("renewable", &self.renewable.is_some())
             .finish()
     }
 }
