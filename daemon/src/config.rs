@@ -14,6 +14,7 @@
 //! statements = true                # record SQL statements, not only connections
 //! max_file_bytes = 67108864        # rotate the audit file at this size (min 4096)
 //! fsync = true                     # fsync after every record
+//! on_overflow = "block"            # block (sessions wait for the writer) | drop (counted)
 //!
 //! [resources.app-db]
 //! kind = "postgres"
@@ -187,6 +188,31 @@ pub struct AuditSettings {
     /// speed.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// What a session does when the statement queue is full (default `block`).
+    #[serde(default)]
+    pub on_overflow: OnOverflow,
+    /// Statement queue capacity, in records (default 8192, at least 1).
+    #[serde(default = "default_statement_queue")]
+    pub statement_queue: usize,
+}
+
+fn default_statement_queue() -> usize {
+    crate::audit::sink::DEFAULT_CAPACITY
+}
+
+/// `[audit] on_overflow`: what happens when sessions produce statement records faster than
+/// the audit writer stores them and its queue is full.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// The session waits for room before it reads the client's next bytes (backpressure):
+    /// no statement goes unrecorded, a flood slows down to the writer's pace. The default,
+    /// because the audit log promises every statement and dropping would let a flood hide
+    /// one.
+    #[default]
+    Block,
+    /// The record is dropped and counted (`statements_dropped`); sessions never wait.
+    Drop,
 }
 
 /// Smallest allowed `audit.max_file_bytes`, in bytes.
@@ -198,6 +224,8 @@ impl Default for AuditSettings {
             statements: true,
             max_file_bytes: default_audit_max_file_bytes(),
             fsync: true,
+            on_overflow: OnOverflow::default(),
+            statement_queue: default_statement_queue(),
         }
     }
 }
@@ -672,6 +700,12 @@ impl Config {
                     "must be an absolute path",
                 ));
             }
+        }
+        if self.audit.statement_queue == 0 {
+            return Err(invalid(
+                "audit.statement_queue".to_owned(),
+                "must be at least 1",
+            ));
         }
         if self.audit.max_file_bytes < MIN_AUDIT_FILE_BYTES {
             return Err(invalid(

@@ -166,7 +166,11 @@ impl Broker {
             )
             .context("cannot write the audit log")?;
         let statements = config.audit.statements.then(|| {
-            crate::audit::spawn_writer(audit.clone(), crate::audit::sink::DEFAULT_CAPACITY)
+            crate::audit::spawn_writer(
+                audit.clone(),
+                config.audit.statement_queue,
+                config.audit.on_overflow,
+            )
         });
         let broker = Arc::new(Self {
             config: Arc::new(config),

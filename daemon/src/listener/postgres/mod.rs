@@ -200,7 +200,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             "grant ended during the handshake".to_owned(),
         )),
     };
-    let (upstream, _cancel_registration) = match outcome {
+    let (upstream, _cancel_registration, params) = match outcome {
         Ok(Some(session)) => session,
         Ok(None) => return,
         Err(refusal) => {
@@ -226,6 +226,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             grant_id: grant.grant_id.clone(),
             session,
             peer,
+            params: audited_params(&params),
         },
         Durability::Write,
     );
@@ -279,6 +280,40 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     );
 }
 
+/// The startup parameters a `connection_open` record keeps: every one forwarded upstream
+/// (not `user`/`database`, which agentd sets, nor `_pq_.*`), with the values of
+/// password-like keys — and of password-like `-c name=value` settings inside `options` —
+/// replaced by `[REDACTED]`. Bounded by the 10,000-byte startup packet cap.
+fn audited_params(params: &StartupParams) -> std::collections::BTreeMap<String, String> {
+    fn secret_like(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        ["password", "passwd", "pwd", "secret", "token"]
+            .iter()
+            .any(|w| key.contains(w))
+    }
+    params
+        .options
+        .iter()
+        .filter(|(k, _)| !k.starts_with("_pq_."))
+        .map(|(k, v)| {
+            let value = if secret_like(k) {
+                "[REDACTED]".to_owned()
+            } else if k == "options" {
+                v.split(' ')
+                    .map(|word| match word.split_once('=') {
+                        Some((name, _)) if secret_like(name) => format!("{name}=[REDACTED]"),
+                        _ => word.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                v.clone()
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 /// What a cut client is told: the grant's end reason.
 fn cut_message(grant: &GrantListener) -> String {
     grant
@@ -288,9 +323,13 @@ fn cut_message(grant: &GrantListener) -> String {
         .unwrap_or_else(|| format!("agentd: grant {} ended", grant.grant_id))
 }
 
+/// The wait a full statement queue imposes on a session under `on_overflow = "block"`.
+type AuditBackpressure = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Statement capture for one session: the frontend byte stream goes through a
-/// [`capture::StatementTap`]; Query and Parse texts go to the audit writer through a bounded
-/// channel that never blocks the relay (drops are counted); the writer redacts secrets.
+/// [`capture::StatementTap`]; Query and Parse texts and FunctionCalls go to the audit writer
+/// through a bounded channel (when full: the session waits, or drops are counted, per
+/// `[audit] on_overflow`); the writer redacts secrets.
 struct StatementCapture<'a> {
     tap: Option<capture::StatementTap>,
     sink: Option<&'a StatementSink>,
@@ -309,21 +348,36 @@ impl<'a> StatementCapture<'a> {
     }
 
     /// Feeds client→server bytes to the tap. A stream the tap cannot follow (a bad length)
-    /// stops the capture for this session, not the session.
-    fn observe(&mut self, bytes: &[u8]) {
-        let Some(tap) = self.tap.as_mut() else {
-            return;
-        };
+    /// stops the capture for this session, not the session. With `[audit] on_overflow =
+    /// "block"` and a full queue, returns the wait the relay must finish (queueing the
+    /// records that did not fit, in order) before it reads the client's next bytes.
+    fn observe(&mut self, bytes: &[u8]) -> Option<AuditBackpressure> {
+        let tap = self.tap.as_mut()?;
         let (sink, grant_id, session) = (self.sink, self.grant_id, self.session);
+        let mut backlog = Vec::new();
         let fed = tap.feed(bytes, &mut |captured| {
             if let Some(sink) = sink {
-                sink.record(statement_event(grant_id, session, captured));
+                let event = statement_event(grant_id, session, captured);
+                if !backlog.is_empty() {
+                    backlog.push(event); // keep the order behind what is waiting
+                } else if let Some(back) = sink.offer(event) {
+                    backlog.push(back);
+                }
             }
         });
         if let Err(e) = fed {
             warn!(error = %e, "statement capture stopped for this session");
             self.tap = None;
         }
+        if backlog.is_empty() {
+            return None;
+        }
+        let sink = sink?.clone();
+        Some(Box::pin(async move {
+            for event in backlog {
+                sink.send(event).await;
+            }
+        }))
     }
 
     /// Bind and Execute messages seen.
@@ -335,22 +389,45 @@ impl<'a> StatementCapture<'a> {
 }
 
 fn statement_event(grant_id: &str, session: u64, captured: capture::Captured) -> AuditEvent {
-    let (kind, statement, text, truncated) = match captured {
-        capture::Captured::Query { text, truncated } => ("query", None, text, truncated),
+    let (kind, statement, text, truncated, overflow) = match captured {
+        capture::Captured::Query {
+            text,
+            truncated,
+            overflow,
+        } => ("query", None, text, truncated, overflow),
         capture::Captured::Parse {
             statement,
             text,
             truncated,
-        } => ("parse", Some(statement), text, truncated),
+            overflow,
+        } => ("parse", Some(statement), text, truncated, overflow),
+        capture::Captured::FunctionCall {
+            oid,
+            args,
+            arg_bytes,
+        } => {
+            return AuditEvent::FunctionCall {
+                grant_id: grant_id.to_owned(),
+                session,
+                oid,
+                args,
+                arg_bytes,
+            }
+        }
     };
     AuditEvent::Statement {
         grant_id: grant_id.to_owned(),
         session,
         kind: kind.to_owned(),
         statement: statement.filter(|s| !s.is_empty()),
-        text, // redacted by the audit writer (audit::sink), off the relay path
-
+        // Text and tail are redacted by the audit writer (audit::sink), off the relay path.
+        text,
         truncated,
+        overflow: overflow.map(|o| crate::audit::StatementOverflow {
+            tail: o.tail,
+            bytes: o.bytes,
+            sha256: o.sha256,
+        }),
     }
 }
 
@@ -436,7 +513,14 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     grant: &GrantListener,
-) -> Result<Option<(upstream::UpstreamStream, cancel::Registration)>, Refusal> {
+) -> Result<
+    Option<(
+        upstream::UpstreamStream,
+        cancel::Registration,
+        StartupParams,
+    )>,
+    Refusal,
+> {
     let limit = grant.admission.handshake_timeout;
     let params = match tokio::time::timeout(limit, client_phase(stream, grant)).await {
         Ok(Ok(Some(params))) => params,
@@ -487,7 +571,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 "upstream login tail timed out".to_owned(),
             )
         })??;
-    Ok(Some((upstream, registration)))
+    Ok(Some((upstream, registration, params)))
 }
 
 /// Startup (SSLRequest, StartupMessage or CancelRequest), NegotiateProtocolVersion when

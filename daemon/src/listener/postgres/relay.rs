@@ -176,8 +176,9 @@ impl BoundaryTracker {
 /// ErrorResponse (SQLSTATE 57P01) to the client if the server→client stream is at a message
 /// boundary, then closes both (the client with a lingering close, [`wire::linger`]).
 /// `observe_up` sees every client→server chunk after it was
-/// forwarded (statement capture); it must not block.
-pub async fn relay<C, U, M, O>(
+/// forwarded (statement capture); it must not block, but may return a future (audit
+/// backpressure) that the relay awaits before it reads the client's next bytes.
+pub async fn relay<C, U, M, O, F>(
     client: C,
     upstream: U,
     cut: CancellationToken,
@@ -188,7 +189,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
     M: FnOnce() -> String,
-    O: FnMut(&[u8]),
+    O: FnMut(&[u8]) -> Option<F>,
+    F: std::future::Future<Output = ()>,
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
@@ -231,11 +233,12 @@ where
     }
 }
 
-async fn copy_up<R, W, O>(rd: &mut R, wr: &mut W, count: &mut u64, mut observe: O) -> RelayEnd
+async fn copy_up<R, W, O, F>(rd: &mut R, wr: &mut W, count: &mut u64, mut observe: O) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    O: FnMut(&[u8]),
+    O: FnMut(&[u8]) -> Option<F>,
+    F: std::future::Future<Output = ()>,
 {
     loop {
         let chunk = match read_chunk(rd).await {
@@ -248,7 +251,11 @@ where
             return RelayEnd::UpstreamClosed;
         }
         *count += bytes.len() as u64;
-        observe(bytes);
+        let wait = observe(bytes);
+        drop(chunk); // no relay buffer held while waiting
+        if let Some(wait) = wait {
+            wait.await;
+        }
     }
 }
 
