@@ -637,6 +637,22 @@ credential = { source = "keyring", entry = "custom" }
     }
 
     #[test]
+    fn allow_weak_auth_is_warned_about() {
+        let (_dir, path) = write(&CONFIG.replacen(
+            "tls = \"require\"",
+            "tls = \"require\"\nallow_weak_auth = true",
+            1,
+        ));
+        let report = check(&path, &mut fake);
+        assert!(report.ok);
+        let w = report.warnings.join("\n");
+        assert!(
+            w.contains("resources.app.allow_weak_auth: agentd answers a cleartext-password or md5 request from the server although tls is not \"verify-full\""),
+            "{w}"
+        );
+    }
+
+    #[test]
     fn reports_load_errors() {
         let (_dir, path) = write(&CONFIG.replace("start = \"09:00\"", "start = \"25:00\""));
         let report = check(&path, &mut fake);
