@@ -14,6 +14,7 @@
 //! statements = true                # record SQL statements, not only connections
 //! max_file_bytes = 67108864        # rotate the audit file at this size (min 4096)
 //! fsync = true                     # fsync after every record
+//! on_overflow = "block"            # block (sessions wait for the writer) | drop (counted)
 //!
 //! [resources.app-db]
 //! kind = "postgres"
@@ -23,6 +24,8 @@
 //! database = "app"
 //! tls = "verify-full"              # disable | require | verify-full
 //! ca_file = "/etc/ssl/db-ca.pem"   # optional; system roots otherwise
+//! channel_binding = "prefer"       # prefer | require | disable (SCRAM-SHA-256-PLUS over TLS)
+//! allow_weak_auth = false          # allow cleartext/md5 login without tls = "verify-full"
 //!
 //! [resources.app-db.permissions.read_only]
 //! description = "SELECT on all tables"
@@ -198,6 +201,31 @@ pub struct AuditSettings {
     /// speed.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// What a session does when the statement queue is full (default `block`).
+    #[serde(default)]
+    pub on_overflow: OnOverflow,
+    /// Statement queue capacity, in records (default 8192, at least 1).
+    #[serde(default = "default_statement_queue")]
+    pub statement_queue: usize,
+}
+
+fn default_statement_queue() -> usize {
+    crate::audit::sink::DEFAULT_CAPACITY
+}
+
+/// `[audit] on_overflow`: what happens when sessions produce statement records faster than
+/// the audit writer stores them and its queue is full.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverflow {
+    /// The session waits for room before it reads the client's next bytes (backpressure):
+    /// no statement goes unrecorded, a flood slows down to the writer's pace. The default,
+    /// because the audit log promises every statement and dropping would let a flood hide
+    /// one.
+    #[default]
+    Block,
+    /// The record is dropped and counted (`statements_dropped`); sessions never wait.
+    Drop,
 }
 
 /// Smallest allowed `audit.max_file_bytes`, in bytes.
@@ -209,6 +237,8 @@ impl Default for AuditSettings {
             statements: true,
             max_file_bytes: default_audit_max_file_bytes(),
             fsync: true,
+            on_overflow: OnOverflow::default(),
+            statement_queue: default_statement_queue(),
         }
     }
 }
@@ -269,6 +299,15 @@ pub struct Resource {
     /// Must be `true` for `tls = "disable"`: the secret would cross the network in the clear.
     #[serde(default)]
     pub allow_insecure: bool,
+    /// SCRAM channel binding (`tls-server-end-point`) to the upstream, like libpq's
+    /// `channel_binding` (default `prefer`).
+    #[serde(default)]
+    pub channel_binding: ChannelBindingMode,
+    /// Answer the server's cleartext-password or md5 requests even without
+    /// `tls = "verify-full"` (an impersonating server would get the password or a
+    /// password-equivalent hash). Default `false`; `agentd config check` warns when set.
+    #[serde(default)]
+    pub allow_weak_auth: bool,
     /// Permissions by name.
     pub permissions: BTreeMap<String, Permission>,
 }
@@ -296,6 +335,20 @@ pub enum TlsMode {
     /// TLS, certificate chain and host name verified.
     #[default]
     VerifyFull,
+}
+
+/// SCRAM channel binding to the upstream (RFC 5929 `tls-server-end-point`, as libpq's
+/// `channel_binding` parameter).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBindingMode {
+    /// Never bind (plain SCRAM-SHA-256).
+    Disable,
+    /// Bind (SCRAM-SHA-256-PLUS) when the server offers it over TLS.
+    #[default]
+    Prefer,
+    /// Refuse to log in unless SCRAM-SHA-256-PLUS over TLS is used.
+    Require,
 }
 
 /// A named level of access on a resource.
@@ -661,6 +714,12 @@ impl Config {
                 ));
             }
         }
+        if self.audit.statement_queue == 0 {
+            return Err(invalid(
+                "audit.statement_queue".to_owned(),
+                "must be at least 1",
+            ));
+        }
         if self.audit.max_file_bytes < MIN_AUDIT_FILE_BYTES {
             return Err(invalid(
                 "audit.max_file_bytes".to_owned(),
@@ -678,6 +737,12 @@ impl Config {
                 return Err(invalid(
                     format!("resources.{name}.tls"),
                     "tls = \"disable\" sends the upstream secret in the clear; set allow_insecure = true to accept that",
+                ));
+            }
+            if res.channel_binding == ChannelBindingMode::Require && res.tls == TlsMode::Disable {
+                return Err(invalid(
+                    format!("resources.{name}.channel_binding"),
+                    "channel_binding = \"require\" needs TLS to the upstream (tls = \"require\" or \"verify-full\")",
                 ));
             }
             if res.permissions.is_empty() {

@@ -41,10 +41,22 @@ fuzz_target!(|data: &[u8]| {
     let chunked = run(stream, cap, cuts);
     assert_eq!(whole, chunked);
     for c in &whole.0 {
-        let text = match c {
-            Captured::Query { text, .. } | Captured::Parse { text, .. } => text,
+        let (text, overflow) = match c {
+            Captured::Query { text, overflow, .. } | Captured::Parse { text, overflow, .. } => {
+                (text, overflow)
+            }
+            Captured::FunctionCall { arg_bytes, .. } => {
+                assert!(
+                    arg_bytes.len()
+                        <= agentd::listener::postgres::capture::MAX_FUNCTION_ARGS_RECORDED
+                );
+                continue;
+            }
         };
         // Lossy decoding may turn one invalid byte into the 3-byte U+FFFD.
         assert!(text.len() <= cap * 3);
+        if let Some(o) = overflow {
+            assert!(o.tail.len() <= cap / 2 * 3);
+        }
     }
 });

@@ -65,6 +65,26 @@ pub fn bin_dir() -> &'static Path {
         if release {
             cmd.arg("--release");
         }
+        // Cargo gives this test process the variables it sets for the `agentd-tests`
+        // package (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, …). Build scripts such as ring's
+        // declare `rerun-if-env-changed` on those names, so passing them on would make this
+        // build and the next `cargo test` each rebuild ring, rustls and agentd.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+                || name == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         let status = cmd.status();
         assert!(
             matches!(status, Ok(s) if s.success()),

@@ -3,6 +3,7 @@
 //! body; the StartupMessage has no type byte).
 
 use crate::{DATABASE, STEP_TIMEOUT};
+use anyhow::Context as _;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -56,6 +57,15 @@ pub async fn read_backend_message(s: &mut TcpStream) -> anyhow::Result<(u8, Vec<
 /// # Errors
 /// I/O, a failed SCRAM exchange, or an ErrorResponse before ReadyForQuery.
 pub async fn scram_login(s: &mut TcpStream, password: &str) -> anyhow::Result<()> {
+    scram_login_key(s, password).await.map(|_| ())
+}
+
+/// [`scram_login`], returning the BackendKeyData the listener sent: (process id, secret
+/// key).
+///
+/// # Errors
+/// As [`scram_login`]; also when no BackendKeyData came before ReadyForQuery.
+pub async fn scram_login_key(s: &mut TcpStream, password: &str) -> anyhow::Result<(i32, i32)> {
     let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
     let mut first = b"SCRAM-SHA-256\0".to_vec();
     first.extend_from_slice(&(scram.message().len() as i32).to_be_bytes());
@@ -67,11 +77,84 @@ pub async fn scram_login(s: &mut TcpStream, password: &str) -> anyhow::Result<()
         .await?;
     let (_, fin) = read_backend_message(s).await?;
     scram.finish(&fin[4..])?;
+    let mut key = None;
     loop {
-        let (kind, _) = read_backend_message(s).await?;
+        let (kind, body) = read_backend_message(s).await?;
         anyhow::ensure!(kind != b'E', "login failed");
+        if kind == b'K' && body.len() == 8 {
+            key = Some((
+                i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+            ));
+        }
         if kind == b'Z' {
-            return Ok(());
+            return key.context("no BackendKeyData before ReadyForQuery");
         }
     }
+}
+
+/// What a simple Query returned, read up to ReadyForQuery: the text of every DataRow
+/// column (`None` for NULL), the NotificationResponses (sender pid, channel, payload) and
+/// the SQLSTATE of an ErrorResponse, if any.
+#[derive(Debug, Default)]
+pub struct QueryResult {
+    /// DataRow columns as text.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// NotificationResponse: (process id, channel, payload).
+    pub notifications: Vec<(i32, String, String)>,
+    /// The SQLSTATE of the ErrorResponse, if one came.
+    pub error: Option<String>,
+}
+
+/// Sends `sql` as a simple Query and reads up to ReadyForQuery.
+///
+/// # Errors
+/// I/O, EOF, or a malformed message.
+pub async fn simple_query(s: &mut TcpStream, sql: &str) -> anyhow::Result<QueryResult> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    s.write_all(&frontend_message(b'Q', &body)).await?;
+    let mut out = QueryResult::default();
+    loop {
+        let (kind, body) = read_backend_message(s).await?;
+        match kind {
+            b'D' => out.rows.push(data_row(&body).context("malformed DataRow")?),
+            b'A' => {
+                let pid = i32::from_be_bytes(body.get(..4).context("short A")?.try_into()?);
+                let mut parts = body[4..].split(|&b| b == 0);
+                let channel = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                let payload = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                out.notifications
+                    .push((pid, channel.into_owned(), payload.into_owned()));
+            }
+            b'E' => out.error = error_code(&body),
+            b'Z' => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
+/// The SQLSTATE (`C` field) of an ErrorResponse body.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    body.split(|&b| b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+}
+
+fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut row = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            row.push(None);
+        } else {
+            let value = rest.get(..len as usize)?;
+            row.push(Some(String::from_utf8_lossy(value).into_owned()));
+            rest = &rest[len as usize..];
+        }
+    }
+    Some(row)
 }

@@ -434,3 +434,82 @@ async fn command_source_json_failing_and_hanging() -> anyhow::Result<()> {
     outputs.push(("daemon log".to_owned(), log));
     leak_scan(&sandbox, &outputs)
 }
+
+/// Short-lived logins (RDS / Cloud SQL IAM tokens): a command whose logins live 2 seconds,
+/// and which rotates the role's password each time it runs with `VALID UNTIL` its expiry,
+/// so an expired login no longer works. Sessions opened after the first login expired still log in within the same
+/// grant: the listener asks the command again per session once the login is near expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_logins_are_renewed_per_session_after_they_expire() -> anyhow::Result<()> {
+    let scripts = tempfile::tempdir()?;
+    let dir = scripts.path();
+    let runs = dir.join("runs");
+    // Filled in once the cluster exists (the script needs its socket and port).
+    let rotating = dir.join("rotating.sh");
+    let sandbox = sandbox(SandboxOptions {
+        credential: SandboxCredential::Command {
+            argv: vec![rotating.display().to_string()],
+            timeout_seconds: 10,
+        },
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let psql_bin = agentd::pgcluster::psql_path();
+    script(
+        dir,
+        "rotating.sh",
+        &format!(
+            "set -e\n\
+             pw=\"rotating-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \\n')\"\n\
+             exp=\"$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%SZ)\"\n\
+             echo \"$pw\" >> '{runs}'\n\
+             echo \"ALTER ROLE {role} PASSWORD '$pw' VALID UNTIL '$exp'\" | '{psql}' -h '{socket}' -p {port} -U postgres -d postgres -X -q -v ON_ERROR_STOP=1 >/dev/null\n\
+             printf '{{\"username\":\"{role}\",\"password\":\"%s\",\"expires_at\":\"%s\"}}' \"$pw\" \"$exp\"",
+            runs = runs.display(),
+            role = agentd::demo::ROLE,
+            psql = psql_bin.display(),
+            socket = sandbox.cluster.socket_dir.display(),
+            port = sandbox.cluster.port,
+        ),
+    )?;
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    let view = request_via_cli(&sandbox, "10m").await?.json()?;
+    let env = handle_env(&view["handle"]);
+    let mut outputs = Vec::new();
+    let (ok, out, err) = psql(&env, "SELECT current_user").await?;
+    assert!(ok, "first session: {err}");
+    assert_eq!(out.trim(), agentd::demo::ROLE);
+    outputs.push(("psql".to_owned(), out + &err));
+    let runs_before = std::fs::read_to_string(&runs)?.lines().count();
+
+    // Let every login issued so far expire (they live 2 s, to the second), then two more
+    // sessions in the same grant.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for session in 0..2 {
+        let (ok, out, err) = psql(&env, "SELECT current_user").await?;
+        assert!(ok, "session {session} after expiry: {err}");
+        outputs.push(("psql".to_owned(), out + &err));
+    }
+    let logins: Vec<String> = std::fs::read_to_string(&runs)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        logins.len() > runs_before,
+        "the command was not asked again after expiry ({} runs)",
+        logins.len()
+    );
+    let log = daemon.log();
+    daemon.stop().await?;
+    outputs.push(("daemon log".to_owned(), log.clone()));
+    for (i, login) in logins.iter().enumerate() {
+        assert!(
+            outputs
+                .iter()
+                .all(|(_, text)| !text.contains(login.as_str())),
+            "rotated login {i} leaked into an output"
+        );
+    }
+    assert_sandbox_clean(&sandbox, &outputs)?;
+    Ok(())
+}

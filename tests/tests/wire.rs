@@ -3,7 +3,10 @@
 //! errors, pgbench, psycopg — and hostile startup packets end only their own connection.
 
 use agentd::demo::{Sandbox, SandboxOptions};
-use agentd_tests::raw::{frontend_message, read_backend_message, scram_login, startup_message};
+use agentd_tests::raw::{
+    error_code, frontend_message, read_backend_message, scram_login, scram_login_key, simple_query,
+    startup_message, startup_packet,
+};
 use agentd_tests::*;
 use bytes::BytesMut;
 use futures_util::{SinkExt as _, StreamExt as _, TryStreamExt as _};
@@ -150,6 +153,93 @@ async fn cancel_request_reaches_the_right_backend_and_wrong_keys_do_nothing() ->
     eprintln!("cancelled pg_sleep(30) after {elapsed:?}");
     assert!(elapsed < Duration::from_secs(20));
     proxy.finish().await
+}
+
+/// The client's BackendKeyData carries the upstream backend's real process id (the one
+/// `pg_backend_pid()`, NotificationResponse and `pg_stat_activity` show), so
+/// `pg_terminate_backend` on it ends that session with AdminShutdown; the secret key is
+/// agentd's own: a CancelRequest with the real pid and another key is ignored, ours cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_pid_is_the_upstream_one_and_only_our_secret_key_cancels() -> anyhow::Result<()> {
+    let proxy = Proxy::start(SandboxOptions::default()).await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+    s.write_all(&startup_packet(
+        proxy.handle["user"].as_str().unwrap_or_default(),
+    ))
+    .await?;
+    let (kind, _) = read_backend_message(&mut s).await?;
+    anyhow::ensure!(kind == b'R', "expected AuthenticationSASL");
+    let (pid, secret) = scram_login_key(&mut s, &token(&proxy.handle)).await?;
+
+    let r = simple_query(&mut s, "SELECT pg_backend_pid()").await?;
+    assert_eq!(r.rows, vec![vec![Some(pid.to_string())]]);
+    let r = simple_query(&mut s, "LISTEN agentd_pid; NOTIFY agentd_pid, 'hello'").await?;
+    assert_eq!(
+        r.notifications,
+        vec![(pid, "agentd_pid".to_owned(), "hello".to_owned())]
+    );
+    let seen = proxy.sandbox.cluster.psql(
+        "postgres",
+        &format!("SELECT usename FROM pg_stat_activity WHERE pid = {pid}"),
+    )?;
+    assert_eq!(seen.trim(), "agent_ro");
+
+    let port = proxy.port();
+    let cancel = |key: agentd::listener::postgres::cancel::BackendKey| async move {
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        raw.write_all(&key.cancel_request()).await?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(STEP_TIMEOUT, raw.read_to_end(&mut rest)).await??;
+        anyhow::ensure!(rest.is_empty(), "a CancelRequest gets no reply");
+        anyhow::Ok(())
+    };
+    // The real pid with a forged secret: ignored, the statement runs to its end.
+    s.write_all(&frontend_message(b'Q', b"SELECT pg_sleep(2)\0"))
+        .await?;
+    wait_for_active_query(&proxy.sandbox, "pg_sleep(2)").await?;
+    cancel(agentd::listener::postgres::cancel::BackendKey {
+        process_id: pid,
+        secret_key: secret.wrapping_add(1),
+    })
+    .await?;
+    let r = read_until_ready(&mut s).await?;
+    assert_eq!(r, None, "a forged key cancelled the statement");
+    // Our key cancels.
+    s.write_all(&frontend_message(b'Q', b"SELECT pg_sleep(30)\0"))
+        .await?;
+    wait_for_active_query(&proxy.sandbox, "pg_sleep(30)").await?;
+    cancel(agentd::listener::postgres::cancel::BackendKey {
+        process_id: pid,
+        secret_key: secret,
+    })
+    .await?;
+    assert_eq!(read_until_ready(&mut s).await?.as_deref(), Some("57014"));
+
+    // pg_terminate_backend on the pid the client knows ends this session: AdminShutdown.
+    let terminated = proxy
+        .sandbox
+        .cluster
+        .psql("postgres", &format!("SELECT pg_terminate_backend({pid})"))?;
+    assert_eq!(terminated.trim(), "t");
+    let (kind, body) = read_backend_message(&mut s).await?;
+    assert_eq!(kind, b'E');
+    assert_eq!(error_code(&body).as_deref(), Some("57P01"));
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP_TIMEOUT, s.read_to_end(&mut rest)).await??;
+    assert!(rest.is_empty(), "{rest:?}");
+    proxy.finish().await
+}
+
+/// Reads a simple query's answer up to ReadyForQuery; the SQLSTATE of its error, if any.
+async fn read_until_ready(s: &mut tokio::net::TcpStream) -> anyhow::Result<Option<String>> {
+    let mut code = None;
+    loop {
+        match read_backend_message(s).await? {
+            (b'E', body) => code = error_code(&body),
+            (b'Z', _) => return Ok(code),
+            _ => {}
+        }
+    }
 }
 
 /// Waits until the cluster shows `query` running for the demo role: the event the cancel

@@ -9,6 +9,17 @@
 use agentd_proto::AgentInfo;
 use serde::{Deserialize, Serialize};
 
+/// What a statement record keeps of a text longer than the capture limit, besides its head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementOverflow {
+    /// The text's last bytes (at most half the capture limit; secrets redacted).
+    pub tail: String,
+    /// The whole text's length, in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the whole text's bytes as sent (before redaction), lowercase hex.
+    pub sha256: String,
+}
+
 /// One audit event. Field names are part of the on-disk format: rename nothing, only add.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -97,6 +108,11 @@ pub enum AuditEvent {
         session: u64,
         /// The peer: `127.0.0.1:PORT`, or `unix` for the Unix socket.
         peer: String,
+        /// The StartupMessage parameters the client sent and agentd forwarded upstream
+        /// (`application_name`, `options` such as `-c role=…`, …), except `user` and
+        /// `database` (agentd sets those); values of password-like keys are `[REDACTED]`.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        params: std::collections::BTreeMap<String, String>,
     },
     /// A proxied session ended.
     ConnectionClose {
@@ -131,6 +147,23 @@ pub enum AuditEvent {
         text: String,
         /// Whether `text` was cut at the capture limit.
         truncated: bool,
+        /// For a text longer than the capture limit: its tail, length and SHA-256.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        overflow: Option<StatementOverflow>,
+    },
+    /// A FunctionCall message (the protocol's fast path): which function, never the
+    /// argument values.
+    FunctionCall {
+        /// The grant id.
+        grant_id: String,
+        /// The session number within the grant's listener.
+        session: u64,
+        /// The function's OID (`pg_proc.oid`).
+        oid: u32,
+        /// The argument count.
+        args: u16,
+        /// Each argument's size in bytes (-1 for NULL), at most the first 100.
+        arg_bytes: Vec<i32>,
     },
     /// A dynamic credential: the grant's own PostgreSQL role was created (before the grant
     /// record). Never carries the password.
@@ -199,6 +232,7 @@ impl AuditEvent {
             | AuditEvent::ConnectionOpen { grant_id, .. }
             | AuditEvent::ConnectionClose { grant_id, .. }
             | AuditEvent::Statement { grant_id, .. }
+            | AuditEvent::FunctionCall { grant_id, .. }
             | AuditEvent::RoleCreated { grant_id, .. }
             | AuditEvent::RoleDropped { grant_id, .. } => Some(grant_id),
             _ => None,
@@ -218,6 +252,7 @@ impl AuditEvent {
             AuditEvent::ConnectionOpen { .. } => "connection_open",
             AuditEvent::ConnectionClose { .. } => "connection_close",
             AuditEvent::Statement { .. } => "statement",
+            AuditEvent::FunctionCall { .. } => "function_call",
             AuditEvent::StatementsDropped { .. } => "statements_dropped",
             AuditEvent::RoleCreated { .. } => "role_created",
             AuditEvent::RoleDropped { .. } => "role_dropped",
@@ -269,6 +304,7 @@ mod tests {
             statement: Some(String::new()),
             text: "SELECT 1".into(),
             truncated: false,
+            overflow: None,
         };
         let s = serde_json::to_string(&st).unwrap();
         assert!(!s.contains("\"statement\":"), "{s}");

@@ -41,7 +41,7 @@ pub mod redact;
 pub mod sink;
 pub mod verify;
 
-pub use event::AuditEvent;
+pub use event::{AuditEvent, StatementOverflow};
 pub use redact::redact_secrets;
 pub use sink::{spawn_writer, StatementSink};
 pub use verify::{read_records, verify, Follower, Problem, ProblemKind, RawRecord, VerifyReport};
@@ -621,6 +621,7 @@ pub(crate) mod tests {
             statement: None,
             text: format!("SELECT {i}"),
             truncated: false,
+            overflow: None,
         }
     }
 

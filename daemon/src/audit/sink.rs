@@ -7,13 +7,17 @@
 //! gathers for up to [`BATCH_DELAY`] after the first event of a batch, so a busy session
 //! costs one writer wake-up and one blocking-pool hop per batch rather than per statement.
 //!
-//! When the writer falls behind and the bounded channel is full, events are dropped and
+//! When the writer falls behind and the bounded channel is full, `[audit] on_overflow`
+//! decides. `block` (the default): [`StatementSink::offer`] hands the event back and the
+//! session awaits [`StatementSink::send`] before it reads its client's next bytes, so a
+//! flood slows to the writer's pace and nothing is lost. `drop`: events are dropped and
 //! counted; the writer then writes an [`AuditEvent::StatementsDropped`] record with the count
 //! before its next batch, so the log says how much it is missing. Control-plane events do not
 //! go through here: they are appended synchronously with [`Durability::Sync`].
 
 use super::Durability;
 use super::{redact_secrets, AuditEvent, AuditLog};
+use crate::config::OnOverflow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +54,7 @@ struct Counters {
 #[derive(Debug, Clone)]
 pub struct StatementSink {
     tx: mpsc::Sender<AuditEvent>,
+    on_overflow: OnOverflow,
     counters: Arc<Counters>,
     /// Events the writer has taken off the channel and handed to the log (written, or
     /// reported as failed).
@@ -57,6 +62,43 @@ pub struct StatementSink {
 }
 
 impl StatementSink {
+    /// What this sink does when the queue is full.
+    pub fn on_overflow(&self) -> OnOverflow {
+        self.on_overflow
+    }
+
+    /// Queues `event` without waiting if there is room. When the queue is full, with
+    /// `on_overflow = "block"` the event is handed back: the caller must
+    /// [`StatementSink::send`] it (and everything after it, in order) before going on; with
+    /// `drop` it is dropped and counted as by [`StatementSink::record`].
+    pub fn offer(&self, event: AuditEvent) -> Option<AuditEvent> {
+        match self.tx.try_send(event) {
+            Ok(()) => {
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(event))
+                if self.on_overflow == OnOverflow::Block =>
+            {
+                Some(event)
+            }
+            Err(_) => {
+                self.count_drop();
+                None
+            }
+        }
+    }
+
+    /// Queues `event`, waiting for room (backpressure). Counted as dropped only when the
+    /// writer is gone.
+    pub async fn send(&self, event: AuditEvent) {
+        if self.tx.send(event).await.is_ok() {
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.count_drop();
+        }
+    }
+
     /// Queue `event` for the writer without blocking. When the channel is full (or the
     /// writer is gone) the event is dropped and counted; a warning is logged at most once
     /// a second.
@@ -65,6 +107,10 @@ impl StatementSink {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.count_drop();
+    }
+
+    fn count_drop(&self) {
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
         let total = self.counters.total.fetch_add(1, Ordering::Relaxed) + 1;
         let now = self.counters.epoch.elapsed().as_millis() as u64 + 1;
@@ -93,6 +139,11 @@ impl StatementSink {
     /// the log, or logged as a failed write). Returns at once when the writer is gone.
     /// Shutdown calls this, bounded by a timeout, before recording the daemon's stop.
     pub async fn flush(&self) {
+        if self.counters.pending.load(Ordering::Relaxed) > 0 {
+            // Drops after the writer's last batch are written with its next one: give it
+            // one (a marker it does not write) so the count reaches the log.
+            self.send(AuditEvent::StatementsDropped { count: 0 }).await;
+        }
         let target = self.counters.accepted.load(Ordering::Relaxed);
         let mut processed = self.processed.clone();
         let _ = processed.wait_for(|&n| n >= target).await;
@@ -100,17 +151,20 @@ impl StatementSink {
 }
 
 /// Start the writer task on the current tokio runtime and return the sink that feeds it,
-/// with a channel of `capacity` events (at least 1; [`DEFAULT_CAPACITY`] is a good value).
+/// with a channel of `capacity` events (at least 1; [`DEFAULT_CAPACITY`] is a good value)
+/// and the `on_overflow` behaviour for a full channel.
 ///
 /// The task ends when every clone of the sink has been dropped, after writing what is
 /// queued. Write errors are logged with `tracing::error!` and the batch is lost (the next
 /// batch is tried normally). Panics if called outside a tokio runtime.
-pub fn spawn_writer(log: Arc<AuditLog>, capacity: usize) -> StatementSink {
-    spawn_writer_with_handle(log, capacity).0
+pub fn spawn_writer(log: Arc<AuditLog>, capacity: usize, on_overflow: OnOverflow) -> StatementSink {
+    let (mut sink, _) = spawn_writer_with_handle(log, capacity);
+    sink.on_overflow = on_overflow;
+    sink
 }
 
-/// As [`spawn_writer`], also returning the task's handle so shutdown can drop the sinks and
-/// await the last batch.
+/// As [`spawn_writer`] with `on_overflow = "drop"`, also returning the task's handle so
+/// shutdown can drop the sinks and await the last batch.
 pub fn spawn_writer_with_handle(
     log: Arc<AuditLog>,
     capacity: usize,
@@ -128,6 +182,7 @@ pub fn spawn_writer_with_handle(
     (
         StatementSink {
             tx,
+            on_overflow: OnOverflow::Drop,
             counters,
             processed,
         },
@@ -135,11 +190,21 @@ pub fn spawn_writer_with_handle(
     )
 }
 
+/// The marker [`StatementSink::flush`] sends so pending drop counts get written.
+fn is_flush_marker(event: &AuditEvent) -> bool {
+    matches!(event, AuditEvent::StatementsDropped { count: 0 })
+}
+
 /// `event` with secrets redacted from a statement's text.
 fn redacted(mut event: AuditEvent) -> AuditEvent {
-    if let AuditEvent::Statement { text, .. } = &mut event {
+    if let AuditEvent::Statement { text, overflow, .. } = &mut event {
         if let std::borrow::Cow::Owned(clean) = redact_secrets(text) {
             *text = clean;
+        }
+        if let Some(o) = overflow {
+            if let std::borrow::Cow::Owned(clean) = redact_secrets(&o.tail) {
+                o.tail = clean;
+            }
         }
     }
     event
@@ -164,12 +229,16 @@ async fn writer(
             if rx.len() + 1 < MAX_BATCH {
                 tokio::time::sleep(BATCH_DELAY).await;
             }
-            batch.push(redacted(event));
+            if !is_flush_marker(&event) {
+                batch.push(redacted(event));
+            }
             taken += 1;
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(event) => {
-                        batch.push(redacted(event));
+                        if !is_flush_marker(&event) {
+                            batch.push(redacted(event));
+                        }
                         taken += 1;
                     }
                     Err(_) => break,
@@ -208,6 +277,32 @@ mod tests {
     use crate::audit::tests::{no_fsync, stmt};
     use crate::audit::{read_records, verify};
 
+    /// `on_overflow = "block"`: a full queue hands the event back; sending it waits for the
+    /// writer; nothing is dropped and the order is kept.
+    #[tokio::test]
+    async fn block_hands_back_and_waits_instead_of_dropping() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), no_fsync(1 << 20)).unwrap());
+        let sink = spawn_writer(Arc::clone(&log), 2, OnOverflow::Block);
+        let mut waiting = Vec::new();
+        for i in 0..10 {
+            if !waiting.is_empty() {
+                waiting.push(stmt(i));
+            } else if let Some(back) = sink.offer(stmt(i)) {
+                waiting.push(back);
+            }
+        }
+        assert_eq!(waiting.len(), 8, "the queue holds 2");
+        for event in waiting {
+            sink.send(event).await; // current-thread runtime: the writer runs meanwhile
+        }
+        assert_eq!(sink.dropped_total(), 0);
+        sink.flush().await;
+        let records = read_records(dir.path()).unwrap();
+        let events: Vec<_> = records.iter().map(|r| r.event().unwrap()).collect();
+        assert_eq!(events, (0..10).map(stmt).collect::<Vec<_>>());
+    }
+
     #[tokio::test]
     async fn drops_are_counted_and_recorded() {
         let dir = tempfile::tempdir().unwrap();
@@ -229,6 +324,27 @@ mod tests {
         assert_eq!(events[2], stmt(1));
         assert_eq!(events.len(), 3);
         assert!(verify(dir.path()).unwrap().ok());
+    }
+
+    #[tokio::test]
+    async fn flush_writes_drops_counted_after_the_last_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(AuditLog::open(dir.path(), no_fsync(1 << 20)).unwrap());
+        let (sink, _handle) = spawn_writer_with_handle(Arc::clone(&log), 1);
+        sink.record(stmt(0));
+        sink.record(stmt(1)); // dropped: the queue holds one
+        sink.flush().await;
+        let events: Vec<_> = read_records(dir.path())
+            .unwrap()
+            .iter()
+            .map(|r| r.event().unwrap())
+            .collect();
+        // The writer is still running (the sink is alive): flush alone got the count out,
+        // and its marker is not written.
+        assert_eq!(
+            events,
+            vec![AuditEvent::StatementsDropped { count: 1 }, stmt(0)]
+        );
     }
 
     #[tokio::test]

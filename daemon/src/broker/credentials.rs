@@ -5,6 +5,7 @@
 use super::{Broker, RequestRecord};
 use crate::audit::AuditEvent;
 use crate::config::{CredentialSource, Permission, Resource};
+use crate::credentials::command::RenewableLogin;
 use crate::credentials::dynamic::RoleManager;
 use crate::credentials::{self, CredentialError, Login};
 use agentd_proto::GrantState;
@@ -20,8 +21,9 @@ pub(super) struct GrantRole {
 }
 
 impl Broker {
-    /// The upstream login for a new grant, and its dynamic role when the permission has one
-    /// (created and recorded in the audit log before this returns).
+    /// The upstream login for a new grant, its dynamic role when the permission has one
+    /// (created and recorded in the audit log before this returns), and for a command
+    /// login with an `expires_at` the [`RenewableLogin`] its sessions renew it through.
     pub(super) async fn obtain_login(
         &self,
         request: &RequestRecord,
@@ -29,7 +31,7 @@ impl Broker {
         permission: &Permission,
         grant_id: &str,
         expires_at: SystemTime,
-    ) -> Result<(Login, Option<GrantRole>), CredentialError> {
+    ) -> Result<(Login, Option<GrantRole>, Option<Arc<RenewableLogin>>), CredentialError> {
         let (rname, pname) = (&request.spec.resource, &request.spec.permission);
         let settings = &self.config.daemon;
         match &permission.credential {
@@ -42,7 +44,7 @@ impl Broker {
                     username: permission.username.clone(),
                     password,
                 };
-                Ok((login, None))
+                Ok((login, None, None))
             }
             CredentialSource::Command {
                 argv,
@@ -50,11 +52,23 @@ impl Broker {
             } => {
                 let key = format!("{rname}/{pname}");
                 let timeout = Duration::from_secs(*timeout_seconds);
-                let login = self
+                let fetched_at = SystemTime::now();
+                let fetched = self
                     .commands
                     .get(&key, argv, timeout, &permission.username)
                     .await?;
-                Ok((login, None))
+                let login = fetched.login.clone();
+                let renewable = RenewableLogin::new(
+                    Arc::clone(&self.commands),
+                    key,
+                    argv.clone(),
+                    timeout,
+                    permission.username.clone(),
+                    fetched,
+                    fetched_at,
+                )
+                .map(Arc::new);
+                Ok((login, None, renewable))
             }
             CredentialSource::Dynamic(_) => {
                 let manager = self
@@ -79,7 +93,7 @@ impl Broker {
                     ));
                 }
                 info!(grant = %grant_id, role = %role.name, "dynamic role created");
-                Ok((login, Some(role)))
+                Ok((login, Some(role), None))
             }
         }
     }

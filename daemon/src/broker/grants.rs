@@ -38,7 +38,7 @@ impl Broker {
         };
         let now = SystemTime::now();
         let expires_at = now + request.duration;
-        let (login, role) = self
+        let (login, role, renewable) = self
             .obtain_login(request, resource, permission, &grant_id, expires_at)
             .await
             .map_err(|e| {
@@ -61,6 +61,8 @@ impl Broker {
                 tls,
                 connect_timeout: self.config.daemon.connect_timeout,
                 scram_keys: Default::default(),
+                auth: upstream::AuthPolicy::for_resource(resource),
+                renewable,
             },
             cut: self.shutdown.child_token(),
             cut_reason: Default::default(),

@@ -106,7 +106,7 @@ pub struct Broker {
     /// Bumped on every request state change; `await_request` waits on it.
     changes: watch::Sender<u64>,
     /// Logins from `command` credential sources, cached until their expiry.
-    commands: crate::credentials::command::CommandCache,
+    commands: Arc<crate::credentials::command::CommandCache>,
     /// Background drops of dynamic roles, by grant id.
     role_drops: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
     /// This data directory's id, marking the dynamic roles it creates.
@@ -156,7 +156,11 @@ impl Broker {
             )
             .context("cannot write the audit log")?;
         let statements = config.audit.statements.then(|| {
-            crate::audit::spawn_writer(audit.clone(), crate::audit::sink::DEFAULT_CAPACITY)
+            crate::audit::spawn_writer(
+                audit.clone(),
+                config.audit.statement_queue,
+                config.audit.on_overflow,
+            )
         });
         let roles = Roles::new(
             config.daemon.mode,

@@ -366,7 +366,14 @@ fn describe(event: &AuditEvent) -> String {
             grant_id,
             session,
             peer,
-        } => format!("{} session {session} from {}", clean(grant_id), clean(peer)),
+            params,
+        } => {
+            let mut s = format!("{} session {session} from {}", clean(grant_id), clean(peer));
+            for (k, v) in params {
+                let _ = write!(s, " {}={}", clean(k), clean(v));
+            }
+            s
+        }
         AuditEvent::ConnectionClose {
             grant_id,
             session,
@@ -388,17 +395,36 @@ fn describe(event: &AuditEvent) -> String {
             statement,
             text,
             truncated,
+            overflow,
         } => {
             let mut s = format!("{} session {session} {}", clean(grant_id), clean(kind));
             if let Some(name) = statement.as_deref().filter(|n| !n.is_empty()) {
                 let _ = write!(s, " {}", clean(name));
             }
             let _ = write!(s, ": {}", clean(text));
-            if *truncated {
+            if let Some(o) = overflow {
+                let _ = write!(
+                    s,
+                    " […] {} [{} bytes, sha256 {}]",
+                    clean(&o.tail),
+                    o.bytes,
+                    clean(&o.sha256)
+                );
+            } else if *truncated {
                 s.push_str(" [truncated]");
             }
             s
         }
+        AuditEvent::FunctionCall {
+            grant_id,
+            session,
+            oid,
+            args,
+            arg_bytes,
+        } => format!(
+            "{} session {session} function call oid {oid}, {args} argument(s) of {arg_bytes:?} bytes",
+            clean(grant_id)
+        ),
         AuditEvent::StatementsDropped { count } => {
             format!("{count} statement event(s) not recorded (the writer fell behind)")
         }
@@ -584,6 +610,7 @@ mod tests {
                 grant_id: "g_1".into(),
                 session: 1,
                 peer: "127.0.0.1:5000".into(),
+                params: Default::default(),
             },
             AuditEvent::Statement {
                 grant_id: "g_1".into(),
@@ -592,6 +619,7 @@ mod tests {
                 statement: Some("s1".into()),
                 text: "SELECT\n  1".into(),
                 truncated: true,
+                overflow: None,
             },
             AuditEvent::ConnectionClose {
                 grant_id: "g_1".into(),

@@ -208,6 +208,12 @@ fn resource_report(
         )),
         TlsMode::VerifyFull => {}
     }
+    if res.allow_weak_auth {
+        warnings.push(format!(
+            "resources.{name}.allow_weak_auth: agentd answers a cleartext-password or md5 request from the server{}; an impersonating server gets the password or a password-equivalent hash. Use SCRAM (password_encryption = scram-sha-256) and remove it",
+            if res.tls == TlsMode::VerifyFull { "" } else { " although tls is not \"verify-full\"" }
+        ));
+    }
     if res.ca_file.is_some() && res.tls != TlsMode::VerifyFull {
         warnings.push(format!(
             "resources.{name}.ca_file: only used with tls = \"verify-full\""
@@ -628,6 +634,22 @@ credential = { source = "keyring", entry = "custom" }
         );
         assert_eq!(json["warnings"].as_array().unwrap().len(), 6);
         assert!(json.get("error").is_none());
+    }
+
+    #[test]
+    fn allow_weak_auth_is_warned_about() {
+        let (_dir, path) = write(&CONFIG.replacen(
+            "tls = \"require\"",
+            "tls = \"require\"\nallow_weak_auth = true",
+            1,
+        ));
+        let report = check(&path, &mut fake);
+        assert!(report.ok);
+        let w = report.warnings.join("\n");
+        assert!(
+            w.contains("resources.app.allow_weak_auth: agentd answers a cleartext-password or md5 request from the server although tls is not \"verify-full\""),
+            "{w}"
+        );
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! `argv[0]` and what happened — exit status, timeout, bad JSON — never the output.
 
 use super::{CredentialError, Login};
+use crate::listener::postgres::scram_client::ScramKeyCache;
 use secrecy::SecretString;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt as _;
 use zeroize::Zeroizing;
@@ -170,15 +171,15 @@ impl CommandCache {
         argv: &[String],
         timeout: Duration,
         default_username: &str,
-    ) -> Result<Login, CredentialError> {
+    ) -> Result<CommandLogin, CredentialError> {
         let now = SystemTime::now();
         if let Some(hit) = self.lock().get(key) {
             if hit.expires_at.is_some_and(|at| now + EXPIRY_SKEW < at) {
-                return Ok(hit.login.clone());
+                return Ok(hit.clone());
             }
         }
         let fresh = run(argv, timeout, default_username).await?;
-        let login = fresh.login.clone();
+        let login = fresh.clone();
         let mut entries = self.lock();
         match fresh.expires_at {
             Some(at) if now + EXPIRY_SKEW < at => {
@@ -193,6 +194,110 @@ impl CommandCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CommandLogin>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One login as a listener session uses it: user, secret, the SCRAM key cache for that
+/// secret (PBKDF2 once per login, not per session) and when it was fetched and expires.
+pub struct SessionLogin {
+    /// Upstream user name.
+    pub username: String,
+    /// Its secret; never logged.
+    pub secret: Arc<SecretString>,
+    /// SCRAM keys derived from `secret`.
+    pub scram_keys: ScramKeyCache,
+    fetched_at: SystemTime,
+    expires_at: Option<SystemTime>,
+}
+
+impl SessionLogin {
+    /// True once `now` is within the renewal margin of `expires_at`: [`EXPIRY_SKEW`], or
+    /// half the login's lifetime when that is shorter (a 2-second token is used for 1 s).
+    fn needs_renewal(&self, now: SystemTime) -> bool {
+        let Some(at) = self.expires_at else {
+            return false;
+        };
+        let lifetime = at.duration_since(self.fetched_at).unwrap_or_default();
+        now + EXPIRY_SKEW.min(lifetime / 2) >= at
+    }
+}
+
+/// A grant's login from a command source whose logins expire (`expires_at`, e.g. RDS or
+/// Cloud SQL IAM tokens): each session asks [`RenewableLogin::current`], which asks the
+/// program again (through the shared [`CommandCache`]) once the login is within its
+/// renewal margin, so a grant can outlive the logins it uses. One renewal at a time; the
+/// sessions waiting for it get its result. Sessions already open are not affected
+/// (PostgreSQL checks a password only at login).
+pub struct RenewableLogin {
+    cache: Arc<CommandCache>,
+    key: String,
+    argv: Vec<String>,
+    timeout: Duration,
+    default_username: String,
+    current: tokio::sync::Mutex<Arc<SessionLogin>>,
+}
+
+impl std::fmt::Debug for RenewableLogin {
+    /// The cache key only; never the login.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewableLogin")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RenewableLogin {
+    /// A renewable login for `RESOURCE/PERMISSION` `key` starting with `first` (fetched at
+    /// `fetched_at`); `None` when `first` has no `expires_at` (nothing to renew: the program
+    /// runs per grant).
+    pub fn new(
+        cache: Arc<CommandCache>,
+        key: String,
+        argv: Vec<String>,
+        timeout: Duration,
+        default_username: String,
+        first: CommandLogin,
+        fetched_at: SystemTime,
+    ) -> Option<Self> {
+        first.expires_at?;
+        let current = session_login(first, fetched_at);
+        Some(Self {
+            cache,
+            key,
+            argv,
+            timeout,
+            default_username,
+            current: tokio::sync::Mutex::new(Arc::new(current)),
+        })
+    }
+
+    /// The login a new session should use: the current one, or a fresh one from the program
+    /// once the current one is within its renewal margin.
+    ///
+    /// # Errors
+    /// As [`run`], when the program has to run and fails.
+    pub async fn current(&self) -> Result<Arc<SessionLogin>, CredentialError> {
+        let mut current = self.current.lock().await;
+        let now = SystemTime::now();
+        if current.needs_renewal(now) {
+            let fresh = self
+                .cache
+                .get(&self.key, &self.argv, self.timeout, &self.default_username)
+                .await?;
+            *current = Arc::new(session_login(fresh, now));
+            tracing::info!(login = %self.key, "command login renewed for new sessions");
+        }
+        Ok(Arc::clone(&current))
+    }
+}
+
+fn session_login(login: CommandLogin, fetched_at: SystemTime) -> SessionLogin {
+    SessionLogin {
+        username: login.login.username,
+        secret: Arc::new(login.login.password),
+        scram_keys: ScramKeyCache::default(),
+        fetched_at,
+        expires_at: login.expires_at,
     }
 }
 
@@ -233,6 +338,29 @@ mod tests {
             assert!(!err.is_empty(), "accepted {bad}");
             assert!(!err.contains("canary"), "error quotes the output");
         }
+    }
+
+    #[test]
+    fn renewal_margin_is_the_skew_or_half_the_lifetime() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let login = |life: u64| SessionLogin {
+            username: "u".into(),
+            secret: Arc::new(SecretString::from("p".to_owned())),
+            scram_keys: ScramKeyCache::default(),
+            fetched_at: t0,
+            expires_at: Some(t0 + Duration::from_secs(life)),
+        };
+        // 2-second token: renewed after 1 s.
+        assert!(!login(2).needs_renewal(t0 + Duration::from_millis(900)));
+        assert!(login(2).needs_renewal(t0 + Duration::from_secs(1)));
+        // 15-minute token: renewed 60 s before expiry.
+        assert!(!login(900).needs_renewal(t0 + Duration::from_secs(839)));
+        assert!(login(900).needs_renewal(t0 + Duration::from_secs(840)));
+        let never = SessionLogin {
+            expires_at: None,
+            ..login(1)
+        };
+        assert!(!never.needs_renewal(t0 + Duration::from_secs(1 << 30)));
     }
 
     #[test]

@@ -127,6 +127,8 @@ impl RoleManager {
                 tls,
                 connect_timeout,
                 scram_keys: Default::default(),
+                auth: upstream::AuthPolicy::for_resource(resource),
+                renewable: None,
             },
             spec: spec.clone(),
             owner_tag: owner_tag.to_owned(),

@@ -1,10 +1,13 @@
-//! Query cancellation: each session gets a BackendKeyData of our own; a CancelRequest that
-//! carries it is forwarded upstream with the real backend's key.
+//! Query cancellation: each session's BackendKeyData carries the upstream backend's real
+//! process id and a secret key of our own; a CancelRequest that carries both is forwarded
+//! upstream with the real backend's key.
 //!
 //! Source: PostgreSQL docs, "Frontend/Backend Protocol" → "Canceling Requests in Progress"
-//! and "Message Formats" (BackendKeyData, CancelRequest). The client never learns the
-//! upstream backend's process id or secret key; the key we hand out is random per session
-//! and compared in constant time.
+//! and "Message Formats" (BackendKeyData, CancelRequest). The process id is not a secret
+//! (`pg_backend_pid()`, NotificationResponse and `pg_stat_activity` show it), and drivers
+//! rely on it matching (`pg_terminate_backend(conn.info.backend_pid)`, "ignore my own
+//! NOTIFY"), so it passes through. The secret key is what authorizes a cancel: the client
+//! never learns the upstream's; ours is random per session and compared in constant time.
 
 use super::upstream::{self, UpstreamTarget};
 use rand::Rng as _;
@@ -63,7 +66,8 @@ impl BackendKey {
     }
 }
 
-/// The sessions of one grant that can be cancelled: our key → the upstream backend's key.
+/// The sessions of one grant that can be cancelled, by the upstream backend's process id
+/// (unique among one server's live backends): our secret key and the upstream backend's key.
 #[derive(Default)]
 pub struct CancelRegistry {
     sessions: Mutex<HashMap<i32, (i32, BackendKey)>>,
@@ -79,15 +83,29 @@ impl std::fmt::Debug for CancelRegistry {
 }
 
 /// Removes its session from the registry when dropped (the session ended).
-#[derive(Debug)]
 pub struct Registration {
     registry: Arc<CancelRegistry>,
-    process_id: i32,
+    ours: BackendKey,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("key", &self.ours)
+            .finish()
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.process_id);
+        let mut sessions = self.registry.lock();
+        // Only our own entry: a later session on a reused process id has another key.
+        if sessions
+            .get(&self.ours.process_id)
+            .is_some_and(|(secret, _)| *secret == self.ours.secret_key)
+        {
+            sessions.remove(&self.ours.process_id);
+        }
     }
 }
 
@@ -97,25 +115,21 @@ impl CancelRegistry {
     }
 
     /// Registers a session whose upstream backend is `upstream`, returning the key to give
-    /// the client (random, unique within this grant) and a guard that unregisters it.
+    /// the client (the upstream's process id, a random secret key of ours) and a guard that
+    /// unregisters it. A stale entry for the same process id (its backend is gone, its
+    /// session not yet dropped) is replaced.
     pub fn register(self: &Arc<Self>, upstream: BackendKey) -> (BackendKey, Registration) {
-        let mut rng = rand::thread_rng();
-        let mut sessions = self.lock();
-        let ours = loop {
-            let candidate = BackendKey {
-                process_id: rng.gen_range(1..i32::MAX),
-                secret_key: rng.gen(),
-            };
-            if !sessions.contains_key(&candidate.process_id) {
-                break candidate;
-            }
+        let ours = BackendKey {
+            process_id: upstream.process_id,
+            secret_key: rand::thread_rng().gen(),
         };
-        sessions.insert(ours.process_id, (ours.secret_key, upstream));
+        self.lock()
+            .insert(ours.process_id, (ours.secret_key, upstream));
         (
             ours,
             Registration {
                 registry: self.clone(),
-                process_id: ours.process_id,
+                ours,
             },
         )
     }
@@ -176,8 +190,13 @@ mod tests {
             secret_key: 7,
         };
         let (ours, guard) = registry.register(upstream);
-        assert_ne!(ours.process_id, upstream.process_id);
+        assert_eq!(ours.process_id, upstream.process_id);
         assert_eq!(registry.lookup(ours), Some(upstream));
+        assert_eq!(
+            registry.lookup(upstream),
+            None,
+            "only our secret key cancels"
+        );
         let wrong = BackendKey {
             secret_key: ours.secret_key.wrapping_add(1),
             ..ours
@@ -186,6 +205,22 @@ mod tests {
         drop(guard);
         assert_eq!(registry.lookup(ours), None);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_stale_guard_does_not_unregister_a_reused_process_id() {
+        let registry = Arc::new(CancelRegistry::default());
+        let upstream = BackendKey {
+            process_id: 4242,
+            secret_key: 7,
+        };
+        let (_, stale) = registry.register(upstream);
+        let (fresh, _live) = registry.register(BackendKey {
+            secret_key: 8,
+            ..upstream
+        });
+        drop(stale);
+        assert!(registry.lookup(fresh).is_some());
     }
 
     #[test]

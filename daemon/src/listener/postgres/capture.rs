@@ -9,11 +9,15 @@
 //! - `Parse` (`P`): the prepared statement name, then the query string (both C strings),
 //!   then parameter types (ignored) → [`Captured::Parse`];
 //! - `Bind` (`B`) and `Execute` (`E`): counted ([`StatementTap::binds`],
-//!   [`StatementTap::executes`]); parameter values are not captured.
+//!   [`StatementTap::executes`]); parameter values are not captured;
+//! - `FunctionCall` (`F`): the function OID, the argument count and each argument's size
+//!   (never a value) → [`Captured::FunctionCall`].
 //!
 //! Memory is bounded: at most `max_text_bytes` of statement text (plus
 //! [`NAME_ALLOWANCE`] bytes for a statement name) is kept of a `Q`/`P` body; the rest is
-//! skipped and the result marked `truncated`. Every other message (a 100 MB CopyData, say)
+//! skipped and the result marked `truncated`, with an [`Overflow`]: the last
+//! `max_text_bytes / 2` bytes (so a long leading comment cannot hide the statement), and
+//! the whole text's length and SHA-256, hashed as it streams by without holding it. Every other message (a 100 MB CopyData, say)
 //! is skipped by counting its bytes, without allocating. Text is decoded as UTF-8 lossily
 //! (invalid sequences become U+FFFD); a cut never splits a valid UTF-8 character.
 //!
@@ -31,6 +35,21 @@ pub const DEFAULT_MAX_TEXT_BYTES: usize = 8 * 1024;
 /// Bytes of a Parse message's statement name kept (PostgreSQL itself keeps 63).
 pub const NAME_ALLOWANCE: usize = 256;
 
+/// Most FunctionCall argument sizes recorded per call (the count is always exact).
+pub const MAX_FUNCTION_ARGS_RECORDED: usize = 100;
+
+/// What is kept of a statement text longer than the cap, besides its head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overflow {
+    /// The text's last bytes (at most half the cap, after the head; lossy UTF-8, not
+    /// starting inside a character).
+    pub tail: String,
+    /// The whole text's length, in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the whole text's bytes, lowercase hex.
+    pub sha256: String,
+}
+
 /// A statement seen on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Captured {
@@ -40,6 +59,8 @@ pub enum Captured {
         text: String,
         /// Whether `text` was cut.
         truncated: bool,
+        /// Tail, length and hash when the text was longer than the cap.
+        overflow: Option<Overflow>,
     },
     /// An extended-protocol Parse message.
     Parse {
@@ -49,7 +70,182 @@ pub enum Captured {
         text: String,
         /// Whether `text` (or the name) was cut.
         truncated: bool,
+        /// Tail, length and hash when the text was longer than the cap.
+        overflow: Option<Overflow>,
     },
+    /// A FunctionCall message (the protocol's "fast path").
+    FunctionCall {
+        /// The function's OID.
+        oid: u32,
+        /// The argument count the message declares.
+        args: u16,
+        /// Each argument's size in bytes (-1 for NULL), the first
+        /// [`MAX_FUNCTION_ARGS_RECORDED`]; values are never kept.
+        arg_bytes: Vec<i32>,
+    },
+}
+
+/// Follows the statement text inside a Q/P body as it streams by: length, SHA-256 and the
+/// last `tail_cap` bytes, without holding the text.
+#[derive(Debug, Clone)]
+struct TextTracker {
+    /// 0: in a Parse's name, 1: in the text, 2: after the text.
+    phase: u8,
+    hasher: sha2::Sha256,
+    len: u64,
+    tail: Vec<u8>,
+    tail_cap: usize,
+}
+
+impl TextTracker {
+    fn new(kind: u8, tail_cap: usize) -> Self {
+        use sha2::Digest as _;
+        Self {
+            phase: if kind == b'P' { 0 } else { 1 },
+            hasher: sha2::Sha256::new(),
+            len: 0,
+            tail: Vec::new(),
+            tail_cap,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        use sha2::Digest as _;
+        while !bytes.is_empty() && self.phase < 2 {
+            let nul = bytes.iter().position(|&b| b == 0);
+            let (part, rest) = match nul {
+                Some(i) => (&bytes[..i], &bytes[i + 1..]),
+                None => (bytes, &[][..]),
+            };
+            if self.phase == 1 {
+                self.hasher.update(part);
+                self.len += part.len() as u64;
+                // Keeps at most 3 × tail_cap bytes (reserved once): the last tail_cap bytes
+                // are always there.
+                if self.tail.capacity() == 0 {
+                    self.tail.reserve_exact(3 * self.tail_cap.max(1));
+                }
+                if part.len() >= self.tail_cap {
+                    self.tail.clear();
+                    self.tail
+                        .extend_from_slice(&part[part.len() - self.tail_cap..]);
+                } else {
+                    if self.tail.len() + part.len() > 3 * self.tail_cap {
+                        let excess = self.tail.len() - self.tail_cap;
+                        self.tail.drain(..excess);
+                    }
+                    self.tail.extend_from_slice(part);
+                }
+            }
+            if nul.is_some() {
+                self.phase += 1;
+            }
+            bytes = rest;
+        }
+    }
+
+    /// The [`Overflow`] for a text whose head kept `head_len` bytes.
+    fn overflow(self, head_len: usize) -> Overflow {
+        use sha2::Digest as _;
+        let after_head = usize::try_from(self.len)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(head_len);
+        let keep = after_head.min(self.tail_cap).min(self.tail.len());
+        let mut tail = &self.tail[self.tail.len() - keep..];
+        // Do not start inside a UTF-8 character.
+        while let Some((&b, rest)) = tail.split_first() {
+            if b & 0xC0 != 0x80 {
+                break;
+            }
+            tail = rest;
+        }
+        let digest = self.hasher.finalize();
+        Overflow {
+            tail: String::from_utf8_lossy(tail).into_owned(),
+            bytes: self.len,
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+/// Streams a FunctionCall body: OID, format codes, arguments (sizes only), result format.
+#[derive(Debug, Clone, Default)]
+struct FunctionParser {
+    /// Bytes of the current fixed-size field collected so far.
+    field: [u8; 4],
+    have: usize,
+    /// 0 OID, 1 format-code count, 2 format codes, 3 argument count, 4 argument length,
+    /// 5 argument value, 6 result format and after.
+    step: u8,
+    /// Format codes (step 2) or argument bytes (step 5) still to skip; arguments left.
+    skip: usize,
+    args_left: u16,
+    oid: u32,
+    args: u16,
+    arg_bytes: Vec<i32>,
+}
+
+impl FunctionParser {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.step {
+                2 | 5 => {
+                    let n = self.skip.min(bytes.len());
+                    self.skip -= n;
+                    bytes = &bytes[n..];
+                    if self.skip == 0 {
+                        self.step = if self.step == 2 { 3 } else { self.next_arg() };
+                    }
+                    continue;
+                }
+                6.. => return,
+                _ => {}
+            }
+            let width = if matches!(self.step, 0 | 4) { 4 } else { 2 };
+            let n = (width - self.have).min(bytes.len());
+            self.field[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < width {
+                return;
+            }
+            self.have = 0;
+            let [a, b, c, d] = self.field;
+            match self.step {
+                0 => {
+                    self.oid = u32::from_be_bytes([a, b, c, d]);
+                    self.step = 1;
+                }
+                1 => {
+                    self.skip = 2 * usize::from(u16::from_be_bytes([a, b]));
+                    self.step = if self.skip == 0 { 3 } else { 2 };
+                }
+                3 => {
+                    self.args = u16::from_be_bytes([a, b]);
+                    self.args_left = self.args;
+                    self.step = if self.args == 0 { 6 } else { 4 };
+                }
+                _ => {
+                    let len = i32::from_be_bytes([a, b, c, d]);
+                    if self.arg_bytes.len() < MAX_FUNCTION_ARGS_RECORDED {
+                        self.arg_bytes.push(len);
+                    }
+                    self.skip = usize::try_from(len).unwrap_or(0);
+                    self.step = if self.skip == 0 { self.next_arg() } else { 5 };
+                }
+            }
+        }
+    }
+
+    /// After one argument: the next one's length, or the result format.
+    fn next_arg(&mut self) -> u8 {
+        self.args_left = self.args_left.saturating_sub(1);
+        if self.args_left == 0 {
+            6
+        } else {
+            4
+        }
+    }
 }
 
 /// Why the tap stopped.
@@ -78,6 +274,8 @@ enum State {
         remaining: usize,
         total: usize,
     },
+    /// Inside a FunctionCall body (`function` parses it).
+    Function { remaining: usize },
     /// Inside any other body.
     Skip { kind: u8, remaining: usize },
     /// After an error.
@@ -91,6 +289,8 @@ pub struct StatementTap {
     state: State,
     header: [u8; 5],
     body: Vec<u8>,
+    text: Option<TextTracker>,
+    function: FunctionParser,
     binds: u64,
     executes: u64,
     statements: u64,
@@ -110,6 +310,8 @@ impl StatementTap {
             state: State::Header { have: 0 },
             header: [0; 5],
             body: Vec::new(),
+            text: None,
+            function: FunctionParser::default(),
             binds: 0,
             executes: 0,
             statements: 0,
@@ -180,11 +382,17 @@ impl StatementTap {
                         if self.body.capacity() < want {
                             self.body.reserve_exact(want);
                         }
+                        // Only a body longer than the cap can hold a text longer than it.
+                        self.text = (total > self.max_text)
+                            .then(|| TextTracker::new(kind, self.max_text / 2));
                         self.state = State::Capture {
                             kind,
                             remaining: total,
                             total,
                         };
+                    } else if kind == b'F' {
+                        self.function = FunctionParser::default();
+                        self.state = State::Function { remaining: total };
                     } else {
                         self.state = State::Skip {
                             kind,
@@ -200,6 +408,9 @@ impl StatementTap {
                     let n = remaining.min(input.len());
                     let keep = n.min(self.capture_limit().saturating_sub(self.body.len()));
                     self.body.extend_from_slice(&input[..keep]);
+                    if let Some(text) = self.text.as_mut() {
+                        text.feed(&input[..n]);
+                    }
                     input = &input[n..];
                     if n < remaining {
                         self.state = State::Capture {
@@ -211,6 +422,25 @@ impl StatementTap {
                     }
                     let whole = self.body.len() == total;
                     emit(self.finish(kind, whole));
+                    self.statements += 1;
+                    self.state = State::Header { have: 0 };
+                }
+                State::Function { remaining } => {
+                    let n = remaining.min(input.len());
+                    self.function.feed(&input[..n]);
+                    input = &input[n..];
+                    if n < remaining {
+                        self.state = State::Function {
+                            remaining: remaining - n,
+                        };
+                        return Ok(());
+                    }
+                    let f = std::mem::take(&mut self.function);
+                    emit(Captured::FunctionCall {
+                        oid: f.oid,
+                        args: f.args,
+                        arg_bytes: f.arg_bytes,
+                    });
                     self.statements += 1;
                     self.state = State::Header { have: 0 };
                 }
@@ -236,29 +466,46 @@ impl StatementTap {
     }
 
     /// Decode the captured body of a finished Q/P message (`whole`: nothing was skipped).
-    fn finish(&self, kind: u8, whole: bool) -> Captured {
+    fn finish(&mut self, kind: u8, whole: bool) -> Captured {
+        let tracker = self.text.take();
         let body = self.body.as_slice();
+        // The tail, length and hash of a text longer than the cap (the head keeps
+        // `head.len()` bytes of it).
+        let overflow = |head: &str, tracker: Option<TextTracker>| {
+            tracker
+                .filter(|t| t.len > self.max_text as u64)
+                .map(|t| t.overflow(head.len()))
+        };
         if kind == b'Q' {
             let (text, truncated) = self.text(body, whole);
-            return Captured::Query { text, truncated };
+            let overflow = overflow(&text, tracker);
+            return Captured::Query {
+                text,
+                truncated,
+                overflow,
+            };
         }
         match body.iter().position(|&b| b == 0) {
             Some(nul) => {
                 let (name, name_cut) = cut(&body[..nul], NAME_ALLOWANCE);
                 let (text, truncated) = self.text(&body[nul + 1..], whole);
+                let overflow = overflow(&text, tracker);
                 Captured::Parse {
                     statement: name,
                     text,
                     truncated: truncated || name_cut,
+                    overflow,
                 }
             }
             None => {
                 // No end of the name within what we kept: a (malformed or absurd) name.
                 let (name, name_cut) = cut(body, NAME_ALLOWANCE);
+                let overflow = overflow("", tracker);
                 Captured::Parse {
                     statement: name,
                     text: String::new(),
                     truncated: name_cut || !whole,
+                    overflow,
                 }
             }
         }
@@ -348,24 +595,29 @@ mod tests {
             Captured::Query {
                 text: "SELECT 1".into(),
                 truncated: false,
+                overflow: None,
             },
             Captured::Parse {
                 statement: "s1".into(),
                 text: "SELECT $1::int + $2".into(),
                 truncated: false,
+                overflow: None,
             },
             Captured::Query {
                 text: String::new(),
                 truncated: false,
+                overflow: None,
             },
             Captured::Parse {
                 statement: String::new(),
                 text: "INSERT INTO t VALUES ('é')".into(),
                 truncated: false,
+                overflow: None,
             },
             Captured::Query {
                 text: "COPY t FROM STDIN".into(),
                 truncated: false,
+                overflow: None,
             },
         ];
         (buf, expected)
@@ -398,6 +650,7 @@ mod tests {
                 statement: name,
                 text: sql,
                 truncated: false,
+                overflow: None,
             });
         }
         frontend::sync(&mut buf);
@@ -441,10 +694,94 @@ mod tests {
             out[1],
             Captured::Query {
                 text: "SELECT 2".into(),
-                truncated: false
+                truncated: false,
+                overflow: None,
             }
         );
         assert!(tap.body.capacity() <= DEFAULT_MAX_TEXT_BYTES + NAME_ALLOWANCE + 2);
+    }
+
+    /// The expected [`Overflow`] of `text` keeping its last `tail` bytes.
+    fn overflow(text: &str, tail: usize) -> Overflow {
+        use sha2::Digest as _;
+        Overflow {
+            tail: text[text.len() - tail..].to_owned(),
+            bytes: text.len() as u64,
+            sha256: sha2::Sha256::digest(text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        }
+    }
+
+    /// A long leading comment cannot hide the statement: the tail keeps it, and the
+    /// length and hash cover the whole text, whatever the chunking (memory stays bounded:
+    /// the tail buffer never exceeds twice its cap).
+    #[test]
+    fn over_cap_statements_keep_head_tail_length_and_hash() {
+        let max = 64;
+        let sql = format!("/* {} */ DROP TABLE orders", "padding ".repeat(5000));
+        let mut buf = BytesMut::new();
+        frontend::query(&sql, &mut buf).unwrap();
+        frontend::parse("st", &sql, [23], &mut buf).unwrap();
+        for chunk in [1, 7, 4096, buf.len()] {
+            let mut tap = StatementTap::new(max);
+            let mut got = Vec::new();
+            for piece in buf.chunks(chunk) {
+                tap.feed(piece, &mut |c| got.push(c)).unwrap();
+                let held = tap.text.as_ref().map_or(0, |t| t.tail.capacity());
+                assert!(held <= 4 * max, "tail buffer grew to {held}");
+            }
+            for c in got {
+                let (Captured::Query { overflow, .. } | Captured::Parse { overflow, .. }) = c
+                else {
+                    panic!("unexpected {c:?}");
+                };
+                let o = overflow.unwrap();
+                assert_eq!(o, overflow_of(&sql, max / 2), "chunk {chunk}");
+                assert!(o.tail.ends_with("DROP TABLE orders"));
+            }
+        }
+        fn overflow_of(text: &str, tail: usize) -> Overflow {
+            overflow(text, tail)
+        }
+    }
+
+    /// FunctionCall: OID, argument count and sizes (NULL is -1), never the values.
+    #[test]
+    fn function_calls_record_oid_and_argument_sizes_only() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&1234u32.to_be_bytes());
+        body.extend_from_slice(&1i16.to_be_bytes()); // one format code
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&3i16.to_be_bytes()); // three arguments
+        body.extend_from_slice(&6i32.to_be_bytes());
+        body.extend_from_slice(b"secret");
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0i32.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes()); // result format
+        let mut msg = vec![b'F'];
+        msg.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        msg.extend_from_slice(&body);
+        frontend::query("SELECT 1", &mut BytesMut::new()).unwrap();
+        let mut after = BytesMut::new();
+        frontend::query("SELECT 1", &mut after).unwrap();
+        msg.extend_from_slice(&after);
+        for chunk in 1..=msg.len() {
+            let mut tap = StatementTap::default();
+            let got = run(&mut tap, &msg, chunk);
+            assert_eq!(
+                got[0],
+                Captured::FunctionCall {
+                    oid: 1234,
+                    args: 3,
+                    arg_bytes: vec![6, -1, 0],
+                },
+                "chunk {chunk}"
+            );
+            assert!(!format!("{got:?}").contains("secret"));
+            assert_eq!(got.len(), 2);
+        }
     }
 
     #[test]
@@ -464,24 +801,29 @@ mod tests {
                 vec![
                     Captured::Query {
                         text: "x".repeat(max),
-                        truncated: true
+                        truncated: true,
+                        overflow: Some(overflow(&long, max / 2)),
                     },
                     Captured::Parse {
                         statement: "p".into(),
                         text: "x".repeat(max),
-                        truncated: true
+                        truncated: true,
+                        overflow: Some(overflow(&long, max / 2)),
                     },
                     Captured::Query {
                         text: "y".repeat(max),
-                        truncated: false
+                        truncated: false,
+                        overflow: None,
                     },
                     Captured::Query {
                         text: "z".repeat(max),
-                        truncated: true
+                        truncated: true,
+                        overflow: Some(overflow(&"z".repeat(max + 1), 1)),
                     },
                 ]
             );
             assert!(tap.body.capacity() <= max + NAME_ALLOWANCE + 2);
+            assert!(tap.text.is_none());
         }
     }
 
@@ -494,7 +836,8 @@ mod tests {
             run(&mut tap, &buf, 2),
             vec![Captured::Query {
                 text: "éé".into(),
-                truncated: true
+                truncated: true,
+                overflow: Some(overflow("ééé", 2)),
             }]
         );
     }
@@ -510,7 +853,8 @@ mod tests {
             run(&mut tap, &msg, 3),
             vec![Captured::Query {
                 text: "SELECT '\u{fffd}\u{fffd}'".into(),
-                truncated: false
+                truncated: false,
+                overflow: None,
             }]
         );
     }
@@ -553,17 +897,20 @@ mod tests {
             vec![
                 Captured::Query {
                     text: "ab".into(),
-                    truncated: false
+                    truncated: false,
+                    overflow: None,
                 },
                 Captured::Parse {
                     statement: "st".into(),
                     text: String::new(),
-                    truncated: false
+                    truncated: false,
+                    overflow: None,
                 },
                 Captured::Parse {
                     statement: "n".repeat(NAME_ALLOWANCE),
                     text: String::new(),
-                    truncated: true
+                    truncated: true,
+                    overflow: None,
                 },
             ]
         );

@@ -4,7 +4,7 @@
 //! [`startup`] (SSLRequest/GSSENCRequest → `N`, StartupMessage, 10,000-byte cap,
 //! NegotiateProtocolVersion for 3.x > 3.0) → [`auth`] (SCRAM-SHA-256 with the grant token)
 //! → [`upstream`] (TLS + login with the real secret) → AuthenticationOk, the server's
-//! ParameterStatus messages and our own BackendKeyData ([`cancel`]) → [`relay`] (bytes pass
+//! ParameterStatus messages and BackendKeyData with the backend's pid and our own secret key ([`cancel`]) → [`relay`] (bytes pass
 //! through until either side closes or the grant ends). A CancelRequest with one of our keys
 //! is forwarded upstream. Errors go to the client as an ErrorResponse and close only that
 //! connection. [`admission`] bounds what unauthenticated clients can cost: simultaneous
@@ -54,7 +54,7 @@ pub struct GrantListener {
     pub total_connections: AtomicU64,
     /// Session numbers handed out so far (the audit log's `session` field).
     pub next_session: AtomicU64,
-    /// Our BackendKeyData per live session → the upstream backend's, for CancelRequests.
+    /// Our secret key per live session (by upstream pid) → the upstream backend's key, for CancelRequests.
     pub cancels: Arc<cancel::CancelRegistry>,
     /// Where connection open/close records go.
     pub audit: Arc<AuditLog>,
@@ -132,16 +132,13 @@ fn admit(grant: &GrantListener, peer: &str) -> Option<OwnedSemaphorePermit> {
     slot
 }
 
-/// Tells a connection over the handshake limit to come back later, and closes it.
-async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S, limit: usize) {
+/// Tells a connection over the handshake limit to come back later, and closes it
+/// (lingering close, bounded by [`wire::LINGER_TIME`]).
+async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, limit: usize) {
     let message = format!(
         "agentd: too many connections are authenticating on this listener (limit {limit}); try again shortly"
     );
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        wire::send_fatal(&mut stream, "53300", &message),
-    )
-    .await;
+    wire::refuse(&mut stream, "53300", &message).await;
 }
 
 /// Why a session ended before the relay; split into what the client sees and what is logged.
@@ -174,7 +171,7 @@ async fn serve_connection(
 ) {
     if !peer.ip().is_loopback() {
         warn!("refused non-loopback peer");
-        wire::send_fatal(
+        wire::refuse(
             &mut stream,
             "28000",
             "agentd: connections are accepted from this machine (loopback) only",
@@ -203,7 +200,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             "grant ended during the handshake".to_owned(),
         )),
     };
-    let (upstream, _cancel_registration) = match outcome {
+    let (upstream, _cancel_registration, params) = match outcome {
         Ok(Some(session)) => session,
         Ok(None) => return,
         Err(refusal) => {
@@ -214,8 +211,10 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     _ = grant.cut.cancelled() => {}
                 }
             }
-            if !refusal.client_message.is_empty() {
-                wire::send_fatal(&mut stream, refusal.sqlstate, &refusal.client_message).await;
+            if refusal.client_message.is_empty() {
+                wire::linger(&mut stream).await;
+            } else {
+                wire::refuse(&mut stream, refusal.sqlstate, &refusal.client_message).await;
             }
             return;
         }
@@ -227,12 +226,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             grant_id: grant.grant_id.clone(),
             session,
             peer,
+            params: audited_params(&params),
         },
         Durability::Write,
     );
     if let Err(e) = opened {
         tracing::error!(error = %e, "audit log write failed; session refused");
-        wire::send_fatal(
+        wire::refuse(
             &mut stream,
             "53100",
             "agentd: the audit log cannot be written, so this session is refused; tell the human to check the daemon's log",
@@ -280,6 +280,40 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     );
 }
 
+/// The startup parameters a `connection_open` record keeps: every one forwarded upstream
+/// (not `user`/`database`, which agentd sets, nor `_pq_.*`), with the values of
+/// password-like keys — and of password-like `-c name=value` settings inside `options` —
+/// replaced by `[REDACTED]`. Bounded by the 10,000-byte startup packet cap.
+fn audited_params(params: &StartupParams) -> std::collections::BTreeMap<String, String> {
+    fn secret_like(key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        ["password", "passwd", "pwd", "secret", "token"]
+            .iter()
+            .any(|w| key.contains(w))
+    }
+    params
+        .options
+        .iter()
+        .filter(|(k, _)| !k.starts_with("_pq_."))
+        .map(|(k, v)| {
+            let value = if secret_like(k) {
+                "[REDACTED]".to_owned()
+            } else if k == "options" {
+                v.split(' ')
+                    .map(|word| match word.split_once('=') {
+                        Some((name, _)) if secret_like(name) => format!("{name}=[REDACTED]"),
+                        _ => word.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                v.clone()
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
 /// What a cut client is told: the grant's end reason.
 fn cut_message(grant: &GrantListener) -> String {
     grant
@@ -289,9 +323,13 @@ fn cut_message(grant: &GrantListener) -> String {
         .unwrap_or_else(|| format!("agentd: grant {} ended", grant.grant_id))
 }
 
+/// The wait a full statement queue imposes on a session under `on_overflow = "block"`.
+type AuditBackpressure = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Statement capture for one session: the frontend byte stream goes through a
-/// [`capture::StatementTap`]; Query and Parse texts go to the audit writer through a bounded
-/// channel that never blocks the relay (drops are counted); the writer redacts secrets.
+/// [`capture::StatementTap`]; Query and Parse texts and FunctionCalls go to the audit writer
+/// through a bounded channel (when full: the session waits, or drops are counted, per
+/// `[audit] on_overflow`); the writer redacts secrets.
 struct StatementCapture<'a> {
     tap: Option<capture::StatementTap>,
     sink: Option<&'a StatementSink>,
@@ -310,21 +348,36 @@ impl<'a> StatementCapture<'a> {
     }
 
     /// Feeds client→server bytes to the tap. A stream the tap cannot follow (a bad length)
-    /// stops the capture for this session, not the session.
-    fn observe(&mut self, bytes: &[u8]) {
-        let Some(tap) = self.tap.as_mut() else {
-            return;
-        };
+    /// stops the capture for this session, not the session. With `[audit] on_overflow =
+    /// "block"` and a full queue, returns the wait the relay must finish (queueing the
+    /// records that did not fit, in order) before it reads the client's next bytes.
+    fn observe(&mut self, bytes: &[u8]) -> Option<AuditBackpressure> {
+        let tap = self.tap.as_mut()?;
         let (sink, grant_id, session) = (self.sink, self.grant_id, self.session);
+        let mut backlog = Vec::new();
         let fed = tap.feed(bytes, &mut |captured| {
             if let Some(sink) = sink {
-                sink.record(statement_event(grant_id, session, captured));
+                let event = statement_event(grant_id, session, captured);
+                if !backlog.is_empty() {
+                    backlog.push(event); // keep the order behind what is waiting
+                } else if let Some(back) = sink.offer(event) {
+                    backlog.push(back);
+                }
             }
         });
         if let Err(e) = fed {
             warn!(error = %e, "statement capture stopped for this session");
             self.tap = None;
         }
+        if backlog.is_empty() {
+            return None;
+        }
+        let sink = sink?.clone();
+        Some(Box::pin(async move {
+            for event in backlog {
+                sink.send(event).await;
+            }
+        }))
     }
 
     /// Bind and Execute messages seen.
@@ -336,22 +389,45 @@ impl<'a> StatementCapture<'a> {
 }
 
 fn statement_event(grant_id: &str, session: u64, captured: capture::Captured) -> AuditEvent {
-    let (kind, statement, text, truncated) = match captured {
-        capture::Captured::Query { text, truncated } => ("query", None, text, truncated),
+    let (kind, statement, text, truncated, overflow) = match captured {
+        capture::Captured::Query {
+            text,
+            truncated,
+            overflow,
+        } => ("query", None, text, truncated, overflow),
         capture::Captured::Parse {
             statement,
             text,
             truncated,
-        } => ("parse", Some(statement), text, truncated),
+            overflow,
+        } => ("parse", Some(statement), text, truncated, overflow),
+        capture::Captured::FunctionCall {
+            oid,
+            args,
+            arg_bytes,
+        } => {
+            return AuditEvent::FunctionCall {
+                grant_id: grant_id.to_owned(),
+                session,
+                oid,
+                args,
+                arg_bytes,
+            }
+        }
     };
     AuditEvent::Statement {
         grant_id: grant_id.to_owned(),
         session,
         kind: kind.to_owned(),
         statement: statement.filter(|s| !s.is_empty()),
-        text, // redacted by the audit writer (audit::sink), off the relay path
-
+        // Text and tail are redacted by the audit writer (audit::sink), off the relay path.
+        text,
         truncated,
+        overflow: overflow.map(|o| crate::audit::StatementOverflow {
+            tail: o.tail,
+            bytes: o.bytes,
+            sha256: o.sha256,
+        }),
     }
 }
 
@@ -415,7 +491,7 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
             async move {
                 if peer_uid != Some(uid) {
                     warn!("refused Unix-socket peer with another uid");
-                    wire::send_fatal(
+                    wire::refuse(
                         &mut stream,
                         "28000",
                         "agentd: this socket serves only the user running agentd",
@@ -437,7 +513,14 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     grant: &GrantListener,
-) -> Result<Option<(upstream::UpstreamStream, cancel::Registration)>, Refusal> {
+) -> Result<
+    Option<(
+        upstream::UpstreamStream,
+        cancel::Registration,
+        StartupParams,
+    )>,
+    Refusal,
+> {
     let limit = grant.admission.handshake_timeout;
     let params = match tokio::time::timeout(limit, client_phase(stream, grant)).await {
         Ok(Ok(Some(params))) => params,
@@ -454,15 +537,23 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             ))
         }
     };
-    let mut upstream = upstream::connect(&grant.upstream, &params)
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                "08001",
-                e.client_message(&grant.upstream.resource),
-                format!("upstream {}: {e}", grant.upstream.resource),
-            )
-        })?;
+    let target = grant.upstream.for_session().await.map_err(|e| {
+        Refusal::new(
+            "08001",
+            format!(
+                "agentd: could not renew the login for upstream {}; the agentd log has the reason",
+                grant.upstream.resource
+            ),
+            format!("renewing the command login: {e}"),
+        )
+    })?;
+    let mut upstream = upstream::connect(&target, &params).await.map_err(|e| {
+        Refusal::new(
+            "08001",
+            e.client_message(&grant.upstream.resource),
+            format!("upstream {}: {e}", grant.upstream.resource),
+        )
+    })?;
     let mut ok = BytesMut::new();
     wire::put_authentication(&mut ok, 0, &[]);
     write_client(stream, &ok).await?;
@@ -480,7 +571,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 "upstream login tail timed out".to_owned(),
             )
         })??;
-    Ok(Some((upstream, registration)))
+    Ok(Some((upstream, registration, params)))
 }
 
 /// Startup (SSLRequest, StartupMessage or CancelRequest), NegotiateProtocolVersion when
@@ -520,8 +611,8 @@ async fn write_client<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Re
 const MAX_LOGIN_TAIL_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Passes the upstream's messages after AuthenticationOk (ParameterStatus, NoticeResponse)
-/// to the client up to and including ReadyForQuery, replacing BackendKeyData with a key of
-/// our own registered for cancellation.
+/// to the client up to and including ReadyForQuery, replacing BackendKeyData's secret key with
+/// one of our own (the process id stays the backend's) registered for cancellation.
 async fn finish_login<S: AsyncWrite + Unpin>(
     upstream: &mut upstream::UpstreamStream,
     client: &mut S,

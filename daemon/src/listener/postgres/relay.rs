@@ -174,9 +174,11 @@ impl BoundaryTracker {
 
 /// Relays until either side closes or `cut` fires; on `cut`, sends `cut_message` as a FATAL
 /// ErrorResponse (SQLSTATE 57P01) to the client if the server→client stream is at a message
-/// boundary, then closes both. `observe_up` sees every client→server chunk after it was
-/// forwarded (statement capture); it must not block.
-pub async fn relay<C, U, M, O>(
+/// boundary, then closes both (the client with a lingering close, [`wire::linger`]).
+/// `observe_up` sees every client→server chunk after it was
+/// forwarded (statement capture); it must not block, but may return a future (audit
+/// backpressure) that the relay awaits before it reads the client's next bytes.
+pub async fn relay<C, U, M, O, F>(
     client: C,
     upstream: U,
     cut: CancellationToken,
@@ -187,7 +189,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
     M: FnOnce() -> String,
-    O: FnMut(&[u8]),
+    O: FnMut(&[u8]) -> Option<F>,
+    F: std::future::Future<Output = ()>,
 {
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
@@ -208,10 +211,21 @@ where
         r = down => r,
     };
     if end == RelayEnd::Cut && tracker.at_boundary() {
-        wire::send_fatal(&mut client_wr, "57P01", &cut_message()).await;
+        // Bounded: a client that stopped reading cannot delay the cut.
+        let _ = tokio::time::timeout(
+            wire::LINGER_TIME,
+            wire::send_fatal(&mut client_wr, "57P01", &cut_message()),
+        )
+        .await;
     }
-    let _ = client_wr.shutdown().await;
     let _ = up_wr.shutdown().await;
+    drop((up_rd, up_wr));
+    let _ = client_wr.shutdown().await;
+    if matches!(end, RelayEnd::Cut | RelayEnd::UpstreamClosed) {
+        // Lingering close: the client may still be sending; draining its input lets it
+        // read the FATAL (ours, or the server's after pg_terminate_backend) before the close.
+        wire::drain(&mut client_rd).await;
+    }
     RelayStats {
         bytes_up,
         bytes_down,
@@ -219,11 +233,12 @@ where
     }
 }
 
-async fn copy_up<R, W, O>(rd: &mut R, wr: &mut W, count: &mut u64, mut observe: O) -> RelayEnd
+async fn copy_up<R, W, O, F>(rd: &mut R, wr: &mut W, count: &mut u64, mut observe: O) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    O: FnMut(&[u8]),
+    O: FnMut(&[u8]) -> Option<F>,
+    F: std::future::Future<Output = ()>,
 {
     loop {
         let chunk = match read_chunk(rd).await {
@@ -236,7 +251,11 @@ where
             return RelayEnd::UpstreamClosed;
         }
         *count += bytes.len() as u64;
-        observe(bytes);
+        let wait = observe(bytes);
+        drop(chunk); // no relay buffer held while waiting
+        if let Some(wait) = wait {
+            wait.await;
+        }
     }
 }
 

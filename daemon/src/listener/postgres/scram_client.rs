@@ -1,6 +1,7 @@
-//! SCRAM-SHA-256 client for the upstream login (RFC 5802 / RFC 7677, no channel binding,
-//! as PostgreSQL's "SASL Authentication" section describes), with the expensive step done
-//! once per grant.
+//! SCRAM-SHA-256 client for the upstream login (RFC 5802 / RFC 7677, as PostgreSQL's "SASL
+//! Authentication" section describes), with SCRAM-SHA-256-PLUS channel binding
+//! (`tls-server-end-point`, RFC 5929 §4.1) over TLS, and the expensive step done once per
+//! grant.
 //!
 //! The PBKDF2 step (`SaltedPassword = Hi(password, salt, iterations)`, 4096 HMAC-SHA-256
 //! rounds by default) depends only on the password and the role's salt and iteration count,
@@ -57,9 +58,52 @@ impl ScramKeyCache {
     }
 }
 
+/// The GS2 channel-binding flag of an exchange (RFC 5802 §7 `gs2-cbind-flag`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// `n`: the client does not support channel binding (no TLS, or binding disabled).
+    None,
+    /// `y`: the client supports it but the server did not offer SCRAM-SHA-256-PLUS (a
+    /// server that does support it then knows the offer was stripped).
+    NotOffered,
+    /// `p=tls-server-end-point`: bound to this hash of the server's certificate
+    /// (SCRAM-SHA-256-PLUS).
+    TlsServerEndPoint(Vec<u8>),
+}
+
+impl ChannelBinding {
+    /// The SASL mechanism name for this binding.
+    pub fn mechanism(&self) -> &'static str {
+        match self {
+            ChannelBinding::TlsServerEndPoint(_) => "SCRAM-SHA-256-PLUS",
+            _ => "SCRAM-SHA-256",
+        }
+    }
+
+    /// The GS2 header (`n,,` / `y,,` / `p=tls-server-end-point,,`).
+    fn gs2_header(&self) -> &'static str {
+        match self {
+            ChannelBinding::None => "n,,",
+            ChannelBinding::NotOffered => "y,,",
+            ChannelBinding::TlsServerEndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    /// The `c=` attribute of the client-final message: base64 of the GS2 header followed by
+    /// the channel-binding data.
+    fn c_attribute(&self) -> String {
+        let mut input = self.gs2_header().as_bytes().to_vec();
+        if let ChannelBinding::TlsServerEndPoint(hash) = self {
+            input.extend_from_slice(hash);
+        }
+        STANDARD.encode(input)
+    }
+}
+
 /// One SCRAM exchange, client side. `Debug` shows only how far the exchange got, never
 /// the ServerKey.
 pub struct ScramClient {
+    binding: ChannelBinding,
     nonce: String,
     /// `AuthMessage` and ServerKey, once the client-final message is built.
     pending: Option<(String, Zeroizing<[u8; 32]>)>,
@@ -116,28 +160,34 @@ fn attribute(message: &str, name: char) -> Option<&str> {
 
 impl Default for ScramClient {
     fn default() -> Self {
-        Self::new()
+        Self::new(ChannelBinding::None)
     }
 }
 
 impl ScramClient {
-    /// A fresh exchange with a random 18-byte nonce.
-    pub fn new() -> Self {
+    /// A fresh exchange with a random 18-byte nonce and the given channel binding.
+    pub fn new(binding: ChannelBinding) -> Self {
         let mut raw = [0u8; 18];
         rand::thread_rng().fill_bytes(&mut raw);
         Self {
+            binding,
             nonce: STANDARD.encode(raw),
             pending: None,
         }
+    }
+
+    /// The SASL mechanism this exchange uses (`SCRAM-SHA-256` or `SCRAM-SHA-256-PLUS`).
+    pub fn mechanism(&self) -> &'static str {
+        self.binding.mechanism()
     }
 
     fn client_first_bare(&self) -> String {
         format!("n=,r={}", self.nonce)
     }
 
-    /// The client-first message (`n,,n=,r=NONCE`) for SASLInitialResponse.
+    /// The client-first message (GS2 header, then `n=,r=NONCE`) for SASLInitialResponse.
     pub fn client_first(&self) -> Vec<u8> {
-        format!("n,,{}", self.client_first_bare()).into_bytes()
+        format!("{}{}", self.binding.gs2_header(), self.client_first_bare()).into_bytes()
     }
 
     /// Answers the server-first message (from AuthenticationSASLContinue) with the
@@ -183,7 +233,7 @@ impl ScramClient {
                 keys
             }
         };
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c={},r={nonce}", self.binding.c_attribute());
         let auth_message = format!(
             "{},{server_first},{without_proof}",
             self.client_first_bare()
@@ -237,6 +287,7 @@ mod tests {
         let cache = ScramKeyCache::default();
         for _ in 0..2 {
             let mut c = ScramClient {
+                binding: ChannelBinding::None,
                 nonce: "rOprNGfwEbeRWgbNEkqO".into(),
                 pending: None,
             };
@@ -264,11 +315,39 @@ mod tests {
         }
     }
 
+    /// The GS2 header and `c=` attribute per binding (RFC 5802 §7, RFC 5929 §4.1):
+    /// `c=` is base64(GS2 header ‖ certificate hash).
+    #[tokio::test]
+    async fn channel_binding_headers() {
+        let password = Arc::new(SecretString::from("pw".to_owned()));
+        let cache = ScramKeyCache::default();
+        for (binding, header, c) in [
+            (ChannelBinding::None, "n,,", "biws".to_owned()),
+            (ChannelBinding::NotOffered, "y,,", "eSws".to_owned()),
+            (
+                ChannelBinding::TlsServerEndPoint(vec![1, 2, 3]),
+                "p=tls-server-end-point,,",
+                STANDARD.encode(b"p=tls-server-end-point,,\x01\x02\x03"),
+            ),
+        ] {
+            let mut client = ScramClient::new(binding);
+            let first = String::from_utf8(client.client_first()).unwrap();
+            assert!(first.starts_with(&format!("{header}n=,r=")), "{first}");
+            let server_first = format!("r={}x,s=AAAA,i=1", client.nonce);
+            let fin = client
+                .client_final(server_first.as_bytes(), &password, &cache)
+                .await
+                .unwrap();
+            let fin = String::from_utf8(fin).unwrap();
+            assert!(fin.starts_with(&format!("c={c},r=")), "{fin}");
+        }
+    }
+
     #[tokio::test]
     async fn refuses_bad_nonce_iterations_and_signature() {
         let password = Arc::new(SecretString::from("pw".to_owned()));
         let cache = ScramKeyCache::default();
-        let mut c = ScramClient::new();
+        let mut c = ScramClient::new(ChannelBinding::None);
         let other = c
             .client_final(b"r=someone-else,s=AAAA,i=4096", &password, &cache)
             .await;

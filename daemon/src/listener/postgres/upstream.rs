@@ -1,14 +1,22 @@
 //! The upstream side: connect to the real PostgreSQL server, negotiate TLS (rustls), log in
-//! with the permission's secret (SCRAM-SHA-256, md5 or cleartext, whichever the server asks),
-//! and hand back a stream positioned right after AuthenticationOk.
+//! with the permission's secret, and hand back a stream positioned right after
+//! AuthenticationOk.
+//!
+//! No downgrade: SCRAM-SHA-256-PLUS (channel binding `tls-server-end-point`) whenever the
+//! server offers it over TLS (`channel_binding = "require"` insists on it); a
+//! cleartext-password or md5 request is answered only with `tls = "verify-full"` (the server
+//! proved its identity) or `allow_weak_auth = true`, otherwise the login is refused before
+//! anything derived from the secret is sent.
 //!
 //! Source: PostgreSQL docs, "Frontend/Backend Protocol" → "Start-up", "SSL Session
-//! Encryption", "SASL Authentication".
+//! Encryption", "SASL Authentication"; RFC 5929 §4.1 (`tls-server-end-point`).
 
-use super::scram_client::{ScramClient, ScramKeyCache};
+use super::scram_client::{ChannelBinding, ScramClient, ScramKeyCache};
 use super::startup::{StartupParams, PROTOCOL_3_0};
 use super::wire::{self, parse_error_fields, put_message, WireError, MAX_AUTH_MESSAGE_BYTES};
-use crate::config::{Resource, TlsMode};
+use crate::config::{ChannelBindingMode, Resource, TlsMode};
+use crate::credentials::command::RenewableLogin;
+use crate::credentials::CredentialError;
 use bytes::{BufMut, BytesMut};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -46,6 +54,53 @@ pub struct UpstreamTarget {
     /// SCRAM keys derived from `secret`, shared by the grant's sessions (PBKDF2 once per
     /// grant, not per connection).
     pub scram_keys: ScramKeyCache,
+    /// Which login methods the server may ask for.
+    pub auth: AuthPolicy,
+    /// For a command login that expires: where each session gets the current login
+    /// (`username`, `secret` and `scram_keys` above are then the first one, unused by
+    /// sessions). See [`UpstreamTarget::for_session`].
+    pub renewable: Option<Arc<RenewableLogin>>,
+}
+
+impl UpstreamTarget {
+    /// The target a new session logs in with: this one, or for a renewable login a copy
+    /// with the current login (renewed when near its expiry).
+    ///
+    /// # Errors
+    /// The credential program failed while renewing (never carries its output).
+    pub async fn for_session(&self) -> Result<std::borrow::Cow<'_, Self>, CredentialError> {
+        let Some(renewable) = &self.renewable else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let login = renewable.current().await?;
+        Ok(std::borrow::Cow::Owned(Self {
+            username: login.username.clone(),
+            secret: Arc::clone(&login.secret),
+            scram_keys: login.scram_keys.clone(),
+            renewable: None,
+            ..self.clone()
+        }))
+    }
+}
+
+/// Which authentication requests the daemon answers for one resource (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// Answer AuthenticationCleartextPassword and AuthenticationMD5Password:
+    /// `tls = "verify-full"` or `allow_weak_auth = true`.
+    pub allow_weak: bool,
+    /// SCRAM channel binding.
+    pub channel_binding: ChannelBindingMode,
+}
+
+impl AuthPolicy {
+    /// The policy a resource's config asks for.
+    pub fn for_resource(resource: &Resource) -> Self {
+        Self {
+            allow_weak: resource.allow_weak_auth || resource.tls == TlsMode::VerifyFull,
+            channel_binding: resource.channel_binding,
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamTarget {
@@ -58,6 +113,7 @@ impl std::fmt::Debug for UpstreamTarget {
             .field("username", &self.username)
             .field("secret", &"[REDACTED]")
             .field("tls", &self.tls.is_some())
+            .field("renewable", &self.renewable.is_some())
             .finish()
     }
 }
@@ -97,6 +153,11 @@ pub enum UpstreamError {
     /// An authentication method we do not implement.
     #[error("unsupported authentication request {0}")]
     UnsupportedAuth(i32),
+    /// The server asked for a method the resource does not allow (a downgrade): e.g. a
+    /// cleartext password without `tls = "verify-full"`, or SCRAM without channel binding
+    /// under `channel_binding = "require"`. Nothing derived from the secret was sent.
+    #[error("refused to log in: {0}")]
+    Downgrade(String),
     /// The server broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -112,6 +173,9 @@ impl UpstreamError {
             UpstreamError::Refused { sqlstate, message } => {
                 format!("agentd: upstream {resource} refused the connection: {sqlstate} {message}")
             }
+            UpstreamError::Downgrade(why) => format!(
+                "agentd: refused to log in to upstream {resource}: {why}; ask the operator to check the server's authentication setup and the resource's tls / channel_binding / allow_weak_auth settings"
+            ),
             UpstreamError::Connect { .. } | UpstreamError::Timeout(_) => {
                 format!("agentd: upstream {resource} is unreachable; the agentd log has the reason")
             }
@@ -163,6 +227,71 @@ impl AsyncWrite for UpstreamStream {
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+impl UpstreamStream {
+    /// The `tls-server-end-point` channel-binding data (RFC 5929 §4.1): the hash of the
+    /// server's end-entity certificate with the hash function of the certificate's
+    /// signature algorithm (SHA-256 when that is MD5 or SHA-1). `None` without TLS or for a
+    /// signature algorithm with no single hash (RSA-PSS, Ed25519: PostgreSQL cannot bind
+    /// those either).
+    pub fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        let UpstreamStream::Tls(tls) = self else {
+            return None;
+        };
+        let cert = tls.get_ref().1.peer_certificates()?.first()?;
+        certificate_hash(cert.as_ref())
+    }
+}
+
+/// Hash functions `tls-server-end-point` can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertHash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The hash of a DER certificate for `tls-server-end-point` (see
+/// [`UpstreamStream::tls_server_end_point`]); `None` when it cannot be parsed or its
+/// signature algorithm is not one with a single hash.
+pub fn certificate_hash(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest as _;
+    Some(match signature_hash(der)? {
+        CertHash::Sha256 => sha2::Sha256::digest(der).to_vec(),
+        CertHash::Sha384 => sha2::Sha384::digest(der).to_vec(),
+        CertHash::Sha512 => sha2::Sha512::digest(der).to_vec(),
+    })
+}
+
+/// The hash of a certificate's `signatureAlgorithm` (X.509 `Certificate ::= SEQUENCE {
+/// tbsCertificate, signatureAlgorithm AlgorithmIdentifier, signatureValue BIT STRING }`),
+/// MD5 and SHA-1 mapped to SHA-256 as RFC 5929 §4.1 says.
+fn signature_hash(der: &[u8]) -> Option<CertHash> {
+    let oid = yasna::parse_der(der, |r| {
+        r.read_sequence(|r| {
+            r.next().read_der()?; // tbsCertificate
+            let oid = r.next().read_sequence(|r| {
+                let oid = r.next().read_oid()?;
+                r.read_optional(|r| r.read_der())?; // parameters
+                Ok(oid)
+            })?;
+            r.next().read_der()?; // signatureValue
+            Ok(oid)
+        })
+    })
+    .ok()?;
+    match oid.components().as_slice() {
+        // md5WithRSAEncryption, sha1WithRSAEncryption, sha256WithRSAEncryption
+        [1, 2, 840, 113549, 1, 1, 4 | 5 | 11] => Some(CertHash::Sha256),
+        [1, 2, 840, 113549, 1, 1, 12] => Some(CertHash::Sha384),
+        [1, 2, 840, 113549, 1, 1, 13] => Some(CertHash::Sha512),
+        // ecdsa-with-SHA1, ecdsa-with-SHA256 / 384 / 512
+        [1, 2, 840, 10045, 4, 1] | [1, 2, 840, 10045, 4, 3, 2] => Some(CertHash::Sha256),
+        [1, 2, 840, 10045, 4, 3, 3] => Some(CertHash::Sha384),
+        [1, 2, 840, 10045, 4, 3, 4] => Some(CertHash::Sha512),
+        _ => None,
     }
 }
 
@@ -373,13 +502,17 @@ fn startup_message(target: &UpstreamTarget, client: &StartupParams) -> BytesMut 
     out
 }
 
-/// Answers the server's authentication requests until AuthenticationOk.
+/// Answers the server's authentication requests until AuthenticationOk, refusing the
+/// downgrades the resource's [`AuthPolicy`] rules out (module docs).
 async fn authenticate(
     stream: &mut UpstreamStream,
     target: &UpstreamTarget,
 ) -> Result<(), UpstreamError> {
     let password = target.secret.expose_secret().as_bytes();
+    let policy = target.auth;
+    let require_binding = policy.channel_binding == ChannelBindingMode::Require;
     let mut scram: Option<ScramClient> = None;
+    let mut bound = false;
     loop {
         let msg = wire::read_message(stream, MAX_AUTH_MESSAGE_BYTES).await?;
         match msg.kind {
@@ -403,7 +536,19 @@ async fn authenticate(
         let data = &msg.body[4..];
         let mut out = BytesMut::new();
         match code {
+            0 if require_binding && !bound => {
+                return Err(UpstreamError::Downgrade(
+                    "the server let agentd in without SCRAM-SHA-256-PLUS, but channel_binding = \"require\"".into(),
+                ))
+            }
             0 => return Ok(()),
+            3 | 5 if require_binding || !policy.allow_weak => {
+                let method = if code == 3 { "a cleartext password" } else { "an md5 password hash" };
+                return Err(UpstreamError::Downgrade(format!(
+                    "the server asked for {method}, which agentd sends only with tls = \"verify-full\" (or allow_weak_auth = true){}",
+                    if require_binding { " and never with channel_binding = \"require\"" } else { "" }
+                )));
+            }
             3 => {
                 let mut body = password.to_vec();
                 body.push(0);
@@ -425,15 +570,11 @@ async fn authenticate(
                 put_message(&mut out, b'p', &body);
             }
             10 => {
-                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                if !offers_scram {
-                    return Err(UpstreamError::Protocol(
-                        "server offers no SCRAM-SHA-256".into(),
-                    ));
-                }
-                let s = ScramClient::new();
+                let s = ScramClient::new(choose_binding(data, stream, policy.channel_binding)?);
+                bound = matches!(s.mechanism(), "SCRAM-SHA-256-PLUS");
                 let first = s.client_first();
-                let mut body = b"SCRAM-SHA-256\0".to_vec();
+                let mut body = s.mechanism().as_bytes().to_vec();
+                body.push(0);
                 body.extend_from_slice(&(first.len() as i32).to_be_bytes());
                 body.extend_from_slice(&first);
                 put_message(&mut out, b'p', &body);
@@ -464,6 +605,51 @@ async fn authenticate(
     }
 }
 
+/// The SCRAM variant to use for an AuthenticationSASL offering `mechanisms` (NUL-separated
+/// names): SCRAM-SHA-256-PLUS bound to the server's certificate when offered over TLS and
+/// not disabled; otherwise plain SCRAM-SHA-256, flagged `y` when we could have bound over
+/// TLS (so a server that supports binding detects a stripped offer).
+///
+/// # Errors
+/// [`UpstreamError::Downgrade`] under `channel_binding = "require"` without PLUS over TLS;
+/// [`UpstreamError::Protocol`] when no usable mechanism is offered.
+fn choose_binding(
+    mechanisms: &[u8],
+    stream: &UpstreamStream,
+    mode: ChannelBindingMode,
+) -> Result<ChannelBinding, UpstreamError> {
+    let offered = |name: &[u8]| mechanisms.split(|&b| b == 0).any(|m| m == name);
+    let cert_hash = match mode {
+        ChannelBindingMode::Disable => None,
+        _ => stream.tls_server_end_point(),
+    };
+    if let (Some(hash), true) = (&cert_hash, offered(b"SCRAM-SHA-256-PLUS")) {
+        return Ok(ChannelBinding::TlsServerEndPoint(hash.clone()));
+    }
+    if mode == ChannelBindingMode::Require {
+        let why = if !matches!(stream, UpstreamStream::Tls(_)) {
+            "there is no TLS to bind to"
+        } else if cert_hash.is_none() {
+            "the server certificate's signature algorithm has no tls-server-end-point hash"
+        } else {
+            "the server does not offer SCRAM-SHA-256-PLUS"
+        };
+        return Err(UpstreamError::Downgrade(format!(
+            "channel_binding = \"require\" but {why}"
+        )));
+    }
+    if !offered(b"SCRAM-SHA-256") {
+        return Err(UpstreamError::Protocol(
+            "server offers no SCRAM-SHA-256".into(),
+        ));
+    }
+    Ok(if cert_hash.is_some() {
+        ChannelBinding::NotOffered
+    } else {
+        ChannelBinding::None
+    })
+}
+
 /// The [`UpstreamError::Refused`] for an ErrorResponse body (its SQLSTATE and message).
 pub fn refused(body: &[u8]) -> UpstreamError {
     let fields = parse_error_fields(body);
@@ -477,5 +663,46 @@ pub fn refused(body: &[u8]) -> UpstreamError {
     UpstreamError::Refused {
         sqlstate: get(b'C'),
         message: get(b'M'),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    /// RFC 5929 §4.1: the certificate's own signature hash picks the hash function.
+    #[test]
+    fn tls_server_end_point_hash_follows_the_signature_algorithm() {
+        for (alg, expected_len) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, 32),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, 48),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["db.test".to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let der = cert.der().as_ref();
+            let hash = certificate_hash(der).unwrap();
+            assert_eq!(hash.len(), expected_len);
+            let want = if expected_len == 32 {
+                sha2::Sha256::digest(der).to_vec()
+            } else {
+                sha2::Sha384::digest(der).to_vec()
+            };
+            assert_eq!(hash, want);
+        }
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db.test".to_owned()])
+            .unwrap()
+            .self_signed(&ed)
+            .unwrap();
+        assert_eq!(
+            certificate_hash(cert.der().as_ref()),
+            None,
+            "Ed25519 has no binding hash"
+        );
+        assert_eq!(certificate_hash(b"\x30\x03\x02\x01\x00"), None);
     }
 }

@@ -116,6 +116,53 @@ pub async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &
     let _ = w.flush().await;
 }
 
+/// Longest a refused connection's input is drained after our half-close ([`linger`]).
+pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most bytes drained from a refused connection after our half-close ([`linger`]).
+pub const LINGER_BYTES: usize = 64 * 1024;
+
+/// Lingering close: half-closes our side (`shutdown(SHUT_WR)`, so the peer reads EOF after
+/// what we sent) and then reads and discards the peer's input until it closes, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`]. Closing a socket with unread input makes the
+/// kernel send a reset, and a reset makes the peer's kernel discard data it has not read
+/// yet, e.g. the ErrorResponse that says why: draining first lets the client read it.
+/// Errors are ignored: the connection is being closed anyway.
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    drain(stream).await;
+}
+
+/// The drain half of [`linger`], for a stream whose write half was already shut down (or
+/// split off): reads and discards input until EOF, an error, [`LINGER_BYTES`] or
+/// [`LINGER_TIME`].
+pub async fn drain<R: AsyncRead + Unpin>(r: &mut R) {
+    let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while total < LINGER_BYTES {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// Ends a connection with a FATAL ErrorResponse (SQLSTATE `code`, `message`) and a
+/// lingering close ([`linger`]): the one way every refusal path closes, so the client reads
+/// the error instead of a reset.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    put_error(&mut buf, Severity::Fatal, code, message);
+    // Bounded: a client that does not read cannot hold the task (or its slot) by refusing
+    // to take our bytes.
+    let _ = tokio::time::timeout(LINGER_TIME, stream.write_all(&buf)).await;
+    linger(stream).await;
+}
+
 /// Fields of an ErrorResponse/NoticeResponse body, as (field type, value) pairs.
 pub fn parse_error_fields(body: &[u8]) -> Vec<(u8, String)> {
     let mut out = Vec::new();
