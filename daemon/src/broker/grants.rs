@@ -75,6 +75,7 @@ impl Broker {
                 self.config.daemon.max_handshakes,
             ),
             sessions: Default::default(),
+            owner_uid: request.owner.uid,
         });
         let addr = match pg::spawn(listener.clone(), self.config.daemon.listen_host).await {
             Ok(addr) => addr,
@@ -293,7 +294,8 @@ impl Broker {
         #[cfg(unix)]
         {
             let dir = self.unix_socket_root.as_ref()?.join(grant_id);
-            match pg::spawn_unix(listener.clone(), &dir, port) {
+            let shared = self.roles.mode() == crate::principal::Mode::System;
+            match pg::spawn_unix(listener.clone(), &dir, port, shared) {
                 Ok(_) => Some(dir),
                 Err(e) => {
                     warn!(error = %e, dir = %dir.display(), "no Unix-socket listener for this grant");

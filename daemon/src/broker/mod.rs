@@ -136,14 +136,21 @@ impl Broker {
         let owner_tag = crate::credentials::dynamic::owner_tag(&data_dir)
             .with_context(|| format!("cannot write the instance id in {}", data_dir.display()))?;
         let audit_dir = config.audit_dir();
-        let audit = Arc::new(
-            AuditLog::open(
+        let audit_options = AuditOptions {
+            max_file_bytes: config.audit.max_file_bytes,
+            fsync: config.audit.fsync,
+        };
+        // System mode keys the chain with a secret only the daemon's user can read.
+        let opened = match config.daemon.mode {
+            crate::principal::Mode::System => AuditLog::open_keyed(
                 &audit_dir,
-                AuditOptions {
-                    max_file_bytes: config.audit.max_file_bytes,
-                    fsync: config.audit.fsync,
-                },
-            )
+                audit_options,
+                &data_dir.join(crate::audit::key::KEY_FILE),
+            ),
+            crate::principal::Mode::User => AuditLog::open(&audit_dir, audit_options),
+        };
+        let audit = Arc::new(
+            opened
             .with_context(|| format!("cannot open the audit log in {}", audit_dir.display()))?,
         );
         audit
@@ -195,6 +202,11 @@ impl Broker {
         &self.roles
     }
 
+    /// The config in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
     /// The audit log this broker writes.
     pub fn audit_log(&self) -> &Arc<AuditLog> {
         &self.audit
@@ -202,7 +214,7 @@ impl Broker {
 
     /// Appends a control-plane event and syncs it; the caller acknowledges the action only
     /// after this succeeded.
-    fn audit_sync(&self, event: &AuditEvent) -> Result<(), Response> {
+    pub(crate) fn audit_sync(&self, event: &AuditEvent) -> Result<(), Response> {
         self.audit_sync_all(std::slice::from_ref(event))
     }
 

@@ -35,6 +35,11 @@ pub struct Cli {
     /// Control socket path (a named pipe on Windows).
     #[arg(long, global = true, env = "AGENTD_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// System mode: the daemon runs as its own user (`agentd daemon --system`, as that
+    /// user); the CLI talks to /run/agentd/agentd.sock. The CLI also picks system mode when
+    /// that socket exists and no --socket / AGENTD_SOCKET / --profile names another daemon.
+    #[arg(long, global = true, env = "AGENTD_SYSTEM")]
+    pub system: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -239,15 +244,27 @@ pub struct DemoArgs {
 }
 
 impl Cli {
+    /// The system layout when this client talks to the system daemon (see
+    /// [`agentd_proto::system::client_wants_system`]); `None` in user mode.
+    pub fn system_layout(&self) -> Option<agentd_proto::system::Layout> {
+        let layout = agentd_proto::system::Layout::current().ok()?;
+        let other_named = self.socket.is_some() || self.profile.is_some();
+        agentd_proto::system::client_wants_system(self.system, other_named, &layout)
+            .then_some(layout)
+    }
     /// The config path in force.
     pub fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(default_config_path)
+        self.config.clone().unwrap_or_else(|| match self.system_layout() {
+            Some(layout) => layout.config,
+            None => default_config_path(),
+        })
     }
     /// The control socket path in force.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| agentd_proto::profile::active().socket_path())
+        self.socket.clone().unwrap_or_else(|| match self.system_layout() {
+            Some(layout) => layout.socket,
+            None => agentd_proto::profile::active().socket_path(),
+        })
     }
 }
 
@@ -260,7 +277,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let ok = |r: anyhow::Result<()>| r.map(|()| 0u8);
     let code = |r: anyhow::Result<i32>| r.map(|c| u8::try_from(c).unwrap_or(1));
     match &cli.command {
-        Command::Daemon => ok(crate::daemon::run(cli.config_path(), cli.socket_path()).await),
+        Command::Daemon => ok(crate::daemon::run(crate::daemon::StartOptions {
+            config: cli.config.clone(),
+            socket: cli.socket.clone(),
+            system: cli.system,
+        })
+        .await),
         Command::Status(flag) => ok(grants::status(&cli.socket_path(), flag.json).await),
         Command::Request(args) => ok(grants::request(&cli.socket_path(), args).await),
         Command::Requests(args) => ok(approvals::requests(&cli.socket_path(), args).await),
@@ -268,6 +290,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Deny(args) => ok(approvals::deny(&cli.socket_path(), args).await),
         Command::Revoke(args) => ok(grants::revoke(&cli.socket_path(), args).await),
         Command::Release(args) => ok(grants::release(&cli.socket_path(), args).await),
+        Command::Audit(args) if args.dir.is_none() && cli.system_layout().is_some() => {
+            code(audit::run_remote(args, &cli.socket_path()).await)
+        }
         Command::Audit(args) => {
             let dir = match &args.dir {
                 Some(dir) => dir.clone(),
@@ -277,6 +302,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Config(ConfigCommand::Check(args)) => {
             code(config_check::run(&cli.config_path(), args))
+        }
+        Command::Secret(cmd) if cli.system_layout().is_some() => {
+            ok(secret::run_remote(&cli.socket_path(), cmd).await)
         }
         Command::Secret(cmd) => ok(secret::run(&cli.config_path(), cmd).await),
         Command::Token(cmd) => ok(token::run(cmd)),
