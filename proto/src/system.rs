@@ -151,7 +151,10 @@ mod tests {
         let l = Layout::under(Path::new("/tmp/rt"));
         assert_eq!(l.config, PathBuf::from("/tmp/rt/etc/agentd/config.toml"));
         assert_eq!(l.socket, PathBuf::from("/tmp/rt/run/agentd/agentd.sock"));
-        assert_eq!(Layout::under(Path::new("/")).data_dir, PathBuf::from(DATA_DIR));
+        assert_eq!(
+            Layout::under(Path::new("/")).data_dir,
+            PathBuf::from(DATA_DIR)
+        );
     }
 
     #[cfg(unix)]

@@ -157,13 +157,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let profile = agentd_proto::profile::active();
     // System mode (see agentd_proto::system::client_wants_system): the system socket, and
     // never an autostarted daemon (a daemon this user starts would be a user-mode one).
-    let system = agentd_proto::system::Layout::current().ok().filter(|layout| {
-        agentd_proto::system::client_wants_system(
-            false,
-            args.socket.is_some() || args.profile.is_some(),
-            layout,
-        )
-    });
+    let system = agentd_proto::system::Layout::current()
+        .ok()
+        .filter(|layout| {
+            agentd_proto::system::client_wants_system(
+                false,
+                args.socket.is_some() || args.profile.is_some(),
+                layout,
+            )
+        });
     let daemon = Arc::new(daemon::DaemonLink {
         socket: match (&args.socket, &system) {
             (Some(socket), _) => socket.clone(),

@@ -172,7 +172,10 @@ mod tests {
             use std::os::unix::fs::MetadataExt as _;
             assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         }
-        assert_eq!(record_hash(Some(&k), 4, b"x"), super::super::sha256_hex(b"x"));
+        assert_eq!(
+            record_hash(Some(&k), 4, b"x"),
+            super::super::sha256_hex(b"x")
+        );
         assert_eq!(record_hash(Some(&k), 5, b"x"), k.mac_hex(b"x"));
     }
 }

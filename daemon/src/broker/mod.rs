@@ -149,10 +149,10 @@ impl Broker {
             ),
             crate::principal::Mode::User => AuditLog::open(&audit_dir, audit_options),
         };
-        let audit = Arc::new(
-            opened
-            .with_context(|| format!("cannot open the audit log in {}", audit_dir.display()))?,
-        );
+        let audit =
+            Arc::new(opened.with_context(|| {
+                format!("cannot open the audit log in {}", audit_dir.display())
+            })?);
         audit
             .append(
                 &AuditEvent::DaemonStart {
@@ -362,12 +362,16 @@ impl Broker {
     }
 
     /// Looks up one of `caller`'s requests, with its handle while the grant is active.
-    /// Someone else's request is answered exactly like an unknown id.
+    /// Admins see anyone's request (what `agentd approve` shows before asking), never with
+    /// a handle. For a client, someone else's request is answered exactly like an unknown id.
     pub fn get_request(&self, request_id: &str, caller: &Principal) -> Response {
         let state = self.state();
         match state.requests.get(request_id) {
             Some(r) if caller.owns(&r.owner) => {
                 Response::AccessRequest(Box::new(views::view_request(&state, r, true)))
+            }
+            Some(r) if caller.is_admin() => {
+                Response::AccessRequest(Box::new(views::view_request(&state, r, false)))
             }
             _ => no_such_request(request_id),
         }

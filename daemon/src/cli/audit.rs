@@ -141,7 +141,11 @@ pub async fn run_remote(args: &AuditArgs, socket: &Path) -> anyhow::Result<i32> 
         let mut out = stdout.lock();
         for text in records {
             let value: Option<Value> = serde_json::from_str(&text).ok();
-            if let Some(seq) = value.as_ref().and_then(|v| v.get("seq")).and_then(Value::as_u64) {
+            if let Some(seq) = value
+                .as_ref()
+                .and_then(|v| v.get("seq"))
+                .and_then(Value::as_u64)
+            {
                 after_seq = after_seq.max(seq);
             }
             if let (Some(f), Some(v)) = (filter.as_mut(), &value) {
@@ -796,7 +800,11 @@ mod tests {
         sample_log(dir.path());
         let (code, out) = show(dir.path(), &["verify"]);
         assert_eq!(code, 0);
-        assert_eq!(out, "audit log OK: 10 records in 1 file (seq 1..10)\n");
+        assert_eq!(
+            out,
+            "audit log OK: 10 records in 1 file (seq 1..10)\n\
+             chain: not keyed (plain SHA-256: proves order and completeness, not who wrote it)\n"
+        );
         let (code, out) = show(dir.path(), &["verify", "--json"]);
         assert_eq!(code, 0);
         let v: Value = serde_json::from_str(&out).unwrap();

@@ -38,7 +38,7 @@ pub struct Cli {
     /// System mode: the daemon runs as its own user (`agentd daemon --system`, as that
     /// user); the CLI talks to /run/agentd/agentd.sock. The CLI also picks system mode when
     /// that socket exists and no --socket / AGENTD_SOCKET / --profile names another daemon.
-    #[arg(long, global = true, env = "AGENTD_SYSTEM")]
+    #[arg(long, global = true, env = "AGENTD_SYSTEM", value_parser = clap::builder::BoolishValueParser::new())]
     pub system: bool,
     /// What to do.
     #[command(subcommand)]
@@ -254,17 +254,21 @@ impl Cli {
     }
     /// The config path in force.
     pub fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(|| match self.system_layout() {
-            Some(layout) => layout.config,
-            None => default_config_path(),
-        })
+        self.config
+            .clone()
+            .unwrap_or_else(|| match self.system_layout() {
+                Some(layout) => layout.config,
+                None => default_config_path(),
+            })
     }
     /// The control socket path in force.
     pub fn socket_path(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(|| match self.system_layout() {
-            Some(layout) => layout.socket,
-            None => agentd_proto::profile::active().socket_path(),
-        })
+        self.socket
+            .clone()
+            .unwrap_or_else(|| match self.system_layout() {
+                Some(layout) => layout.socket,
+                None => agentd_proto::profile::active().socket_path(),
+            })
     }
 }
 

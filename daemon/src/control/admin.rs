@@ -55,17 +55,21 @@ pub(super) async fn dispatch(
             .await;
             match stored {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Ok(err(ErrorCode::Internal, format!("cannot store {entry}: {e}"))),
+                Ok(Err(e)) => {
+                    return Ok(err(
+                        ErrorCode::Internal,
+                        format!("cannot store {entry}: {e}"),
+                    ))
+                }
                 Err(e) => return Ok(err(ErrorCode::Internal, e.to_string())),
             }
             info!(entry, who = %principal.describe(), "secret set");
-            record(broker, "secret_set", &entry, principal)
-                .unwrap_or_else(|| Response::Done {
-                    message: format!(
-                        "stored the secret for {resource}/{permission} (entry {entry}) in the {}",
-                        credentials::store_description(&broker.config().daemon)
-                    ),
-                })
+            record(broker, "secret_set", &entry, principal).unwrap_or_else(|| Response::Done {
+                message: format!(
+                    "stored the secret for {resource}/{permission} (entry {entry}) in the {}",
+                    credentials::store_description(&broker.config().daemon)
+                ),
+            })
         }
         Request::DeleteSecret {
             resource,
@@ -83,9 +87,17 @@ pub(super) async fn dispatch(
             match deleted {
                 Ok(Ok(())) => {}
                 Ok(Err(KeychainError::NotFound)) => {
-                    return Ok(err(ErrorCode::NotFound, format!("no secret stored for {entry}")))
+                    return Ok(err(
+                        ErrorCode::NotFound,
+                        format!("no secret stored for {entry}"),
+                    ))
                 }
-                Ok(Err(e)) => return Ok(err(ErrorCode::Internal, format!("cannot delete {entry}: {e}"))),
+                Ok(Err(e)) => {
+                    return Ok(err(
+                        ErrorCode::Internal,
+                        format!("cannot delete {entry}: {e}"),
+                    ))
+                }
                 Err(e) => return Ok(err(ErrorCode::Internal, e.to_string())),
             }
             info!(entry, who = %principal.describe(), "secret deleted");
@@ -109,7 +121,10 @@ pub(super) async fn dispatch(
                         .map(|p| format!("{} line {}: {:?}: {}", p.file, p.line, p.kind, p.detail))
                         .collect(),
                 }),
-                Ok(Err(e)) => err(ErrorCode::Internal, format!("cannot verify the audit log: {e}")),
+                Ok(Err(e)) => err(
+                    ErrorCode::Internal,
+                    format!("cannot verify the audit log: {e}"),
+                ),
                 Err(e) => err(ErrorCode::Internal, e.to_string()),
             }
         }
@@ -198,7 +213,12 @@ async fn read_audit(broker: &Broker, after_seq: u64, limit: u32) -> Response {
     let read = tokio::task::spawn_blocking(move || crate::audit::read_records(&dir)).await;
     let records = match read {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return err(ErrorCode::Internal, format!("cannot read the audit log: {e}")),
+        Ok(Err(e)) => {
+            return err(
+                ErrorCode::Internal,
+                format!("cannot read the audit log: {e}"),
+            )
+        }
         Err(e) => return err(ErrorCode::Internal, e.to_string()),
     };
     let mut out = Vec::new();

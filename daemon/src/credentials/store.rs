@@ -133,8 +133,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SecretStore::in_data_dir(dir.path());
         assert!(matches!(store.get("a/b"), Err(KeychainError::NotFound)));
-        store.set("a/b", &SecretString::from("one".to_owned())).unwrap();
-        store.set("a/b", &SecretString::from("two".to_owned())).unwrap();
+        store
+            .set("a/b", &SecretString::from("one".to_owned()))
+            .unwrap();
+        store
+            .set("a/b", &SecretString::from("two".to_owned()))
+            .unwrap();
         assert_eq!(store.get("a/b").unwrap().expose_secret(), "two");
         assert_eq!(store.path("a/b"), store.dir().join("a%2Fb"));
         assert_eq!(store.path("../x"), store.dir().join("%2E%2E%2Fx"));

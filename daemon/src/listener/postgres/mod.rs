@@ -379,7 +379,11 @@ pub fn spawn_unix(
     shared: bool,
 ) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
-    let (dir_mode, socket_mode) = if shared { (0o711, 0o666) } else { (0o700, 0o600) };
+    let (dir_mode, socket_mode) = if shared {
+        (0o711, 0o666)
+    } else {
+        (0o700, 0o600)
+    };
     crate::fsutil::create_private_dir(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
     let path = dir.join(format!(".s.PGSQL.{port}"));
@@ -426,7 +430,10 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
         grant.sessions.clone().spawn(
             async move {
                 if peer_uid != Some(uid) {
-                    warn!(owner_uid = uid, "refused Unix-socket peer: not the grant owner's uid");
+                    warn!(
+                        owner_uid = uid,
+                        "refused Unix-socket peer: not the grant owner's uid"
+                    );
                     wire::send_fatal(
                         &mut stream,
                         "28000",
