@@ -85,6 +85,7 @@ pub async fn run(options: StartOptions) -> anyhow::Result<()> {
     info!(socket = %socket.display(), config = %config_path.display(), pid = std::process::id(), mode = %broker.roles().mode().as_str(), "agentd daemon ready");
     announce_ready(&socket);
     let server = tokio::spawn(control::serve(listener, broker.clone(), stop.clone()));
+    spawn_reload_on_sighup(broker.clone());
     wait_for_shutdown_signal().await;
     info!("shutting down: ending all grants");
     stop.cancel();
@@ -152,6 +153,29 @@ async fn prepare_socket(socket: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the config ([`Broker::reload_config`]); the outcome is logged.
+fn spawn_reload_on_sighup(broker: std::sync::Arc<Broker>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match broker.reload_config("SIGHUP") {
+                    agentd_proto::Response::Error { message, .. } => {
+                        tracing::warn!(%message, "SIGHUP: config not reloaded");
+                    }
+                    _ => info!("SIGHUP: config reloaded"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = broker;
 }
 
 async fn wait_for_shutdown_signal() {

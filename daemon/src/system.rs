@@ -88,6 +88,16 @@ pub fn prepare(
     })
 }
 
+/// The system config file's checks alone (for a reload): owned by root, writable by no one
+/// else, its directories safe.
+///
+/// # Errors
+/// The path and why, as at start.
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let (uid, gid) = effective_ids();
+    check_config_file(path, uid, gid)
+}
+
 /// Creates `dir` with `mode` when it is missing (the parent must let us).
 fn ensure_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;

@@ -633,7 +633,19 @@ async fn attacks_on_grant(
     out.push(outcome(
         "read the audit log (file, or `agentd audit`)",
         direct.code != 0 && via.code != 0,
-        format!("file: {}; CLI: {}", direct.stderr.trim(), via.stderr.trim()),
+        format!(
+            "file: {}; CLI: {}",
+            if direct.code == 0 {
+                "read"
+            } else {
+                direct.stderr.trim()
+            },
+            if via.code == 0 {
+                "`agentd audit` printed it"
+            } else {
+                via.stderr.trim()
+            }
+        ),
     ));
     seen.push(direct.stdout);
     seen.push(via.stdout);
@@ -651,6 +663,13 @@ async fn attacks_on_grant(
         } else {
             r.stderr.trim().to_owned()
         },
+    ));
+    // Make the daemon re-read a config (after editing it, where that worked).
+    let r = run(target.cli(AGENT, &["config", "reload"]), None).await?;
+    out.push(outcome(
+        "reload the config",
+        r.code != 0,
+        format!("{}{}", r.stdout.trim(), r.stderr.trim()),
     ));
     // Signal or trace the daemon (kill -0 checks the permission without killing).
     let r = run(as_user(AGENT, &["kill", "-0", &pid], &[]), None).await?;
@@ -974,6 +993,19 @@ async fn system_half(
         shown.stderr
     );
     seen.push(shown.stdout);
+    // The admin reloads the (root-owned) config through the socket.
+    let mut reload = tokio::process::Command::new(&target.agentd);
+    reload
+        .args(["config", "reload"])
+        .env_clear()
+        .env("PATH", PATH_ENV)
+        .envs(target.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let reloaded = run(reload, None).await?;
+    anyhow::ensure!(
+        reloaded.code == 0 && reloaded.stdout.contains("reloaded"),
+        "admin reload: {}",
+        reloaded.stderr
+    );
     let log = rig.stop().await?;
     seen.push(log);
     Ok(outcomes)

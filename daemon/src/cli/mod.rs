@@ -73,12 +73,14 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Give back a grant before it expires (what an agent does when it is done).
     Release(ReleaseArgs),
-    /// Show the audit log, follow it, or verify its hash chain (`agentd audit verify`).
+    /// Show the audit log, follow it, or verify its hash chain (`agentd audit verify`). In
+    /// system mode it is read through the daemon (admins only).
     Audit(audit::AuditArgs),
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Store, delete or list upstream secrets in the OS keychain (values are never shown).
+    /// Store, delete or list upstream secrets in the OS keychain, or in system mode in the
+    /// daemon's store through the socket (admins only). Values are never shown.
     #[command(subcommand)]
     Secret(SecretCommand),
     /// Bearer tokens for `agentd-mcp --http` (create, list, revoke).
@@ -195,6 +197,9 @@ pub enum ConfigCommand {
     /// Load and validate the config; show each resource, permission and policy in plain
     /// English, where the audit log goes, and warnings. Exit code 1 when it does not load.
     Check(config_check::ConfigCheckArgs),
+    /// Ask the running daemon to re-read its config file (admin only; SIGHUP does the
+    /// same). Active grants keep their settings; mode and data_dir need a restart.
+    Reload,
 }
 
 /// `agentd secret`.
@@ -303,6 +308,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 None => audit_dir_of(&cli.config_path())?,
             };
             code(audit::run(args, &dir))
+        }
+        Command::Config(ConfigCommand::Reload) => {
+            if let Response::Done { message } =
+                call(&cli.socket_path(), Request::ReloadConfig).await?
+            {
+                println!("{message}");
+            }
+            Ok(0)
         }
         Command::Config(ConfigCommand::Check(args)) => {
             code(config_check::run(&cli.config_path(), args))

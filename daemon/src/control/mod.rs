@@ -257,10 +257,7 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, principal: &Principal)
             info!(?target, who = %principal.describe(), "revoke");
             broker.revoke(&target, principal).await
         }
-        Request::ReloadConfig => Response::Error {
-            code: ErrorCode::Internal,
-            message: "this daemon cannot reload its config yet; restart it (e.g. `systemctl restart agentd`)".to_owned(),
-        },
+        Request::ReloadConfig => broker.reload_config(&principal.describe()),
         // Handled by admin::dispatch above.
         Request::SetSecret { .. }
         | Request::DeleteSecret { .. }
