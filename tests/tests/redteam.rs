@@ -81,7 +81,7 @@ elif mode == "rechain":
     lines = open(path, "rb").read().split(b"\n")[:-1]
     last = lines[-1]
     body = last[: -len(b',"hash":"') - 66] + b"}"
-    body = body.replace(b'"event":"', b'"event":"x', 1) if False else body.replace(b'"ts":"2', b'"ts":"1', 1)
+    body = body.replace(b'"ts":"2', b'"ts":"1', 1)
     h = hashlib.sha256(body).hexdigest().encode()
     lines[-1] = body[:-1] + b',"hash":"' + h + b'"}'
     open(path, "wb").write(b"\n".join(lines) + b"\n")
@@ -191,13 +191,6 @@ fn ensure_user(name: &str) -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "useradd {name} failed");
     }
     Ok(())
-}
-
-fn uid_of(name: &str) -> anyhow::Result<u32> {
-    let out = std::process::Command::new("id")
-        .args(["-u", name])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
 fn chown(path: &Path, user: &str) -> anyhow::Result<()> {
@@ -322,8 +315,9 @@ impl PendingRequest {
     }
 }
 
-/// `CMD` at a pseudo-terminal made by script(1), run as `user`, typing `typed`.
-fn at_pty(target: &Target, user: &str, args: &[&str], typed_env: bool) -> tokio::process::Command {
+/// `agentd ARGS` at a pseudo-terminal made by script(1), run as `user` (root: directly);
+/// what the caller writes to its stdin is typed at that terminal.
+fn at_pty(target: &Target, user: &str, args: &[&str]) -> tokio::process::Command {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let mut line = vec![quote(&target.agentd.display().to_string())];
     line.extend(args.iter().map(|a| quote(a)));
@@ -345,7 +339,6 @@ fn at_pty(target: &Target, user: &str, args: &[&str], typed_env: bool) -> tokio:
             .envs(target.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     } else {
-        let _ = typed_env;
         as_user(user, &argv, &target.env)
     }
 }
@@ -409,6 +402,10 @@ async fn attacks(
     ));
 
     // 2. Keyrings the agent can reach.
+    anyhow::ensure!(
+        Path::new("/usr/bin/keyctl").exists() || Path::new("/bin/keyctl").exists(),
+        "the red team needs keyctl(1): apt-get install keyutils (.ci/run does)"
+    );
     let sh = "for r in @s @u @us; do for k in $(keyctl rlist $r 2>/dev/null); do keyctl print $k 2>/dev/null; for j in $(keyctl rlist $k 2>/dev/null); do keyctl print $j 2>/dev/null; done; done; done; true";
     let r = run(as_user(AGENT, &["sh", "-c", sh], &[]), None).await?;
     let held = !contains_secret(&r.stdout, secret);
@@ -551,11 +548,7 @@ async fn attacks(
         v["kind"] == "error",
         v["message"].as_str().unwrap_or(r.stderr.trim()).to_owned(),
     ));
-    let r = run(
-        at_pty(target, AGENT, &["approve", &req.id], false),
-        Some("yes\n"),
-    )
-    .await?;
+    let r = run(at_pty(target, AGENT, &["approve", &req.id]), Some("yes\n")).await?;
     let approved = r.stdout.contains("approved r_");
     out.push(outcome(
         "approve its own request through script(1) (a pseudo-terminal)",
@@ -851,11 +844,7 @@ async fn admin_set_secret(target: &Target, secret: &SecretString) -> anyhow::Res
 }
 
 async fn admin_approve(target: &Target, id: &str) -> anyhow::Result<CliOutput> {
-    let r = run(
-        at_pty(target, "root", &["approve", id], false),
-        Some("yes\n"),
-    )
-    .await?;
+    let r = run(at_pty(target, "root", &["approve", id]), Some("yes\n")).await?;
     anyhow::ensure!(
         r.stdout.contains("approved r_"),
         "root could not approve: {}",
@@ -1108,11 +1097,7 @@ async fn user_half(
     {
         Ok(Ok(Some(line))) => serde_json::from_str(&line)?,
         _ => {
-            let r = run(
-                at_pty(&target, AGENT, &["approve", &req.id], false),
-                Some("yes\n"),
-            )
-            .await?;
+            let r = run(at_pty(&target, AGENT, &["approve", &req.id]), Some("yes\n")).await?;
             seen.push(r.stdout);
             req.decision().await?
         }
@@ -1311,7 +1296,6 @@ async fn system_mode_refuses_unsafe_layouts() -> anyhow::Result<()> {
     )
     .await?;
     assert!(r.stderr.contains("is not honoured"), "{}", r.stderr);
-    let _ = uid_of(AGENT)?;
     Ok(())
 }
 

@@ -178,4 +178,46 @@ mod tests {
         );
         assert_eq!(record_hash(Some(&k), 5, b"x"), k.mac_hex(b"x"));
     }
+
+    #[test]
+    fn keyed_chain_verifies_and_a_sha256_rechain_is_caught() {
+        use crate::audit::tests::{no_fsync, stmt};
+        use crate::audit::{verify, AuditLog, Durability, ACTIVE_FILE};
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("audit");
+        // Two unkeyed records first (an older user-mode log), then the key from seq 3.
+        {
+            let log = AuditLog::open(&dir, no_fsync(1 << 20)).unwrap();
+            log.append(&stmt(1), Durability::Write).unwrap();
+            log.append(&stmt(2), Durability::Write).unwrap();
+        }
+        let key_path = data.path().join(KEY_FILE);
+        let log = AuditLog::open_keyed(&dir, no_fsync(1 << 20), &key_path).unwrap();
+        assert_eq!(log.keyed_from(), Some(3));
+        log.append(&stmt(3), Durability::Write).unwrap();
+        log.append(&stmt(4), Durability::Write).unwrap();
+        let report = log.verify().unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!((report.records, report.keyed_from), (4, Some(3)));
+        // verify() finds the key beside the directory.
+        assert_eq!(verify(&dir).unwrap().keyed_from, Some(3));
+        // Edit the last record and re-hash it with plain SHA-256: caught.
+        let path = dir.join(ACTIVE_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let last = lines.pop().unwrap();
+        let (body, _) = super::super::verify::split_hash(last.as_bytes()).unwrap();
+        let body = String::from_utf8(body)
+            .unwrap()
+            .replace("\"ts\":\"2", "\"ts\":\"1");
+        let hash = super::super::sha256_hex(body.as_bytes());
+        lines.push(format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let report = log.verify().unwrap();
+        assert!(!report.ok());
+        assert_eq!(report.problems[0].seq, Some(4));
+        // Without the key, the keyed records do not verify as plain SHA-256.
+        let unkeyed = crate::audit::verify::verify_with_key(&dir, None).unwrap();
+        assert!(unkeyed.problems.iter().any(|p| p.seq == Some(3)));
+    }
 }
