@@ -283,6 +283,10 @@ impl Cli {
 /// # Errors
 /// Whatever the subcommand reports; `main` prints it and exits 1.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if cli.system || std::env::var_os(agentd_proto::system::ROOT_ENV).is_some() {
+        // Say why a test prefix is not honoured instead of quietly using user mode.
+        agentd_proto::system::Layout::current()?;
+    }
     let ok = |r: anyhow::Result<()>| r.map(|()| 0u8);
     let code = |r: anyhow::Result<i32>| r.map(|c| u8::try_from(c).unwrap_or(1));
     match &cli.command {
