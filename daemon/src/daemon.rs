@@ -7,29 +7,85 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::control;
+use crate::principal::Mode;
 use agentd_proto::Client;
 use anyhow::{bail, Context as _};
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Runs the daemon in the foreground until interrupted.
+/// How `agentd daemon` was asked to start.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// `--config`, if given.
+    pub config: Option<PathBuf>,
+    /// `--socket`, if given.
+    pub socket: Option<PathBuf>,
+    /// `--system` (or `AGENTD_SYSTEM=1`).
+    pub system: bool,
+}
+
+/// Runs the daemon in the foreground until interrupted. In system mode (`--system`, or
+/// `[daemon] mode = "system"` in the config) the config defaults to
+/// `/etc/agentd/config.toml`, the socket to `/run/agentd/agentd.sock` (mode 0666: the daemon
+/// classifies every peer) and the layout is checked first ([`crate::system::prepare`]).
 ///
 /// # Errors
-/// Config errors, an insecure socket directory, or another daemon already serving `socket`.
-pub async fn run(config_path: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
+/// Config errors, an insecure layout or socket directory, running as root in system mode,
+/// or another daemon already serving the socket.
+pub async fn run(options: StartOptions) -> anyhow::Result<()> {
     crate::credentials::hardening::apply();
-    let config = Config::load(&config_path)?;
-    prepare_socket(&socket).await?;
-    let listener = control::bind(&socket)
+    let layout = if options.system {
+        Some(agentd_proto::system::Layout::current()?)
+    } else {
+        None
+    };
+    let config_path = match (&options.config, &layout) {
+        (Some(path), _) => path.clone(),
+        (None, Some(layout)) => layout.config.clone(),
+        (None, None) => crate::config::default_config_path(),
+    };
+    let mut config = Config::load(&config_path)?;
+    let system = options.system || config.daemon.mode == Mode::System;
+    let (socket, unix_root, socket_mode) = if system {
+        #[cfg(unix)]
+        {
+            let layout = match layout {
+                Some(l) => l,
+                None => agentd_proto::system::Layout::current()?,
+            };
+            config.daemon.mode = Mode::System;
+            let prepared =
+                crate::system::prepare(&layout, &config_path, options.socket.clone(), &mut config)?;
+            refuse_live_daemon(&prepared.socket).await?;
+            (prepared.socket, Some(prepared.grant_socket_root), 0o666)
+        }
+        #[cfg(not(unix))]
+        bail!("system mode is supported on Unix only")
+    } else {
+        let socket = options
+            .socket
+            .clone()
+            .unwrap_or_else(|| agentd_proto::profile::active().socket_path());
+        prepare_socket(&socket).await?;
+        let unix_root = socket.parent().map(|d| d.join("pg"));
+        (socket, unix_root, 0o600)
+    };
+    let listener = control::bind(&socket, socket_mode)
         .with_context(|| format!("cannot bind control socket {}", socket.display()))?;
-    let unix_root = socket.parent().map(|d| d.join("pg"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(socket_mode))
+            .with_context(|| format!("chmod {socket_mode:o} {}", socket.display()))?;
+    }
     let broker = Broker::open(config, config_path.clone(), unix_root)?;
     broker.sweep_dynamic_roles().await;
     let stop = CancellationToken::new();
-    info!(socket = %socket.display(), config = %config_path.display(), pid = std::process::id(), "agentd daemon ready");
+    info!(socket = %socket.display(), config = %config_path.display(), pid = std::process::id(), mode = %broker.roles().mode().as_str(), "agentd daemon ready");
     announce_ready(&socket);
     let server = tokio::spawn(control::serve(listener, broker.clone(), stop.clone()));
+    spawn_reload_on_sighup(broker.clone());
     wait_for_shutdown_signal().await;
     info!("shutting down: ending all grants");
     stop.cancel();
@@ -49,6 +105,23 @@ fn announce_ready(socket: &Path) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// System mode: the run directory was checked by [`crate::system::prepare`]; refuse when
+/// another daemon answers on `socket`, remove a stale socket file.
+#[cfg(unix)]
+async fn refuse_live_daemon(socket: &Path) -> anyhow::Result<()> {
+    if socket.exists() {
+        if Client::connect(socket).await.is_ok() {
+            bail!(
+                "another agentd daemon is already serving {}",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    Ok(())
 }
 
 /// Makes sure the socket's directory is private and no other daemon is serving there; a
@@ -80,6 +153,29 @@ async fn prepare_socket(socket: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP re-reads the config ([`Broker::reload_config`]); the outcome is logged.
+fn spawn_reload_on_sighup(broker: std::sync::Arc<Broker>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match broker.reload_config("SIGHUP") {
+                    agentd_proto::Response::Error { message, .. } => {
+                        tracing::warn!(%message, "SIGHUP: config not reloaded");
+                    }
+                    _ => info!("SIGHUP: config reloaded"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = broker;
 }
 
 async fn wait_for_shutdown_signal() {

@@ -340,7 +340,7 @@ pub async fn run(serve: bool, dynamic: bool) -> anyhow::Result<()> {
 }
 
 async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
-    let listener = crate::control::bind(&sandbox.socket_path)
+    let listener = crate::control::bind(&sandbox.socket_path, 0o600)
         .with_context(|| format!("binding {}", sandbox.socket_path.display()))?;
     let broker = Broker::open(
         sandbox.config()?,

@@ -20,3 +20,5 @@ pub mod listener;
 pub mod pgcluster;
 pub mod policy;
 pub mod principal;
+#[cfg(unix)]
+pub mod system;

@@ -125,6 +125,71 @@ pub enum Request {
         /// Which grants.
         target: RevokeTarget,
     },
+    /// Admin: store (or replace) the secret of `resource`/`permission` in the daemon's
+    /// store (system mode) or keychain (user mode); answered with [`Response::Done`].
+    SetSecret {
+        /// Resource name.
+        resource: String,
+        /// Permission name.
+        permission: String,
+        /// The secret; zeroized on drop, `Debug` prints `[REDACTED]`.
+        value: SecretValue,
+    },
+    /// Admin: delete the secret of `resource`/`permission`; answered with [`Response::Done`].
+    DeleteSecret {
+        /// Resource name.
+        resource: String,
+        /// Permission name.
+        permission: String,
+    },
+    /// Admin: the secret entries the config uses and whether each is stored (never values);
+    /// answered with [`Response::Secrets`].
+    ListSecrets,
+    /// Admin: audit records after `after_seq`, at most `limit` (capped at
+    /// [`MAX_AUDIT_PAGE`]) and at most [`MAX_AUDIT_PAGE_BYTES`] of record text; answered with
+    /// [`Response::AuditRecords`]. Lets admins read a log clients cannot reach.
+    ReadAudit {
+        /// Records with `seq > after_seq` (0: from the start).
+        #[serde(default)]
+        after_seq: u64,
+        /// Most records wanted.
+        limit: u32,
+    },
+    /// Admin: verify the audit chain with the daemon's key; answered with
+    /// [`Response::AuditVerified`].
+    VerifyAudit,
+    /// Admin: re-read the config file (as SIGHUP does); answered with [`Response::Done`].
+    ReloadConfig,
+}
+
+/// Most records one [`Request::ReadAudit`] returns.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// Most bytes of record text one [`Request::ReadAudit`] returns (well under the 1 MiB frame
+/// cap).
+pub const MAX_AUDIT_PAGE_BYTES: usize = 512 * 1024;
+
+/// A secret value on the control socket ([`Request::SetSecret`] only): zeroized on drop;
+/// `Debug` prints `[REDACTED]`. Serialised as a plain JSON string.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(zeroize::Zeroizing<String>);
+
+impl SecretValue {
+    /// Wraps `value`.
+    pub fn new(value: String) -> Self {
+        Self(zeroize::Zeroizing::new(value))
+    }
+    /// The secret text, for the one place that stores it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
 }
 
 /// Longest [`Request::AwaitRequest`] wait the daemon honours, in seconds.
@@ -146,6 +211,28 @@ impl Request {
     /// are human verbs and need user presence.
     pub fn is_agent_verb(&self) -> bool {
         !matches!(self, Request::Approve { .. } | Request::Deny { .. })
+    }
+
+    /// True for the verbs only an admin may send: approve, deny, revoke, the secret verbs,
+    /// reading or verifying the audit log, reloading the config.
+    pub fn is_admin_verb(&self) -> bool {
+        matches!(
+            self,
+            Request::Approve { .. }
+                | Request::Deny { .. }
+                | Request::Revoke { .. }
+                | Request::SetSecret { .. }
+                | Request::DeleteSecret { .. }
+                | Request::ListSecrets
+                | Request::ReadAudit { .. }
+                | Request::VerifyAudit
+                | Request::ReloadConfig
+        )
+    }
+
+    /// True for the verbs that need a human at a terminal (approve, deny).
+    pub fn needs_presence(&self) -> bool {
+        matches!(self, Request::Approve { .. } | Request::Deny { .. })
     }
 }
 
@@ -224,6 +311,27 @@ pub enum Response {
         /// The requests, newest first.
         requests: Vec<AccessRequestView>,
     },
+    /// Answer to the admin verbs that only succeed or fail.
+    Done {
+        /// What was done, in words.
+        message: String,
+    },
+    /// Answer to [`Request::ListSecrets`].
+    Secrets {
+        /// Where secrets live: `daemon store DIR` or `keychain service NAME`.
+        store: String,
+        /// The entries the config uses.
+        entries: Vec<SecretEntry>,
+    },
+    /// Answer to [`Request::ReadAudit`].
+    AuditRecords {
+        /// Record lines as written (JSON, no trailing newline), in order.
+        records: Vec<String>,
+        /// True when more records follow the last one returned.
+        more: bool,
+    },
+    /// Answer to [`Request::VerifyAudit`].
+    AuditVerified(AuditVerifyView),
     /// The request failed; `message` is safe to show to an agent.
     Error {
         /// Machine-readable reason.
@@ -231,6 +339,38 @@ pub enum Response {
         /// Human-readable reason with what to do next.
         message: String,
     },
+}
+
+/// One secret entry in [`Response::Secrets`]: names and state, never a value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SecretEntry {
+    /// Entry name (`RESOURCE/PERMISSION`, or the permission's `entry`).
+    pub entry: String,
+    /// `secret` (the login's password) or `admin` (a dynamic source's admin password).
+    pub kind: String,
+    /// The permissions that use it (`resource/permission`).
+    pub used_by: Vec<String>,
+    /// `present`, `missing` or `error`.
+    pub state: String,
+    /// The store's error, when `state` is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The result of verifying the audit chain ([`Request::VerifyAudit`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditVerifyView {
+    /// True when the chain verifies.
+    pub ok: bool,
+    /// Records checked.
+    pub records: u64,
+    /// Files read.
+    pub files: u64,
+    /// The first record whose hash is an HMAC with the daemon's key; `None`: not keyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyed_from: Option<u64>,
+    /// Each problem found, in words (file, line, what).
+    pub problems: Vec<String>,
 }
 
 /// Machine-readable error reasons.

@@ -155,11 +155,26 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let profile = agentd_proto::profile::active();
+    // System mode (see agentd_proto::system::client_wants_system): the system socket, and
+    // never an autostarted daemon (a daemon this user starts would be a user-mode one).
+    let system = agentd_proto::system::Layout::current()
+        .ok()
+        .filter(|layout| {
+            agentd_proto::system::client_wants_system(
+                false,
+                args.socket.is_some() || args.profile.is_some(),
+                layout,
+            )
+        });
     let daemon = Arc::new(daemon::DaemonLink {
-        socket: args.socket.unwrap_or_else(|| profile.socket_path()),
+        socket: match (&args.socket, &system) {
+            (Some(socket), _) => socket.clone(),
+            (None, Some(layout)) => layout.socket.clone(),
+            (None, None) => profile.socket_path(),
+        },
         config: args.config,
         profile: profile.name().map(str::to_owned),
-        autostart: !args.no_autostart,
+        autostart: !args.no_autostart && system.is_none(),
         agentd_bin: args.agentd_bin,
     });
     if let Some(addr) = args.http {

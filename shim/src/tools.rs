@@ -584,6 +584,10 @@ fn kind_of(response: &Response) -> &'static str {
         Response::Grants { .. } => "grants",
         Response::Requests { .. } => "requests",
         Response::Error { .. } => "error",
+        Response::Done { .. } => "done",
+        Response::Secrets { .. } => "secrets",
+        Response::AuditRecords { .. } => "audit_records",
+        Response::AuditVerified(_) => "audit_verified",
     }
 }
 

@@ -210,6 +210,16 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An admin changed the daemon: a secret set or deleted, the config reloaded. Names
+    /// only, never a value.
+    AdminAction {
+        /// `secret_set`, `secret_deleted` or `config_reloaded`.
+        action: String,
+        /// The secret entry or config path acted on.
+        target: String,
+        /// Who, from the daemon's view of the peer: `user NAME (uid U pid P)`.
+        by: String,
+    },
     /// Statement events were lost because the writer fell behind.
     StatementsDropped {
         /// How many statement events were dropped since the previous such record.
@@ -257,6 +267,7 @@ impl AuditEvent {
             AuditEvent::RoleCreated { .. } => "role_created",
             AuditEvent::RoleDropped { .. } => "role_dropped",
             AuditEvent::RolesSwept { .. } => "roles_swept",
+            AuditEvent::AdminAction { .. } => "admin_action",
         }
     }
 }

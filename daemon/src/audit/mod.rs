@@ -37,11 +37,13 @@
 //! non-blocking statement channel and its writer task).
 
 pub mod event;
+pub mod key;
 pub mod redact;
 pub mod sink;
 pub mod verify;
 
 pub use event::{AuditEvent, StatementOverflow};
+pub use key::AuditKey;
 pub use redact::redact_secrets;
 pub use sink::{spawn_writer, StatementSink};
 pub use verify::{read_records, verify, Follower, Problem, ProblemKind, RawRecord, VerifyReport};
@@ -186,6 +188,7 @@ fn encode_record(
     ts: &str,
     event: &AuditEvent,
     prev: &str,
+    key: Option<&AuditKey>,
 ) -> Result<(Vec<u8>, String), AuditError> {
     let mut line = serde_json::to_vec(&RecordOut {
         seq,
@@ -193,7 +196,7 @@ fn encode_record(
         event,
         prev,
     })?;
-    let hash = sha256_hex(&line);
+    let hash = key::record_hash(key, seq, &line);
     // The body always ends in `}`; splice the hash member in before it.
     line.pop();
     line.extend_from_slice(b",\"hash\":\"");
@@ -210,6 +213,8 @@ pub struct AuditLog {
     active: PathBuf,
     options: AuditOptions,
     state: Mutex<State>,
+    /// The chain key (system mode), see [`key`].
+    key: Option<AuditKey>,
 }
 
 #[derive(Debug)]
@@ -245,6 +250,26 @@ impl AuditLog {
     /// Errors: [`AuditError::Io`] for filesystem failures; [`AuditError::Malformed`] when the
     /// last complete record (or a rotated file's name/contents) cannot be parsed.
     pub fn open(dir: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
+        Self::open_with_key(dir, options, None)
+    }
+
+    /// [`AuditLog::open`] with a keyed chain: the key at `key_file` is loaded, or created to
+    /// apply from the next record (see [`key`]).
+    ///
+    /// Errors: as [`AuditLog::open`], plus the key file's errors.
+    pub fn open_keyed(
+        dir: &Path,
+        options: AuditOptions,
+        key_file: &Path,
+    ) -> Result<AuditLog, AuditError> {
+        Self::open_with_key(dir, options, Some(key_file))
+    }
+
+    fn open_with_key(
+        dir: &Path,
+        options: AuditOptions,
+        key_file: Option<&Path>,
+    ) -> Result<AuditLog, AuditError> {
         crate::fsutil::create_private_dir(dir).map_err(io_err("create directory", dir))?;
         let active = dir.join(ACTIVE_FILE);
         let existed = active.exists();
@@ -298,7 +323,11 @@ impl AuditLog {
             Some(t) => (t.seq + 1, t.hash),
             None => (1, GENESIS_HASH.to_string()),
         };
+        let key = key_file
+            .map(|path| AuditKey::load_or_create(path, next_seq))
+            .transpose()?;
         let log = AuditLog {
+            key,
             dir: dir.to_path_buf(),
             active,
             options,
@@ -324,6 +353,18 @@ impl AuditLog {
             )?;
         }
         Ok(log)
+    }
+
+    /// The first record hashed with the chain key, when the log is keyed.
+    pub fn keyed_from(&self) -> Option<u64> {
+        self.key.as_ref().map(|k| k.from)
+    }
+
+    /// Verifies the chain with this log's key ([`verify::verify_with_key`]).
+    ///
+    /// Errors: as [`verify()`].
+    pub fn verify(&self) -> Result<VerifyReport, AuditError> {
+        verify::verify_with_key(&self.dir, self.key.as_ref())
     }
 
     /// The audit directory.
@@ -352,7 +393,13 @@ impl AuditLog {
     pub fn append(&self, event: &AuditEvent, durability: Durability) -> Result<u64, AuditError> {
         let mut state = self.state.lock().map_err(|_| AuditError::Poisoned)?;
         let ts = now_rfc3339();
-        let (line, hash) = encode_record(state.next_seq, &ts, event, &state.last_hash)?;
+        let (line, hash) = encode_record(
+            state.next_seq,
+            &ts,
+            event,
+            &state.last_hash,
+            self.key.as_ref(),
+        )?;
         let seq = state.next_seq;
         self.write_lines(&mut state, &line, seq, seq, hash, durability)?;
         Ok(seq)
@@ -379,7 +426,7 @@ impl AuditLog {
         let mut prev = state.last_hash.clone();
         let mut last = None;
         for event in events {
-            let (line, hash) = encode_record(seq, &ts, event, &prev)?;
+            let (line, hash) = encode_record(seq, &ts, event, &prev, self.key.as_ref())?;
             let would_be = state.size + (buf.len() + line.len()) as u64;
             if !buf.is_empty() && would_be > self.options.max_file_bytes {
                 // Flush what fits in the current file; the next write rotates.

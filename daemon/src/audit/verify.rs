@@ -25,8 +25,8 @@
 //!   Hash chaining proves internal consistency, not authenticity; ship the latest hash off
 //!   the machine to anchor it.
 
-use super::{parse_rotated_file_name, sha256_hex, AuditError, ACTIVE_FILE, GENESIS_HASH};
-use super::{AuditEvent, HASH_SUFFIX_LEN};
+use super::{parse_rotated_file_name, AuditError, ACTIVE_FILE, GENESIS_HASH};
+use super::{AuditEvent, AuditKey, HASH_SUFFIX_LEN};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -139,6 +139,10 @@ pub struct VerifyReport {
     pub last_seq: Option<u64>,
     /// Everything wrong, in file order.
     pub problems: Vec<Problem>,
+    /// The first record checked as an HMAC with the daemon's key (see
+    /// [`super::key`]); `None` when the chain is not keyed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyed_from: Option<u64>,
 }
 
 impl VerifyReport {
@@ -168,7 +172,7 @@ struct Head {
     prev: String,
 }
 
-fn parse_line(line_no: u64, raw: &[u8]) -> Entry {
+fn parse_line(line_no: u64, raw: &[u8], key: Option<&AuditKey>) -> Entry {
     let malformed = |detail: &str| Entry::Malformed {
         line: line_no,
         detail: detail.to_string(),
@@ -194,11 +198,11 @@ fn parse_line(line_no: u64, raw: &[u8]) -> Entry {
         seq: head.seq,
         prev: head.prev,
         hash: hash.to_string(),
-        hash_ok: sha256_hex(&body) == hash,
+        hash_ok: super::key::record_hash(key, head.seq, &body) == hash,
     }
 }
 
-fn read_entries(path: &Path) -> Result<Vec<Entry>, AuditError> {
+fn read_entries(path: &Path, key: Option<&AuditKey>) -> Result<Vec<Entry>, AuditError> {
     let file = File::open(path).map_err(|source| AuditError::Io {
         op: "open",
         path: path.to_path_buf(),
@@ -221,7 +225,7 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>, AuditError> {
             break;
         }
         line_no += 1;
-        entries.push(parse_line(line_no, &buf));
+        entries.push(parse_line(line_no, &buf, key));
     }
     Ok(entries)
 }
@@ -232,13 +236,38 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>, AuditError> {
 /// Errors: [`AuditError::Io`] when the directory or a file cannot be read (a missing
 /// directory is an error; an empty one verifies with zero records). Damage is not an error:
 /// it is listed in [`VerifyReport::problems`].
+///
+/// A keyed log (an `audit.key` beside `dir`, see [`super::key`]) is checked with that key;
+/// when the key exists but cannot be read (it is the daemon user's), the error says to
+/// verify through the daemon.
 pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
+    let key_path = AuditKey::path_beside(dir);
+    let key = AuditKey::load(&key_path).map_err(|e| match e {
+        AuditError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            AuditError::Io {
+                op: "read the chain key (this log is keyed; verify it through the daemon: `sudo agentd audit verify`)",
+                path: key_path.clone(),
+                source,
+            }
+        }
+        other => other,
+    })?;
+    verify_with_key(dir, key.as_ref())
+}
+
+/// [`verify`] with an explicit key (`None`: every record must carry a plain SHA-256).
+///
+/// Errors: as [`verify`].
+pub fn verify_with_key(dir: &Path, key: Option<&AuditKey>) -> Result<VerifyReport, AuditError> {
     std::fs::metadata(dir).map_err(|source| AuditError::Io {
         op: "open",
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        keyed_from: key.map(|k| k.from),
+        ..VerifyReport::default()
+    };
     // The record with the highest seq so far: (seq, hash).
     let mut last: Option<(u64, String)> = None;
     // Malformed lines since that record (they may be the records a gap is missing).
@@ -249,7 +278,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         report.files.push(name.clone());
-        let entries = read_entries(&path)?;
+        let entries = read_entries(&path, key)?;
         let mut seqs: Vec<u64> = entries
             .iter()
             .filter_map(|e| match e {
@@ -542,7 +571,7 @@ fn read_from(
 mod tests {
     use super::*;
     use crate::audit::tests::{no_fsync, stmt};
-    use crate::audit::{rotated_file_name, AuditLog, Durability};
+    use crate::audit::{rotated_file_name, sha256_hex, AuditLog, Durability};
 
     /// A log of `n` statements in `dir`, rotated at `max` bytes.
     fn build(n: u64, max: u64) -> tempfile::TempDir {

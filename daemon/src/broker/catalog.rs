@@ -20,8 +20,8 @@ impl Broker {
             .filter_map(|id| state.grants.get(id))
             .filter(|g| g.state == GrantState::Active && held_by(g, caller))
             .collect();
-        let resources = self
-            .config
+        let config = self.config();
+        let resources = config
             .resources
             .iter()
             .map(|(name, r)| ResourceInfo {

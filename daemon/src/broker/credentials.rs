@@ -33,7 +33,7 @@ impl Broker {
         expires_at: SystemTime,
     ) -> Result<(Login, Option<GrantRole>, Option<Arc<RenewableLogin>>), CredentialError> {
         let (rname, pname) = (&request.spec.resource, &request.spec.permission);
-        let settings = &self.config.daemon;
+        let settings = &self.config().daemon;
         match &permission.credential {
             CredentialSource::Keyring { .. } => {
                 let password =
@@ -110,7 +110,7 @@ impl Broker {
         let CredentialSource::Dynamic(spec) = &permission.credential else {
             return Err(CredentialError::Internal("not a dynamic permission".into()));
         };
-        let settings = &self.config.daemon;
+        let settings = &self.config().daemon;
         let admin_password =
             credentials::fetch_secret_async(settings, &permission.credential, rname, pname)
                 .await?
@@ -190,7 +190,7 @@ impl Broker {
         };
         // One sweep per (resource, admin login): permissions sharing an admin share roles.
         let mut swept: Vec<(String, String)> = Vec::new();
-        for (rname, resource) in &self.config.resources {
+        for (rname, resource) in &self.config().resources {
             for (pname, permission) in &resource.permissions {
                 let CredentialSource::Dynamic(spec) = &permission.credential else {
                     continue;

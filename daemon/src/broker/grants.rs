@@ -17,9 +17,9 @@ impl Broker {
     /// `request`. The grant is not yet visible or recorded: [`Broker::activate_grant`] does
     /// that. Returns an agent-safe error message on failure.
     pub(super) async fn open_grant(&self, request: &RequestRecord) -> Result<GrantRecord, String> {
-        let Some((resource, permission)) = self
-            .config
-            .permission(&request.spec.resource, &request.spec.permission)
+        let config = self.config();
+        let Some((resource, permission)) =
+            config.permission(&request.spec.resource, &request.spec.permission)
         else {
             return Err(format!(
                 "{}/{} is no longer configured",
@@ -59,7 +59,7 @@ impl Broker {
                 username: login.username,
                 secret: Arc::new(login.password),
                 tls,
-                connect_timeout: self.config.daemon.connect_timeout,
+                connect_timeout: self.config().daemon.connect_timeout,
                 scram_keys: Default::default(),
                 auth: upstream::AuthPolicy::for_resource(resource),
                 renewable,
@@ -73,12 +73,13 @@ impl Broker {
             audit: self.audit.clone(),
             statements: self.statements.clone(),
             admission: pg::admission::Admission::new(
-                self.config.daemon.handshake_timeout,
-                self.config.daemon.max_handshakes,
+                self.config().daemon.handshake_timeout,
+                self.config().daemon.max_handshakes,
             ),
             sessions: Default::default(),
+            owner_uid: request.owner.uid,
         });
-        let addr = match pg::spawn(listener.clone(), self.config.daemon.listen_host).await {
+        let addr = match pg::spawn(listener.clone(), self.config().daemon.listen_host).await {
             Ok(addr) => addr,
             Err(e) => {
                 listener.cut("agentd: grant not opened".to_owned());
@@ -173,7 +174,7 @@ impl Broker {
             match target {
                 RevokeTarget::All => active.map(|g| g.id.clone()).collect(),
                 RevokeTarget::Resource { resource } => {
-                    if !self.config.resources.contains_key(resource) {
+                    if !self.config().resources.contains_key(resource) {
                         return error(
                             ErrorCode::NotFound,
                             format!("no resource {resource:?} in the config"),
@@ -295,7 +296,8 @@ impl Broker {
         #[cfg(unix)]
         {
             let dir = self.unix_socket_root.as_ref()?.join(grant_id);
-            match pg::spawn_unix(listener.clone(), &dir, port) {
+            let shared = self.roles().mode() == crate::principal::Mode::System;
+            match pg::spawn_unix(listener.clone(), &dir, port, shared) {
                 Ok(_) => Some(dir),
                 Err(e) => {
                     warn!(error = %e, dir = %dir.display(), "no Unix-socket listener for this grant");

@@ -32,7 +32,8 @@ impl Broker {
                 "agentd cannot tell which process is asking, so it cannot give it a grant".into(),
             );
         };
-        let Some((_, permission)) = self.config.permission(&spec.resource, &spec.permission) else {
+        let config = self.config();
+        let Some((_, permission)) = config.permission(&spec.resource, &spec.permission) else {
             return self.not_found(&spec.resource, &spec.permission);
         };
         if spec.justification.trim().is_empty() {
@@ -104,7 +105,7 @@ impl Broker {
                 record.decided_by = Some(by);
             }
             PolicyDecision::Approval => {
-                let pending_for = self.config.daemon.pending_timeout;
+                let pending_for = self.config().daemon.pending_timeout;
                 record.pending_until = Some(now + pending_for);
                 record.message = Some(format!(
                     "this access needs a human's approval; tell the human to run `{}` in a terminal, then wait with await_approval (the request expires in {})",
@@ -112,7 +113,7 @@ impl Broker {
                     humantime::format_duration(pending_for)
                 ));
                 self.schedule_pending_expiry(record.id.clone(), pending_for);
-                if self.config.daemon.notify {
+                if self.config().daemon.notify {
                     notify::pending_request(&record.id, &record.spec);
                 }
             }
@@ -396,10 +397,11 @@ impl Broker {
     }
 
     fn not_found(&self, resource: &str, permission: &str) -> Response {
-        let message = match self.config.resources.get(resource) {
+        let config = self.config();
+        let message = match config.resources.get(resource) {
             None => format!(
                 "no resource {resource:?}; known resources: {}",
-                self.config
+                config
                     .resources
                     .keys()
                     .cloned()

@@ -90,10 +90,10 @@ struct State {
 
 /// The broker. Cheap to share behind an `Arc`.
 pub struct Broker {
-    config: Arc<Config>,
+    config: std::sync::RwLock<Arc<Config>>,
     config_path: PathBuf,
     /// Who is served and as what (from `[daemon] mode`, `clients`, `admin_group`).
-    roles: Roles,
+    roles: std::sync::RwLock<Roles>,
     /// Where per-grant Unix-socket listeners go (`ROOT/<grant id>/.s.PGSQL.<port>`); `None`
     /// for TCP only.
     unix_socket_root: Option<PathBuf>,
@@ -136,16 +136,23 @@ impl Broker {
         let owner_tag = crate::credentials::dynamic::owner_tag(&data_dir)
             .with_context(|| format!("cannot write the instance id in {}", data_dir.display()))?;
         let audit_dir = config.audit_dir();
-        let audit = Arc::new(
-            AuditLog::open(
+        let audit_options = AuditOptions {
+            max_file_bytes: config.audit.max_file_bytes,
+            fsync: config.audit.fsync,
+        };
+        // System mode keys the chain with a secret only the daemon's user can read.
+        let opened = match config.daemon.mode {
+            crate::principal::Mode::System => AuditLog::open_keyed(
                 &audit_dir,
-                AuditOptions {
-                    max_file_bytes: config.audit.max_file_bytes,
-                    fsync: config.audit.fsync,
-                },
-            )
-            .with_context(|| format!("cannot open the audit log in {}", audit_dir.display()))?,
-        );
+                audit_options,
+                &data_dir.join(crate::audit::key::KEY_FILE),
+            ),
+            crate::principal::Mode::User => AuditLog::open(&audit_dir, audit_options),
+        };
+        let audit =
+            Arc::new(opened.with_context(|| {
+                format!("cannot open the audit log in {}", audit_dir.display())
+            })?);
         audit
             .append(
                 &AuditEvent::DaemonStart {
@@ -169,8 +176,8 @@ impl Broker {
             config.daemon.admin_group.clone(),
         );
         let broker = Arc::new(Self {
-            roles,
-            config: Arc::new(config),
+            roles: std::sync::RwLock::new(roles),
+            config: std::sync::RwLock::new(Arc::new(config)),
             config_path,
             unix_socket_root,
             started: Instant::now(),
@@ -194,9 +201,78 @@ impl Broker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Who this daemon serves and as what.
-    pub fn roles(&self) -> &Roles {
-        &self.roles
+    /// Who this daemon serves and as what (a copy: a config reload may change it).
+    pub fn roles(&self) -> Roles {
+        self.roles.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The config in force (a reload replaces it; grants keep what they started with).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the config file (the `ReloadConfig` verb, SIGHUP). The mode and the data
+    /// directory cannot change without a restart; in system mode the file must still pass
+    /// the ownership checks. Active grants keep their settings; new requests, policy
+    /// decisions and client roles follow the new config. Recorded as `admin_action
+    /// config_reloaded`.
+    pub fn reload_config(&self, by: &str) -> Response {
+        let old = self.config();
+        let mut new = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    ErrorCode::BadRequest,
+                    format!("config not reloaded, the old one stays in force: {e}"),
+                )
+            }
+        };
+        let mode = old.daemon.mode;
+        #[cfg(unix)]
+        if mode == crate::principal::Mode::System {
+            if let Err(e) = crate::system::check_config(&self.config_path) {
+                return error(ErrorCode::Denied, format!("config not reloaded: {e:#}"));
+            }
+            new.daemon.mode = mode;
+        }
+        if new.daemon.mode != mode {
+            return error(
+                ErrorCode::BadRequest,
+                "config not reloaded: [daemon] mode changed; restart the daemon for that"
+                    .to_owned(),
+            );
+        }
+        let data_dir = old.daemon.data_dir();
+        if new.daemon.data_dir.as_ref().is_some_and(|d| *d != data_dir) {
+            return error(
+                ErrorCode::BadRequest,
+                "config not reloaded: [daemon] data_dir changed; restart the daemon for that"
+                    .to_owned(),
+            );
+        }
+        new.daemon.data_dir = Some(data_dir);
+        let roles = Roles::new(
+            mode,
+            daemon_uid(),
+            new.daemon.clients.clone(),
+            new.daemon.admin_group.clone(),
+        );
+        if let Err(refusal) = self.audit_sync(&AuditEvent::AdminAction {
+            action: "config_reloaded".to_owned(),
+            target: self.config_path.display().to_string(),
+            by: by.to_owned(),
+        }) {
+            return refusal;
+        }
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        *self.roles.write().unwrap_or_else(|p| p.into_inner()) = roles;
+        info!(config = %self.config_path.display(), by, "config reloaded");
+        Response::Done {
+            message: format!("reloaded {}", self.config_path.display()),
+        }
     }
 
     /// The audit log this broker writes.
@@ -206,7 +282,7 @@ impl Broker {
 
     /// Appends a control-plane event and syncs it; the caller acknowledges the action only
     /// after this succeeded.
-    fn audit_sync(&self, event: &AuditEvent) -> Result<(), Response> {
+    pub(crate) fn audit_sync(&self, event: &AuditEvent) -> Result<(), Response> {
         self.audit_sync_all(std::slice::from_ref(event))
     }
 
@@ -354,12 +430,16 @@ impl Broker {
     }
 
     /// Looks up one of `caller`'s requests, with its handle while the grant is active.
-    /// Someone else's request is answered exactly like an unknown id.
+    /// Admins see anyone's request (what `agentd approve` shows before asking), never with
+    /// a handle. For a client, someone else's request is answered exactly like an unknown id.
     pub fn get_request(&self, request_id: &str, caller: &Principal) -> Response {
         let state = self.state();
         match state.requests.get(request_id) {
             Some(r) if caller.owns(&r.owner) => {
                 Response::AccessRequest(Box::new(views::view_request(&state, r, true)))
+            }
+            Some(r) if caller.is_admin() => {
+                Response::AccessRequest(Box::new(views::view_request(&state, r, false)))
             }
             _ => no_such_request(request_id),
         }
@@ -406,7 +486,7 @@ impl Broker {
             pid: std::process::id(),
             uptime_seconds: self.started.elapsed().as_secs(),
             config_path: self.config_path.display().to_string(),
-            audit_dir: self.config.audit_dir().display().to_string(),
+            audit_dir: self.config().audit_dir().display().to_string(),
             statements_dropped: self
                 .statements
                 .as_ref()

@@ -71,6 +71,108 @@ pub fn run(args: &AuditArgs, audit_dir: &Path) -> anyhow::Result<i32> {
     }
 }
 
+/// Whether the chain is keyed, in words.
+fn keyed_line(keyed_from: Option<u64>) -> String {
+    match keyed_from {
+        Some(1) => "chain: keyed (HMAC-SHA-256 with the daemon's key) from the first record".to_owned(),
+        Some(k) => format!(
+            "chain: keyed (HMAC-SHA-256 with the daemon's key) from seq {k}; records before it are plain SHA-256"
+        ),
+        None => "chain: not keyed (plain SHA-256: proves order and completeness, not who wrote it)".to_owned(),
+    }
+}
+
+/// `agentd audit [verify]` through the daemon (system mode: the log is in the daemon's
+/// private data directory); admins only. Same output as the local form.
+///
+/// # Errors
+/// The daemon refuses (not an admin) or cannot be reached; stdout errors.
+pub async fn run_remote(args: &AuditArgs, socket: &Path) -> anyhow::Result<i32> {
+    use agentd_proto::{Request, Response};
+    if args.command.is_some() && (args.grant.is_some() || args.follow) {
+        anyhow::bail!("`agentd audit verify` takes no --grant or --follow");
+    }
+    if let Some(AuditCommand::Verify) = args.command {
+        let Response::AuditVerified(view) = super::call(socket, Request::VerifyAudit).await? else {
+            anyhow::bail!("unexpected answer from the daemon");
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            for p in &view.problems {
+                println!("{p}");
+            }
+            let plural = if view.files == 1 { "" } else { "s" };
+            if view.ok {
+                println!(
+                    "audit log OK: {} records in {} file{plural} (verified by the daemon)",
+                    view.records, view.files
+                );
+            } else {
+                println!(
+                    "audit log FAILED: {} problem(s) in {} records, {} file{plural}",
+                    view.problems.len(),
+                    view.records,
+                    view.files
+                );
+            }
+            println!("{}", keyed_line(view.keyed_from));
+        }
+        return Ok(if view.ok { 0 } else { 1 });
+    }
+    let mut filter = args.grant.as_ref().map(|g| GrantFilter {
+        grant: g.clone(),
+        requests: HashSet::new(),
+    });
+    let mut after_seq = 0u64;
+    let stdout = io::stdout();
+    loop {
+        let Response::AuditRecords { records, more } = super::call(
+            socket,
+            Request::ReadAudit {
+                after_seq,
+                limit: agentd_proto::MAX_AUDIT_PAGE,
+            },
+        )
+        .await?
+        else {
+            anyhow::bail!("unexpected answer from the daemon");
+        };
+        let mut out = stdout.lock();
+        for text in records {
+            let value: Option<Value> = serde_json::from_str(&text).ok();
+            if let Some(seq) = value
+                .as_ref()
+                .and_then(|v| v.get("seq"))
+                .and_then(Value::as_u64)
+            {
+                after_seq = after_seq.max(seq);
+            }
+            if let (Some(f), Some(v)) = (filter.as_mut(), &value) {
+                f.learn(v);
+            }
+            let record = RawRecord {
+                file: std::path::PathBuf::new(),
+                line: 0,
+                text,
+                value,
+            };
+            match print_record(&record, filter.as_ref(), args.json, &mut out) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+                other => other?,
+            }
+        }
+        let _ = out.flush();
+        drop(out);
+        if !more {
+            if !args.follow {
+                return Ok(0);
+            }
+            tokio::time::sleep(FOLLOW_INTERVAL).await;
+        }
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.downcast_ref::<io::Error>()
         .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
@@ -120,6 +222,7 @@ fn write_verify_report(report: &VerifyReport, dir: &Path, out: &mut impl Write) 
             report.records
         )?;
     }
+    writeln!(out, "{}", keyed_line(report.keyed_from))?;
     if let Some(first) = report.first_seq.filter(|&s| s > 1) {
         writeln!(
             out,
@@ -460,6 +563,9 @@ fn describe(event: &AuditEvent) -> String {
                 clean(role)
             )
         }
+        AuditEvent::AdminAction { action, target, by } => {
+            format!("{} {} by {}", clean(action), clean(target), clean(by))
+        }
         AuditEvent::RolesSwept {
             resource,
             permission,
@@ -722,7 +828,11 @@ mod tests {
         sample_log(dir.path());
         let (code, out) = show(dir.path(), &["verify"]);
         assert_eq!(code, 0);
-        assert_eq!(out, "audit log OK: 10 records in 1 file (seq 1..10)\n");
+        assert_eq!(
+            out,
+            "audit log OK: 10 records in 1 file (seq 1..10)\n\
+             chain: not keyed (plain SHA-256: proves order and completeness, not who wrote it)\n"
+        );
         let (code, out) = show(dir.path(), &["verify", "--json"]);
         assert_eq!(code, 0);
         let v: Value = serde_json::from_str(&out).unwrap();

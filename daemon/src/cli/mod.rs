@@ -35,6 +35,11 @@ pub struct Cli {
     /// Control socket path (a named pipe on Windows).
     #[arg(long, global = true, env = "AGENTD_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// System mode: the daemon runs as its own user (`agentd daemon --system`, as that
+    /// user); the CLI talks to /run/agentd/agentd.sock. The CLI also picks system mode when
+    /// that socket exists and no --socket / AGENTD_SOCKET / --profile names another daemon.
+    #[arg(long, global = true, env = "AGENTD_SYSTEM", value_parser = clap::builder::BoolishValueParser::new())]
+    pub system: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -68,12 +73,14 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Give back a grant before it expires (what an agent does when it is done).
     Release(ReleaseArgs),
-    /// Show the audit log, follow it, or verify its hash chain (`agentd audit verify`).
+    /// Show the audit log, follow it, or verify its hash chain (`agentd audit verify`). In
+    /// system mode it is read through the daemon (admins only).
     Audit(audit::AuditArgs),
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Store, delete or list upstream secrets in the OS keychain (values are never shown).
+    /// Store, delete or list upstream secrets in the OS keychain, or in system mode in the
+    /// daemon's store through the socket (admins only). Values are never shown.
     #[command(subcommand)]
     Secret(SecretCommand),
     /// Bearer tokens for `agentd-mcp --http` (create, list, revoke).
@@ -190,6 +197,9 @@ pub enum ConfigCommand {
     /// Load and validate the config; show each resource, permission and policy in plain
     /// English, where the audit log goes, and warnings. Exit code 1 when it does not load.
     Check(config_check::ConfigCheckArgs),
+    /// Ask the running daemon to re-read its config file (admin only; SIGHUP does the
+    /// same). Active grants keep their settings; mode and data_dir need a restart.
+    Reload,
 }
 
 /// `agentd secret`.
@@ -239,15 +249,31 @@ pub struct DemoArgs {
 }
 
 impl Cli {
+    /// The system layout when this client talks to the system daemon (see
+    /// [`agentd_proto::system::client_wants_system`]); `None` in user mode.
+    pub fn system_layout(&self) -> Option<agentd_proto::system::Layout> {
+        let layout = agentd_proto::system::Layout::current().ok()?;
+        let other_named = self.socket.is_some() || self.profile.is_some();
+        agentd_proto::system::client_wants_system(self.system, other_named, &layout)
+            .then_some(layout)
+    }
     /// The config path in force.
     pub fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(default_config_path)
+        self.config
+            .clone()
+            .unwrap_or_else(|| match self.system_layout() {
+                Some(layout) => layout.config,
+                None => default_config_path(),
+            })
     }
     /// The control socket path in force.
     pub fn socket_path(&self) -> PathBuf {
         self.socket
             .clone()
-            .unwrap_or_else(|| agentd_proto::profile::active().socket_path())
+            .unwrap_or_else(|| match self.system_layout() {
+                Some(layout) => layout.socket,
+                None => agentd_proto::profile::active().socket_path(),
+            })
     }
 }
 
@@ -257,10 +283,19 @@ impl Cli {
 /// # Errors
 /// Whatever the subcommand reports; `main` prints it and exits 1.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if cli.system || std::env::var_os(agentd_proto::system::ROOT_ENV).is_some() {
+        // Say why a test prefix is not honoured instead of quietly using user mode.
+        agentd_proto::system::Layout::current()?;
+    }
     let ok = |r: anyhow::Result<()>| r.map(|()| 0u8);
     let code = |r: anyhow::Result<i32>| r.map(|c| u8::try_from(c).unwrap_or(1));
     match &cli.command {
-        Command::Daemon => ok(crate::daemon::run(cli.config_path(), cli.socket_path()).await),
+        Command::Daemon => ok(crate::daemon::run(crate::daemon::StartOptions {
+            config: cli.config.clone(),
+            socket: cli.socket.clone(),
+            system: cli.system,
+        })
+        .await),
         Command::Status(flag) => ok(grants::status(&cli.socket_path(), flag.json).await),
         Command::Request(args) => ok(grants::request(&cli.socket_path(), args).await),
         Command::Requests(args) => ok(approvals::requests(&cli.socket_path(), args).await),
@@ -268,6 +303,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Deny(args) => ok(approvals::deny(&cli.socket_path(), args).await),
         Command::Revoke(args) => ok(grants::revoke(&cli.socket_path(), args).await),
         Command::Release(args) => ok(grants::release(&cli.socket_path(), args).await),
+        Command::Audit(args) if args.dir.is_none() && cli.system_layout().is_some() => {
+            code(audit::run_remote(args, &cli.socket_path()).await)
+        }
         Command::Audit(args) => {
             let dir = match &args.dir {
                 Some(dir) => dir.clone(),
@@ -275,8 +313,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             code(audit::run(args, &dir))
         }
+        Command::Config(ConfigCommand::Reload) => {
+            if let Response::Done { message } =
+                call(&cli.socket_path(), Request::ReloadConfig).await?
+            {
+                println!("{message}");
+            }
+            Ok(0)
+        }
         Command::Config(ConfigCommand::Check(args)) => {
             code(config_check::run(&cli.config_path(), args))
+        }
+        Command::Secret(cmd) if cli.system_layout().is_some() => {
+            ok(secret::run_remote(&cli.socket_path(), cmd).await)
         }
         Command::Secret(cmd) => ok(secret::run(&cli.config_path(), cmd).await),
         Command::Token(cmd) => ok(token::run(cmd)),

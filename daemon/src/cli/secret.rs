@@ -73,6 +73,77 @@ pub async fn run(config_path: &Path, cmd: &SecretCommand) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `agentd secret …` against the system daemon (admins only): the value goes over the
+/// control socket in a zeroizing [`agentd_proto::SecretValue`], read from a no-echo prompt or
+/// stdin, never argv; the daemon picks the entry from its own config.
+///
+/// # Errors
+/// The daemon's refusal (not an admin, unknown permission), an empty secret, socket errors.
+pub async fn run_remote(socket: &Path, cmd: &SecretCommand) -> anyhow::Result<()> {
+    use agentd_proto::{Request, Response};
+    match cmd {
+        SecretCommand::Set {
+            resource,
+            permission,
+        } => {
+            let secret = read_secret(resource, permission, "secret")?;
+            let value = agentd_proto::SecretValue::new(secret.expose_secret().to_owned());
+            drop(secret);
+            let request = Request::SetSecret {
+                resource: resource.clone(),
+                permission: permission.clone(),
+                value,
+            };
+            if let Response::Done { message } = super::call(socket, request).await? {
+                eprintln!("{message}");
+            }
+        }
+        SecretCommand::Delete {
+            resource,
+            permission,
+        } => {
+            let request = Request::DeleteSecret {
+                resource: resource.clone(),
+                permission: permission.clone(),
+            };
+            if let Response::Done { message } = super::call(socket, request).await? {
+                eprintln!("{message}");
+            }
+        }
+        SecretCommand::List { json } => {
+            let Response::Secrets { store, entries } =
+                super::call(socket, Request::ListSecrets).await?
+            else {
+                bail!("unexpected answer from the daemon");
+            };
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"store": store, "entries": entries})
+                    )?
+                );
+            } else {
+                println!("{store}");
+                for e in &entries {
+                    println!(
+                        "  {:<32} {:<6} {:<8} used by {}{}",
+                        e.entry,
+                        e.kind,
+                        e.state,
+                        e.used_by.join(", "),
+                        e.error
+                            .as_deref()
+                            .map(|m| format!(" ({m})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The keychain entry `set`/`delete` act on, and what it holds (for messages).
 fn entry_for(
     config: Option<&Config>,

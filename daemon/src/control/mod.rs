@@ -1,6 +1,8 @@
 //! The control socket server: accepts local connections, checks the peer's uid (Unix),
 //! reads framed [`agentd_proto::Request`]s and answers with the broker's responses.
 
+mod admin;
+
 use crate::broker::Broker;
 use crate::principal::{Peer, Principal};
 use agentd_proto::framing::{self, FrameError};
@@ -20,17 +22,19 @@ const REFUSAL_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// buffer ([`framing::MAX_FRAME_BYTES`]); connections beyond this are closed at once.
 pub const MAX_CONTROL_CONNECTIONS: usize = 256;
 
-/// Binds the control socket at `path` (mode 0600 on Unix; the directory must be private).
+/// Binds the control socket at `path` with permission bits `mode` on Unix: 0600 in user mode
+/// (the directory must be private), 0666 in system mode (every client must reach it; each
+/// peer is classified by uid).
 ///
 /// # Errors
 /// The bind error.
-pub fn bind(path: &Path) -> std::io::Result<Listener> {
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<Listener> {
     let name = agentd_proto::client::socket_name(path)?;
     let options = ListenerOptions::new().name(name);
     #[cfg(unix)]
     let options = {
         use interprocess::os::unix::local_socket::ListenerOptionsExt;
-        options.mode(0o600)
+        options.mode(mode)
     };
     options.create_tokio()
 }
@@ -169,19 +173,19 @@ where
 /// # Errors
 /// The refusal to send back.
 fn authorize(request: &Request, principal: &Principal) -> Result<(), Response> {
-    let admin_verb = matches!(
-        request,
-        Request::Approve { .. } | Request::Deny { .. } | Request::Revoke { .. }
-    );
-    if admin_verb && !principal.is_admin() {
+    if request.is_admin_verb() && !principal.is_admin() {
         warn!(who = %principal.describe(), "admin verb refused to a client");
         return Err(Response::Error {
             code: ErrorCode::Denied,
-            message: "only an agentd admin may approve, deny or revoke; ask an admin (e.g. `sudo agentd approve ID`)"
-                .to_owned(),
+            message: format!(
+                "only an agentd admin (root or a member of [daemon] admin_group) may approve, deny, revoke, \
+                 manage secrets, read the audit log or reload the config; you are {}, a client. \
+                 Ask an admin (e.g. `sudo agentd approve ID`)",
+                principal.describe()
+            ),
         });
     }
-    if !request.is_agent_verb() {
+    if request.needs_presence() {
         if let Err(message) = check_user_presence(principal) {
             warn!(who = %principal.describe(), "human verb refused without user presence");
             return Err(Response::Error {
@@ -197,6 +201,10 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, principal: &Principal)
     if let Err(refusal) = authorize(&request, principal) {
         return refusal;
     }
+    let request = match admin::dispatch(broker, request, principal).await {
+        Ok(response) => return response,
+        Err(request) => request,
+    };
     match request {
         Request::Ping => Response::Pong {
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -249,6 +257,16 @@ async fn dispatch(broker: &Arc<Broker>, request: Request, principal: &Principal)
             info!(?target, who = %principal.describe(), "revoke");
             broker.revoke(&target, principal).await
         }
+        Request::ReloadConfig => broker.reload_config(&principal.describe()),
+        // Handled by admin::dispatch above.
+        Request::SetSecret { .. }
+        | Request::DeleteSecret { .. }
+        | Request::ListSecrets
+        | Request::ReadAudit { .. }
+        | Request::VerifyAudit => Response::Error {
+            code: ErrorCode::Internal,
+            message: "unhandled admin verb".to_owned(),
+        },
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dynamic;
 pub mod hardening;
 pub mod keychain;
 pub mod pgadmin;
+pub mod store;
 
 use crate::config::{CredentialSource, DaemonSettings};
 use secrecy::SecretString;
@@ -76,8 +77,11 @@ pub enum CredentialError {
     Internal(String),
 }
 
-/// Reads the keychain `entry` under the daemon's keyring service. Blocking (keychain calls
-/// may do IPC): call it from `spawn_blocking`.
+/// Reads the secret `entry`: from the daemon's own store ([`store`], `DATA_DIR/secrets`) in
+/// system mode, else from the keychain under the daemon's keyring service. The config's
+/// `source = "keyring"` names both: in system mode the daemon has no user session and no
+/// keychain, and its store is the keychain's stand-in. Blocking (keychain calls may do
+/// IPC): call it from `spawn_blocking`.
 ///
 /// # Errors
 /// [`CredentialError::Missing`] when nothing is stored, [`CredentialError::Keychain`] when the
@@ -88,7 +92,7 @@ pub fn keychain_secret(
     resource: &str,
     permission: &str,
 ) -> Result<SecretString, CredentialError> {
-    keychain::get(&keychain::service_name(settings), &entry).map_err(|e| match e {
+    read_entry(settings, &entry).map_err(|e| match e {
         keychain::KeychainError::NotFound => CredentialError::Missing {
             entry,
             resource: resource.to_owned(),
@@ -96,6 +100,70 @@ pub fn keychain_secret(
         },
         keychain::KeychainError::Store(message) => CredentialError::Keychain { entry, message },
     })
+}
+
+/// Where secrets live for `settings`, in words: `daemon store DIR` (system mode) or
+/// `keychain service NAME`.
+pub fn store_description(settings: &DaemonSettings) -> String {
+    match settings.mode {
+        crate::principal::Mode::System => format!(
+            "daemon store {}",
+            store::SecretStore::in_data_dir(&settings.data_dir())
+                .dir()
+                .display()
+        ),
+        crate::principal::Mode::User => {
+            format!("keychain service {:?}", keychain::service_name(settings))
+        }
+    }
+}
+
+/// Reads `entry` from the store `settings` selects (see [`keychain_secret`]). Blocking.
+///
+/// # Errors
+/// The store's error.
+pub fn read_entry(
+    settings: &DaemonSettings,
+    entry: &str,
+) -> Result<SecretString, keychain::KeychainError> {
+    match settings.mode {
+        crate::principal::Mode::System => {
+            store::SecretStore::in_data_dir(&settings.data_dir()).get(entry)
+        }
+        crate::principal::Mode::User => keychain::get(&keychain::service_name(settings), entry),
+    }
+}
+
+/// Stores `entry` in the store `settings` selects. Blocking.
+///
+/// # Errors
+/// The store's error.
+pub fn write_entry(
+    settings: &DaemonSettings,
+    entry: &str,
+    secret: &SecretString,
+) -> Result<(), keychain::KeychainError> {
+    match settings.mode {
+        crate::principal::Mode::System => {
+            store::SecretStore::in_data_dir(&settings.data_dir()).set(entry, secret)
+        }
+        crate::principal::Mode::User => {
+            keychain::set(&keychain::service_name(settings), entry, secret)
+        }
+    }
+}
+
+/// Deletes `entry` from the store `settings` selects. Blocking.
+///
+/// # Errors
+/// The store's error ([`keychain::KeychainError::NotFound`] when absent).
+pub fn delete_entry(settings: &DaemonSettings, entry: &str) -> Result<(), keychain::KeychainError> {
+    match settings.mode {
+        crate::principal::Mode::System => {
+            store::SecretStore::in_data_dir(&settings.data_dir()).delete(entry)
+        }
+        crate::principal::Mode::User => keychain::delete(&keychain::service_name(settings), entry),
+    }
 }
 
 /// Fetches the keychain secret a permission's source needs: the login's password for

@@ -65,6 +65,10 @@ pub struct GrantListener {
     /// Every session task of this listener (TCP and Unix); shutdown waits for them so their
     /// connection-close and statement records reach the audit log.
     pub sessions: tokio_util::task::TaskTracker,
+    /// The uid of the grant's owner (the requesting process): the only uid the grant's Unix
+    /// socket serves (the kernel's `SO_PEERCRED`), and the one the TCP listener's
+    /// socket-owner check compares against.
+    pub owner_uid: u32,
 }
 
 impl GrantListener {
@@ -432,8 +436,14 @@ fn statement_event(grant_id: &str, session: u64, captured: capture::Captured) ->
 }
 
 /// Binds the grant's Unix socket `dir/.s.PGSQL.<port>` (the name libpq derives from
-/// `host=dir port=<port>`), mode 0600 in a 0700 `dir`, and serves it until the grant is cut;
-/// then removes the socket and `dir`. Only peers with our uid are served.
+/// `host=dir port=<port>`) and serves it until the grant is cut; then removes the socket and
+/// `dir`. Only peers whose uid is the grant's owner's ([`GrantListener::owner_uid`]) are
+/// served, checked at accept time from `SO_PEERCRED`.
+///
+/// Modes: `shared = false` (user mode, owner = the daemon's uid): 0600 in a 0700 `dir`.
+/// `shared = true` (system mode: the owner is another user and the daemon cannot chown):
+/// 0666 in a 0711 `dir` under a 0711 root, so the owner can connect by path without
+/// listing; the accept-time uid check is what keeps every other uid out.
 ///
 /// # Errors
 /// Creating `dir` or binding failed.
@@ -442,14 +452,20 @@ pub fn spawn_unix(
     grant: Arc<GrantListener>,
     dir: &std::path::Path,
     port: u16,
+    shared: bool,
 ) -> std::io::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
+    let (dir_mode, socket_mode) = if shared {
+        (0o711, 0o666)
+    } else {
+        (0o700, 0o600)
+    };
     crate::fsutil::create_private_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
     let path = dir.join(format!(".s.PGSQL.{port}"));
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode))?;
     let span = tracing::info_span!(parent: None, "unix_listener", grant = %grant.grant_id, path = %path.display());
     let (dir, socket) = (dir.to_path_buf(), path.clone());
     tokio::spawn(
@@ -465,7 +481,7 @@ pub fn spawn_unix(
 
 #[cfg(unix)]
 async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantListener>) {
-    let uid = agentd_proto::socket::current_uid();
+    let uid = grant.owner_uid;
     loop {
         let mut stream = tokio::select! {
             _ = grant.cut.cancelled() => break,
@@ -490,11 +506,14 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
         grant.sessions.clone().spawn(
             async move {
                 if peer_uid != Some(uid) {
-                    warn!("refused Unix-socket peer with another uid");
+                    warn!(
+                        owner_uid = uid,
+                        "refused Unix-socket peer: not the grant owner's uid"
+                    );
                     wire::refuse(
                         &mut stream,
                         "28000",
-                        "agentd: this socket serves only the user running agentd",
+                        "agentd: this grant's socket serves only the user who requested the grant",
                     )
                     .await;
                     return;
