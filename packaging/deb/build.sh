@@ -22,4 +22,5 @@ for f in "$assets"/completions/* "$assets"/man/*; do
   [ -s "$f" ] || { echo "build.sh: $f is empty" >&2; exit 1; }
 done
 
-cargo deb -p agentd --no-build --quiet | tail -n 1
+# Stripped: the release profile keeps line tables (debug = 1), which the package does not need.
+cargo deb -p agentd --no-build --strip --quiet | tail -n 1
