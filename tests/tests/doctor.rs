@@ -108,6 +108,16 @@ impl Layout {
 /// user socket is placed in a directory that is not world-writable and no user config
 /// exists, so only the layout decides the path checks.
 async fn doctor_as_user(layout: &Layout, uid: u32, gid: u32) -> anyhow::Result<(i32, Value)> {
+    doctor_as_user_with(layout, uid, gid, &layout.path("home/config.toml")).await
+}
+
+/// [`doctor_as_user`] with `AGENTD_CONFIG=config`.
+async fn doctor_as_user_with(
+    layout: &Layout,
+    uid: u32,
+    gid: u32,
+    config: &Path,
+) -> anyhow::Result<(i32, Value)> {
     let mut cmd = tokio::process::Command::new("setpriv");
     cmd.arg(format!("--reuid={uid}"))
         .arg(format!("--regid={gid}"))
@@ -120,7 +130,7 @@ async fn doctor_as_user(layout: &Layout, uid: u32, gid: u32) -> anyhow::Result<(
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", layout.path("home"))
         .env("AGENTD_SOCKET", layout.path("home/agentd/agentd.sock"))
-        .env("AGENTD_CONFIG", layout.path("home/config.toml"))
+        .env("AGENTD_CONFIG", config)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await??;
@@ -211,6 +221,21 @@ async fn doctor_sees_a_writable_config_and_a_readable_store_as_a_client_user() {
         vec![layout.path("run/agentd").display().to_string()]
     );
     assert!(report["exposures"].as_u64().unwrap() >= 3);
+
+    // A CLI whose config in force is the system config (as a system-mode client's is):
+    // the file is reported once, and no keychain entries are claimed for it.
+    let (_, report) = doctor_as_user_with(&layout, uid, gid, &config)
+        .await
+        .unwrap();
+    assert_eq!(
+        exposed_paths(&report, "config_writable"),
+        vec![config.display().to_string()]
+    );
+    assert_eq!(
+        check(&report, "keychain_secrets")["status"],
+        "ok",
+        "{report:#}"
+    );
     // The report names files, never their contents.
     assert!(!report.to_string().contains("not-a-real-secret"));
 }

@@ -206,7 +206,16 @@ pub async fn diagnose(root: &Path, user_socket: &Path, user_config: &Path) -> Re
     let is_root = uid == 0;
     let mut checks = vec![user_mode_daemon(&as_me, uid)];
     drop(as_me);
-    checks.push(keychain_secrets(user_config));
+    checks.push(if user_config == under(root, system::CONFIG) {
+        // A CLI in system mode names the system config: its secrets are in the daemon's
+        // store (checked by `store_readable`), not in anyone's keychain.
+        Check::ok(
+            "keychain_secrets",
+            "the config in force is the system config; its secrets live in the daemon's store",
+        )
+    } else {
+        keychain_secrets(user_config)
+    });
     checks.push(store_readable(root, is_root));
     checks.push(config_writable(root, user_config, is_root));
     checks.push(daemon_dirs_writable(root, is_root));
@@ -479,7 +488,9 @@ fn config_writable(root: &Path, user_config: &Path, is_root: bool) -> Check {
     }
     let system_found = !found.is_empty();
     // Your own config is yours to edit: that is the point of user mode, and its weakness.
-    let user_found = user_config.exists() && can(user_config, Access::Write);
+    let user_found = user_config != under(root, system::CONFIG)
+        && user_config.exists()
+        && can(user_config, Access::Write);
     if user_found {
         found.push(user_config.display().to_string());
     }
