@@ -140,20 +140,39 @@ impl DaemonProcess {
     /// # Errors
     /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
     pub async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
+        Self::start_in(
+            sandbox.dir.path(),
+            &sandbox.config_path,
+            &sandbox.socket_path,
+        )
+        .await
+    }
+
+    /// Starts `agentd --config CONFIG --socket SOCKET daemon` (no sandbox: a config of the
+    /// test's own) and waits for its ready line; the log goes next to the config.
+    ///
+    /// # Errors
+    /// As [`DaemonProcess::start`].
+    pub async fn start_with(config: &Path, socket: &Path) -> anyhow::Result<Self> {
+        let dir = config.parent().context("config has no parent directory")?;
+        Self::start_in(dir, config, socket).await
+    }
+
+    async fn start_in(dir: &Path, config: &Path, socket: &Path) -> anyhow::Result<Self> {
         // A restarted daemon gets a log of its own: daemon.log, daemon-2.log, …
         let log_path = (1..)
             .map(|n| match n {
-                1 => sandbox.dir.path().join("daemon.log"),
-                n => sandbox.dir.path().join(format!("daemon-{n}.log")),
+                1 => dir.join("daemon.log"),
+                n => dir.join(format!("daemon-{n}.log")),
             })
             .find(|p| !p.exists())
             .context("log name")?;
         let log = std::fs::File::create(&log_path)?;
         let mut child = tokio::process::Command::new(bin("agentd"))
             .arg("--config")
-            .arg(&sandbox.config_path)
+            .arg(config)
             .arg("--socket")
-            .arg(&sandbox.socket_path)
+            .arg(socket)
             .arg("daemon")
             .env("AGENTD_LOG", "debug")
             .stdin(Stdio::null())

@@ -27,21 +27,36 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         Response::Error { code, message } => bail!("{message} ({code:?})"),
         other => bail!("unexpected reply from the daemon: {other:?}"),
     };
+    let mode = super::doctor::daemon_mode(status.pid, socket);
+    let note = (mode == "user").then(|| {
+        format!(
+            "{}; {}",
+            super::doctor::USER_MODE_WARNING,
+            super::doctor::MOVE_TO_SYSTEM
+        )
+    });
     if json {
         let mut value = serde_json::to_value(&status)?;
         value["daemon"] = "up".into();
         value["socket"] = socket.display().to_string().into();
+        value["mode"] = mode.into();
+        if let Some(note) = &note {
+            value["user_mode_note"] = note.clone().into();
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     println!(
-        "agentd daemon: up (pid {}, version {}, uptime {}s)\nsocket: {}\nconfig: {}",
+        "agentd daemon: up (pid {}, version {}, uptime {}s)\nmode: {mode}\nsocket: {}\nconfig: {}",
         status.pid,
         status.daemon_version,
         status.uptime_seconds,
         socket.display(),
         status.config_path
     );
+    if let Some(note) = &note {
+        println!("note: {note} (`agentd doctor` lists what is exposed)");
+    }
     if status.grants.is_empty() {
         println!("\nno active grants");
     } else {

@@ -3,6 +3,8 @@
 mod approvals;
 pub mod audit;
 mod config_check;
+pub mod docs;
+pub mod doctor;
 mod grants;
 pub mod mcp_install;
 mod secret;
@@ -94,6 +96,18 @@ pub enum Command {
     /// Run the whole path on a throwaway local PostgreSQL: cluster, grant, psql through the
     /// proxy; then clean up.
     Demo(DemoArgs),
+    /// Check this machine for exposures: which daemon is running (system or user mode) and
+    /// what the current user could do to get around it (read secrets, edit the config,
+    /// passwordless sudo, ptrace, a socket in a shared directory), each with its fix.
+    /// Exit code 0 when nothing is exposed, 1 otherwise.
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    ///
+    /// Example: agentd completions bash > /usr/share/bash-completion/completions/agentd
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (roff) into a directory; used when building packages.
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 /// `--json` output for scripts.
@@ -331,6 +345,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Token(cmd) => ok(token::run(cmd)),
         Command::Mcp(cmd) => ok(mcp_install::run(cmd)),
         Command::Demo(args) => ok(crate::demo::run(args.serve, args.dynamic).await),
+        Command::Doctor(args) => code(doctor::run(&cli, args).await),
+        Command::Completions(args) => ok(docs::completions(args)),
+        Command::Man(args) => ok(docs::man(args)),
     }
 }
 
