@@ -279,3 +279,90 @@ async fn password_changes_are_refused_through_run_query() -> anyhow::Result<()> 
     assert_sandbox_clean(&sandbox, &outputs)?;
     Ok(())
 }
+
+/// Dynamic SQL builds the statement on the server, out of the guard's sight: a `DO` block
+/// changes the login's password. When the grant ends the daemon finds that the stored login
+/// no longer works: `credential_tampered` in the audit log, `agentd status` (text and JSON)
+/// says so, and new grants on the permission are refused with what the admin must do. Once
+/// the password is right again the next request heals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_do_block_password_change_is_found_after_the_grant() -> anyhow::Result<()> {
+    let target = Granted::start("").await?;
+    let grant = target.handle["user"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    target
+        .live
+        .batch_execute(&format!(
+            "DO $$BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASS' || 'WORD ''{TRIED}d'''; END$$"
+        ))
+        .await?;
+    // `agentd revoke` answers once the login check after the grant has run.
+    let revoked = agentd_cli(&target.sandbox, &["revoke", &grant]).await?;
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+
+    let status = agentd_cli(&target.sandbox, &["status", "--json"]).await?;
+    let status = status.json()?;
+    let tampered = status["tampered"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tampered.len(), 1, "{status:#}");
+    assert_eq!(tampered[0]["resource"], RESOURCE);
+    assert_eq!(tampered[0]["permission"], PERMISSION);
+    assert_eq!(tampered[0]["grant_id"], grant.as_str());
+    assert!(tampered[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("28P01"));
+    let text = agentd_cli(&target.sandbox, &["status"]).await?;
+    assert!(
+        text.stdout.contains("WARNING: demo/read_only")
+            && text.stdout.contains("agentd secret set demo read_only"),
+        "{}",
+        text.stdout
+    );
+    let events = audit_events(&target.sandbox, "credential_tampered").await?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["grant_id"], grant.as_str());
+
+    let refused = agentd_cli(
+        &target.sandbox,
+        &[
+            "request",
+            RESOURCE,
+            "--permission",
+            PERMISSION,
+            "--ttl",
+            "5m",
+        ],
+    )
+    .await?;
+    assert_ne!(refused.code, 0);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("agentd secret set demo read_only") && said.contains(&grant),
+        "{said}"
+    );
+
+    // The admin puts the stored password back on the server; the next request works again.
+    target.sandbox.cluster.psql(
+        DATABASE,
+        &format!(
+            "ALTER ROLE {} PASSWORD '{}'",
+            agentd::demo::ROLE,
+            secrecy::ExposeSecret::expose_secret(&target.sandbox.upstream_password)
+        ),
+    )?;
+    let again = request_via_cli(&target.sandbox, "5m").await?;
+    let env = handle_env(&again.json()?["handle"]);
+    let (ok, out, err) = psql(&env, "SELECT 1").await?;
+    assert!(ok && out.trim() == "1", "{err}");
+    let status = agentd_cli(&target.sandbox, &["status", "--json"])
+        .await?
+        .json()?;
+    assert_eq!(status["tampered"], serde_json::json!([]));
+    let outputs = vec![
+        ("status".to_owned(), text.stdout),
+        ("refused request".to_owned(), said),
+    ];
+    target.finish(&outputs).await
+}

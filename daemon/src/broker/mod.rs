@@ -121,6 +121,9 @@ pub struct Broker {
     role_drops: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
     /// This data directory's id, marking the dynamic roles it creates.
     owner_tag: String,
+    /// Fixed-login permissions whose stored login stopped authenticating after a grant, by
+    /// (resource, permission); see [`credentials`]'s login check.
+    tampered: Arc<Mutex<HashMap<(String, String), agentd_proto::TamperedView>>>,
     /// The data directory's lock, held for the broker's life.
     _data_dir_lock: std::fs::File,
 }
@@ -182,6 +185,7 @@ impl Broker {
             commands: Default::default(),
             role_drops: Mutex::new(Vec::new()),
             owner_tag,
+            tampered: Default::default(),
             _data_dir_lock: data_dir_lock,
         });
         broker.record_previous_daemon_ended()?;
@@ -399,6 +403,14 @@ impl Broker {
                 .map_or(0, StatementSink::dropped_total),
             grants,
             pending_requests: pending,
+            tampered: {
+                let tampered = self.tampered.lock().unwrap_or_else(|p| p.into_inner());
+                let mut list: Vec<_> = tampered.values().cloned().collect();
+                list.sort_by(|a, b| {
+                    (&a.resource, &a.permission).cmp(&(&b.resource, &b.permission))
+                });
+                list
+            },
         }))
     }
 
