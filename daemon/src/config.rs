@@ -513,10 +513,24 @@ pub struct DynamicRole {
     #[serde(default)]
     pub creation_statements: Vec<String>,
     /// Statements that remove the role after its sessions were terminated; default
-    /// `GRANT "{{name}}" TO CURRENT_USER; REASSIGN OWNED BY "{{name}}" TO CURRENT_USER;
-    /// DROP OWNED BY "{{name}}"; DROP ROLE IF EXISTS "{{name}}"`.
+    /// `GRANT "{{name}}" TO CURRENT_USER; GRANT "{{name}}" TO "{{orphan_owner}}";
+    /// REASSIGN OWNED BY "{{name}}" TO "{{orphan_owner}}"; DROP OWNED BY "{{name}}";
+    /// DROP ROLE IF EXISTS "{{name}}"` (one transaction; the second membership only lets the
+    /// orphan owner take objects in schemas where the role could create, and dies with the
+    /// role).
     #[serde(default)]
     pub revocation_statements: Vec<String>,
+    /// The NOLOGIN role that takes over what a grant's role owned when it is dropped
+    /// (`{{orphan_owner}}`; default `agentd_orphans`). agentd's admin login creates it once
+    /// (no privileges, no memberships) and joins it so it may reassign to it. Never the
+    /// admin: a `SECURITY DEFINER` function written during a grant would otherwise run with
+    /// the admin's rights after the grant.
+    #[serde(default = "default_orphan_owner")]
+    pub orphan_owner: String,
+}
+
+fn default_orphan_owner() -> String {
+    "agentd_orphans".to_owned()
 }
 
 impl DynamicRole {
@@ -809,6 +823,12 @@ fn validate_credential(
                 return err(
                     "credential.connection_limit",
                     "must be -1 (no limit) or more",
+                );
+            }
+            if d.orphan_owner.is_empty() || d.orphan_owner.eq_ignore_ascii_case(&d.admin_username) {
+                return err(
+                    "credential.orphan_owner",
+                    "must name a role of its own (not the admin): it takes over what grants' roles leave behind",
                 );
             }
             for (i, role) in d.grant_roles.iter().enumerate() {

@@ -5,7 +5,7 @@
 //! refusal the same session still works, the stored login still works, and the audit log
 //! has a `statement_refused` record without the password.
 
-use agentd::demo::SandboxOptions;
+use agentd::demo::{SandboxCredential, SandboxOptions};
 use agentd_tests::*;
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -365,4 +365,84 @@ async fn a_do_block_password_change_is_found_after_the_grant() -> anyhow::Result
         ("refused request".to_owned(), said),
     ];
     target.finish(&outputs).await
+}
+
+/// A dynamic role writes a `SECURITY DEFINER` function that would create a role (something
+/// only the admin, with CREATEROLE, may do). When the grant ends its objects go to the
+/// NOLOGIN `agentd_orphans` role, never to the admin, so calling the function afterwards
+/// runs with no rights at all and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_definer_function_left_by_a_dynamic_role_gets_no_admin_rights(
+) -> anyhow::Result<()> {
+    let sandbox = sandbox(SandboxOptions {
+        credential: SandboxCredential::Dynamic,
+        role_owns_database: true,
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    let granted = request_via_cli(&sandbox, "10m").await?.json()?;
+    let grant = grant_id(&granted);
+    let env = handle_env(&granted["handle"]);
+    let (ok, out, err) = psql(
+        &env,
+        "CREATE FUNCTION public.escalate() RETURNS text LANGUAGE plpgsql SECURITY DEFINER \
+         AS $$BEGIN CREATE ROLE agentd_escalated LOGIN; RETURN current_user; END$$; \
+         SELECT current_user",
+    )
+    .await?;
+    assert!(ok, "{err}");
+    let who = out.lines().last().unwrap_or_default();
+    assert!(who.starts_with("agentd_g_"), "{out}");
+    // The grant's own role cannot create roles: the function fails during the grant too.
+    let (ok, _, err) = psql(&env, "SELECT public.escalate()").await?;
+    assert!(
+        !ok && err.contains("permission denied to create role"),
+        "{err}"
+    );
+
+    let revoked = agentd_cli(&sandbox, &["revoke", &grant]).await?;
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let dropped = audit_events(&sandbox, "role_dropped").await?;
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0]["dropped"], true, "{dropped:#?}");
+
+    let owner = sandbox.cluster.psql(
+        DATABASE,
+        "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'escalate'",
+    )?;
+    assert_eq!(owner.trim(), "agentd_orphans");
+    let orphan = sandbox.cluster.psql(
+        DATABASE,
+        "SELECT rolcanlogin, rolcreaterole, rolsuper, \
+         (SELECT count(*) FROM pg_auth_members WHERE member = r.oid) \
+         FROM pg_roles r WHERE rolname = 'agentd_orphans'",
+    )?;
+    assert_eq!(
+        orphan.trim(),
+        "f|f|f|0",
+        "no login, no rights, no memberships"
+    );
+    // Called by the admin itself (the worst case), the definer's rights are the orphan's.
+    let admin_call = sandbox.cluster.psql(
+        DATABASE,
+        &format!(
+            "SET ROLE {}; SELECT public.escalate();",
+            agentd::demo::ADMIN_ROLE
+        ),
+    );
+    let message = format!("{admin_call:?}");
+    assert!(
+        message.contains("permission denied to create role"),
+        "{message}"
+    );
+    let escalated = sandbox.cluster.psql(
+        DATABASE,
+        "SELECT count(*) FROM pg_roles WHERE rolname = 'agentd_escalated'",
+    )?;
+    assert_eq!(escalated.trim(), "0");
+    let status = daemon.stop().await?;
+    assert!(status.success());
+    assert_sandbox_clean(&sandbox, &[])?;
+    Ok(())
 }
