@@ -8,6 +8,7 @@
 //! keyring_service = "agentd"      # keychain service name the secrets live under
 //! data_dir = "/var/lib/agentd"     # audit log + state; default $XDG_DATA_HOME/agentd
 //! pending_timeout = "10m"          # pending access requests expire after this
+//! retention = "1h"                 # ended grants / decided requests are forgotten after this
 //! notify = true                    # desktop notification on a new pending request
 //!
 //! [audit]
@@ -140,6 +141,11 @@ pub struct DaemonSettings {
     /// pile up memory or tasks.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: usize,
+    /// How long ended grants and decided access requests stay in the daemon's memory (for
+    /// `agentd requests --all` and `get_request`) before they are forgotten (humantime,
+    /// default `1h`). The audit log remains the record.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub retention: Duration,
 }
 
 impl Default for DaemonSettings {
@@ -153,6 +159,7 @@ impl Default for DaemonSettings {
             notify: true,
             handshake_timeout: default_handshake_timeout(),
             max_handshakes: default_max_handshakes(),
+            retention: default_retention(),
         }
     }
 }
@@ -202,6 +209,9 @@ impl Default for AuditSettings {
 
 fn default_true() -> bool {
     true
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(60 * 60)
 }
 fn default_pending_timeout() -> Duration {
     Duration::from_secs(10 * 60)

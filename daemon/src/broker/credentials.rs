@@ -156,7 +156,7 @@ impl Broker {
         }
     }
 
-    fn role_drops_lock(
+    pub(super) fn role_drops_lock(
         &self,
     ) -> std::sync::MutexGuard<'_, Vec<(String, tokio::task::JoinHandle<()>)>> {
         self.role_drops.lock().unwrap_or_else(|p| p.into_inner())

@@ -101,6 +101,7 @@ impl Broker {
             state: GrantState::Active,
             created_at: now,
             expires_at,
+            ended_at: None,
             listener_addr: addr,
             socket_dir,
             database: resource.database.clone(),
@@ -246,6 +247,7 @@ impl Broker {
                 return false;
             }
             grant.state = end;
+            grant.ended_at = Some(SystemTime::now());
             let reason = match end {
                 GrantState::Expired => {
                     format!("terminating connection: agentd grant {grant_id} expired")
