@@ -60,7 +60,12 @@ fn bench(name: &str, chunk: &[u8], iterations: u32) {
 }
 
 fn main() {
-    println!("agentd guard cost (release build, one chunk per relay read)");
+    let build = if cfg!(debug_assertions) {
+        "debug build (cargo test --bench): upper bounds"
+    } else {
+        "release build"
+    };
+    println!("agentd guard cost ({build}; one chunk per relay read)");
     bench(
         "simple Query (pgbench -S -M simple)",
         &query("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
