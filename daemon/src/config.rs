@@ -8,6 +8,7 @@
 //! keyring_service = "agentd"      # keychain service name the secrets live under
 //! data_dir = "/var/lib/agentd"     # audit log + state; default $XDG_DATA_HOME/agentd
 //! pending_timeout = "10m"          # pending access requests expire after this
+//! retention = "1h"                 # ended grants / decided requests are forgotten after this
 //! notify = true                    # desktop notification on a new pending request
 //!
 //! [audit]
@@ -153,6 +154,11 @@ pub struct DaemonSettings {
     /// System mode: a group whose members are admins besides uid 0. Ignored in user mode.
     #[serde(default)]
     pub admin_group: Option<String>,
+    /// How long ended grants and decided access requests stay in the daemon's memory (for
+    /// `agentd requests --all` and `get_request`) before they are forgotten (humantime,
+    /// default `1h`). The audit log remains the record.
+    #[serde(default = "default_retention", with = "humantime_serde_compat")]
+    pub retention: Duration,
 }
 
 impl Default for DaemonSettings {
@@ -169,6 +175,7 @@ impl Default for DaemonSettings {
             mode: crate::principal::Mode::User,
             clients: Vec::new(),
             admin_group: None,
+            retention: default_retention(),
         }
     }
 }
@@ -245,6 +252,9 @@ impl Default for AuditSettings {
 
 fn default_true() -> bool {
     true
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(60 * 60)
 }
 fn default_pending_timeout() -> Duration {
     Duration::from_secs(10 * 60)
@@ -579,10 +589,24 @@ pub struct DynamicRole {
     #[serde(default)]
     pub creation_statements: Vec<String>,
     /// Statements that remove the role after its sessions were terminated; default
-    /// `GRANT "{{name}}" TO CURRENT_USER; REASSIGN OWNED BY "{{name}}" TO CURRENT_USER;
-    /// DROP OWNED BY "{{name}}"; DROP ROLE IF EXISTS "{{name}}"`.
+    /// `GRANT "{{name}}" TO CURRENT_USER; GRANT "{{name}}" TO "{{orphan_owner}}";
+    /// REASSIGN OWNED BY "{{name}}" TO "{{orphan_owner}}"; DROP OWNED BY "{{name}}";
+    /// DROP ROLE IF EXISTS "{{name}}"` (one transaction; the second membership only lets the
+    /// orphan owner take objects in schemas where the role could create, and dies with the
+    /// role).
     #[serde(default)]
     pub revocation_statements: Vec<String>,
+    /// The NOLOGIN role that takes over what a grant's role owned when it is dropped
+    /// (`{{orphan_owner}}`; default `agentd_orphans`). agentd's admin login creates it once
+    /// (no privileges, no memberships) and joins it so it may reassign to it. Never the
+    /// admin: a `SECURITY DEFINER` function written during a grant would otherwise run with
+    /// the admin's rights after the grant.
+    #[serde(default = "default_orphan_owner")]
+    pub orphan_owner: String,
+}
+
+fn default_orphan_owner() -> String {
+    "agentd_orphans".to_owned()
 }
 
 impl DynamicRole {
@@ -887,6 +911,12 @@ fn validate_credential(
                 return err(
                     "credential.connection_limit",
                     "must be -1 (no limit) or more",
+                );
+            }
+            if d.orphan_owner.is_empty() || d.orphan_owner.eq_ignore_ascii_case(&d.admin_username) {
+                return err(
+                    "credential.orphan_owner",
+                    "must name a role of its own (not the admin): it takes over what grants' roles leave behind",
                 );
             }
             for (i, role) in d.grant_roles.iter().enumerate() {

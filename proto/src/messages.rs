@@ -651,6 +651,26 @@ pub struct StatusView {
     pub grants: Vec<GrantView>,
     /// Pending access requests.
     pub pending_requests: Vec<AccessRequestView>,
+    /// Permissions whose stored login stopped authenticating after a grant (e.g. the role's
+    /// password was changed from inside it); new grants on them are refused until the admin
+    /// sets the secret again.
+    #[serde(default)]
+    pub tampered: Vec<TamperedView>,
+}
+
+/// A permission whose stored login no longer authenticates upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TamperedView {
+    /// The resource name.
+    pub resource: String,
+    /// The permission name.
+    pub permission: String,
+    /// The grant after which the login check failed.
+    pub grant_id: String,
+    /// What the upstream said (`SQLSTATE message`).
+    pub error: String,
+    /// When it was found, in Unix seconds.
+    pub since: u64,
 }
 
 #[cfg(test)]

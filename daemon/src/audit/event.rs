@@ -225,6 +225,34 @@ pub enum AuditEvent {
         /// How many statement events were dropped since the previous such record.
         count: u64,
     },
+    /// The password-change guard refused a statement before it reached the server
+    /// (`listener::postgres::guard`); the client got SQLSTATE 42501 and the session goes on.
+    StatementRefused {
+        /// The grant id.
+        grant_id: String,
+        /// The session number within the grant's listener.
+        session: u64,
+        /// `query` (simple protocol) or `parse` (extended protocol).
+        kind: String,
+        /// The statement text, password literals redacted (at most 8 KiB; empty when the
+        /// statement was too long to hold).
+        text: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// After a grant on a fixed login ended, agentd's stored login no longer authenticates
+    /// upstream (e.g. a `DO` block changed the role's password). New grants on the
+    /// permission are refused until the admin sets the secret again.
+    CredentialTampered {
+        /// The grant after which the check failed.
+        grant_id: String,
+        /// The resource name.
+        resource: String,
+        /// The permission name.
+        permission: String,
+        /// What the upstream said (`SQLSTATE message`; never a secret).
+        error: String,
+    },
 }
 
 fn is_none_or_empty(value: &Option<String>) -> bool {
@@ -244,7 +272,9 @@ impl AuditEvent {
             | AuditEvent::Statement { grant_id, .. }
             | AuditEvent::FunctionCall { grant_id, .. }
             | AuditEvent::RoleCreated { grant_id, .. }
-            | AuditEvent::RoleDropped { grant_id, .. } => Some(grant_id),
+            | AuditEvent::RoleDropped { grant_id, .. }
+            | AuditEvent::StatementRefused { grant_id, .. }
+            | AuditEvent::CredentialTampered { grant_id, .. } => Some(grant_id),
             _ => None,
         }
     }
@@ -268,6 +298,8 @@ impl AuditEvent {
             AuditEvent::RoleDropped { .. } => "role_dropped",
             AuditEvent::RolesSwept { .. } => "roles_swept",
             AuditEvent::AdminAction { .. } => "admin_action",
+            AuditEvent::StatementRefused { .. } => "statement_refused",
+            AuditEvent::CredentialTampered { .. } => "credential_tampered",
         }
     }
 }

@@ -1,292 +1,130 @@
 //! [`redact_secrets`]: take password literals out of SQL text before it is audited.
 //!
-//! `CREATE ROLE … PASSWORD 'secret'` and `ALTER USER … WITH ENCRYPTED PASSWORD 'SCRAM-…'`
-//! (what psql's `\password` sends) would otherwise put a credential (or a verifier that can
-//! be attacked offline) into the audit log. The literal after the keyword `PASSWORD` is
-//! replaced with `'[REDACTED]'`.
+//! `CREATE ROLE … PASSWORD 'secret'`, `ALTER USER … WITH ENCRYPTED PASSWORD 'SCRAM-…'`
+//! (what psql's `\password` sends), `CREATE USER MAPPING … OPTIONS (password '…')`,
+//! `dblink('host=… password=…')` and `CREATE SUBSCRIPTION … CONNECTION '… password=…'` would
+//! otherwise put a credential (or a verifier that can be attacked offline) into the audit log.
 //!
-//! The scan is a small lexer: it skips string literals (`'…'` with `''`, `E'…'` with
-//! backslash escapes, `U&'…'`), quoted identifiers, dollar-quoted strings (`$$…$$`,
-//! `$tag$…$tag$`), `--` and nested `/* */` comments, so the word `password` inside them, or
-//! inside a longer identifier such as `password_hash`, is left alone. After the keyword only
-//! whitespace may precede the literal (`PASSWORD /*c*/ 'x'` is not recognised), and only a
-//! literal is redacted (`PASSWORD NULL`, `PASSWORD $1` are left as they are).
+//! The text is split into tokens by PostgreSQL's own scanner (the `pg_query` crate), so
+//! string literals of every form (`'…'`, `E'…'`, `U&'…'`, `$$…$$`, `$tag$…$tag$`), quoted
+//! identifiers and comments are what the server sees. Redacted, each replaced by
+//! `'[REDACTED]'`:
+//! - the literal after a `PASSWORD` keyword (or a `"password"` identifier, as in
+//!   `OPTIONS ("password" '…')`), comments between them allowed (`PASSWORD/**/'x'`);
+//! - every literal holding a connection string with a password: `password=` (any case,
+//!   spaces allowed before `=`) or a URI with `user:secret@`.
 //!
-//! Limits: it assumes `standard_conforming_strings = on` (the default since PostgreSQL 9.1);
-//! with it off, a backslash-escaped quote inside a plain `'…'` literal can desynchronise
-//! the scan. Secrets passed any other way (a function argument, a bind parameter's value)
-//! are not recognised.
+//! `standard_conforming_strings = off` makes the server read a backslash in a plain `'…'`
+//! literal as an escape, so where a literal ends depends on a session setting the scanner
+//! does not know. Whenever a backslash follows a redacted literal's start, everything from
+//! that literal to the end of the text is redacted, whatever the quoting. Text the scanner
+//! cannot split (an unterminated literal) is redacted from the first place that names a
+//! password to its end. `PASSWORD NULL` and `PASSWORD $1` are left alone; secrets passed any
+//! other way (a function argument, a bind parameter's value) are not recognised.
 
+use pg_query::protobuf::Token;
 use std::borrow::Cow;
 
 /// What a redacted literal becomes.
 pub const REDACTED_LITERAL: &str = "'[REDACTED]'";
 
-/// `sql` with the literal after every `PASSWORD` keyword (case-insensitive, whole word)
-/// replaced by `'[REDACTED]'`. An unterminated literal is redacted to the end of the text.
-/// Returns `Cow::Borrowed(sql)` when nothing was replaced.
+/// `sql` with password literals replaced by `'[REDACTED]'` (see the module docs). Returns
+/// `Cow::Borrowed(sql)` when nothing was replaced; text that names no password (no
+/// `password`, no `://`) is returned without being scanned.
 pub fn redact_secrets(sql: &str) -> Cow<'_, str> {
-    let b = sql.as_bytes();
-    let mut out: Option<String> = None;
+    let lower_has = |needle: &[u8]| {
+        sql.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if !lower_has(b"password") && !sql.contains("://") {
+        return Cow::Borrowed(sql);
+    }
+    let Ok(tokens) = pg_query::scan_tokens(sql) else {
+        return redact_from_first_mention(sql);
+    };
+    // Byte ranges of literals to redact, in order.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut after_password = false;
+    for t in &tokens {
+        let (Ok(start), Ok(end)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
+            continue;
+        };
+        let Some(text) = sql.get(start..end) else {
+            continue;
+        };
+        let token = Token::try_from(t.token).unwrap_or(Token::Nul);
+        match token {
+            Token::SqlComment | Token::CComment => continue,
+            Token::Sconst | Token::Usconst if after_password || names_connection_password(text) => {
+                spans.push((start, end));
+            }
+            _ => {}
+        }
+        after_password = matches!(token, Token::Password)
+            || (token == Token::Ident && text.trim_matches('"').eq_ignore_ascii_case("password"));
+    }
+    if spans.is_empty() {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
     let mut copied = 0;
+    for (start, end) in spans {
+        if sql[start..].contains('\\') {
+            // Where this literal ends depends on standard_conforming_strings: redact the rest.
+            out.push_str(&sql[copied..start]);
+            out.push_str(REDACTED_LITERAL);
+            return Cow::Owned(out);
+        }
+        out.push_str(&sql[copied..start]);
+        out.push_str(REDACTED_LITERAL);
+        copied = end;
+    }
+    out.push_str(&sql[copied..]);
+    Cow::Owned(out)
+}
+
+/// Whether a literal's text holds a connection-string password: `password =` (any case)
+/// or a URI whose user info has a `:` (`postgres://user:secret@host`).
+fn names_connection_password(literal: &str) -> bool {
+    let b = literal.as_bytes();
+    let key = b"password";
     let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let next = b.get(i + 1).copied();
-        match c {
-            b'\'' => i = skip_quoted(b, i + 1, b'\'', false),
-            b'"' => i = skip_quoted(b, i + 1, b'"', false),
-            b'-' if next == Some(b'-') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&x| x == b'\n')
-                    .map_or(b.len(), |p| i + p + 1);
+    while i + key.len() <= b.len() {
+        if b[i..i + key.len()].eq_ignore_ascii_case(key) {
+            let rest = b[i + key.len()..].iter().find(|c| !c.is_ascii_whitespace());
+            if rest == Some(&b'=') {
+                return true;
             }
-            b'/' if next == Some(b'*') => i = skip_block_comment(b, i + 2),
-            b'$' => i = dollar_literal_end(b, i).unwrap_or(i + 1),
-            c if is_ident_start(c) || c.is_ascii_digit() => {
-                let start = i;
-                while i < b.len() && is_ident_cont(b[i]) {
-                    i += 1;
-                }
-                let word = &b[start..i];
-                if let Some(end) = prefixed_literal_end(b, start, i) {
-                    i = end; // E'…', U&'…' (B'…', X'…', N'…' are plain quotes next round)
-                } else if word.eq_ignore_ascii_case(b"password") {
-                    let mut j = i;
-                    while j < b.len() && b[j].is_ascii_whitespace() {
-                        j += 1;
-                    }
-                    if let Some(end) = literal_end(b, j) {
-                        let buf = out.get_or_insert_with(|| String::with_capacity(sql.len()));
-                        buf.push_str(&sql[copied..j]);
-                        buf.push_str(REDACTED_LITERAL);
-                        copied = end;
-                        i = end;
-                    }
-                }
-            }
-            _ => i += 1,
+        }
+        i += 1;
+    }
+    if let Some(scheme) = literal.find("://") {
+        let after = &literal[scheme + 3..];
+        if let Some(at) = after.find('@') {
+            return after[..at].contains(':');
         }
     }
-    match out {
-        None => Cow::Borrowed(sql),
-        Some(mut buf) => {
-            buf.push_str(&sql[copied..]);
-            Cow::Owned(buf)
-        }
-    }
+    false
 }
 
-fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
-}
-
-/// The end (exclusive) of the literal starting at `j`, if one starts there.
-fn literal_end(b: &[u8], j: usize) -> Option<usize> {
-    match b.get(j)? {
-        b'\'' => Some(skip_quoted(b, j + 1, b'\'', false)),
-        b'$' => dollar_literal_end(b, j),
-        c if is_ident_start(*c) => {
-            let mut k = j;
-            while k < b.len() && is_ident_cont(b[k]) {
-                k += 1;
-            }
-            prefixed_literal_end(b, j, k)
-        }
-        _ => None,
-    }
-}
-
-/// For a word `b[start..end]` of `E`/`e` followed by `'`, or `U`/`u` followed by `&'`: the
-/// end of that escape-string or Unicode-string literal.
-fn prefixed_literal_end(b: &[u8], start: usize, end: usize) -> Option<usize> {
-    let word = &b[start..end];
-    if word.eq_ignore_ascii_case(b"e") && b.get(end) == Some(&b'\'') {
-        Some(skip_quoted(b, end + 1, b'\'', true))
-    } else if word.eq_ignore_ascii_case(b"u") && b[end..].starts_with(b"&'") {
-        Some(skip_quoted(b, end + 2, b'\'', false))
-    } else {
-        None
-    }
-}
-
-/// From just inside an opening `quote`, the index after the closing one (doubled quotes
-/// are escapes; with `backslash`, so is `\x`), or the end of the text when unterminated.
-fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash: bool) -> usize {
-    while i < b.len() {
-        let c = b[i];
-        if backslash && c == b'\\' {
-            i += 2;
-        } else if c == quote {
-            if b.get(i + 1) == Some(&quote) {
-                i += 2;
-            } else {
-                return i + 1;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    b.len()
-}
-
-/// From just inside `/*`, the index after the matching `*/` (comments nest), or the end.
-fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
-    let mut depth = 1;
-    while i < b.len() {
-        if b[i..].starts_with(b"*/") {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                return i;
-            }
-        } else if b[i..].starts_with(b"/*") {
-            depth += 1;
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    b.len()
-}
-
-/// If a dollar quote (`$$` or `$tag$`) opens at `i`, the index after its closing
-/// delimiter (or the end of the text when unterminated); `None` when `$` at `i` is not an
-/// opening delimiter (e.g. the parameter `$1`).
-fn dollar_literal_end(b: &[u8], i: usize) -> Option<usize> {
-    let mut k = i + 1;
-    if k < b.len() && b[k] != b'$' {
-        if !is_ident_start(b[k]) {
-            return None;
-        }
-        while k < b.len() && is_ident_cont(b[k]) && b[k] != b'$' {
-            k += 1;
-        }
-    }
-    if b.get(k) != Some(&b'$') {
-        return None;
-    }
-    let delimiter = &b[i..=k];
-    let body = k + 1;
-    Some(
-        b[body..]
-            .windows(delimiter.len())
-            .position(|w| w == delimiter)
-            .map_or(b.len(), |p| body + p + delimiter.len()),
-    )
+/// For text the scanner cannot split: everything from the first `password` (any case) or
+/// `://` on becomes `[REDACTED]`.
+fn redact_from_first_mention(sql: &str) -> Cow<'_, str> {
+    let b = sql.as_bytes();
+    let key = b"password";
+    let by_word = b
+        .windows(key.len())
+        .position(|w| w.eq_ignore_ascii_case(key));
+    let by_uri = sql.find("://");
+    let Some(at) = [by_word, by_uri].into_iter().flatten().min() else {
+        return Cow::Borrowed(sql);
+    };
+    let mut out = String::with_capacity(at + 12);
+    out.push_str(&sql[..at]);
+    out.push_str("[REDACTED]");
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table() {
-        let cases: &[(&str, &str)] = &[
-            (
-                "CREATE ROLE x PASSWORD 'p'",
-                "CREATE ROLE x PASSWORD '[REDACTED]'",
-            ),
-            (
-                "ALTER USER x WITH ENCRYPTED PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2Vy'",
-                "ALTER USER x WITH ENCRYPTED PASSWORD '[REDACTED]'",
-            ),
-            (
-                "alter role x password 'a''b' valid until 'infinity'",
-                "alter role x password '[REDACTED]' valid until 'infinity'",
-            ),
-            (
-                "CREATE USER a PASSWORD 'x'; CREATE USER b PassWord 'y';",
-                "CREATE USER a PASSWORD '[REDACTED]'; CREATE USER b PassWord '[REDACTED]';",
-            ),
-            (
-                r"ALTER ROLE x PASSWORD E'a\'b''c' LOGIN",
-                "ALTER ROLE x PASSWORD '[REDACTED]' LOGIN",
-            ),
-            (
-                "ALTER ROLE x PASSWORD e'\\\\'",
-                "ALTER ROLE x PASSWORD '[REDACTED]'",
-            ),
-            (
-                "ALTER ROLE x PASSWORD $$p'w$$;",
-                "ALTER ROLE x PASSWORD '[REDACTED]';",
-            ),
-            (
-                "ALTER ROLE x PASSWORD $pw$a$$b'$pw$ LOGIN",
-                "ALTER ROLE x PASSWORD '[REDACTED]' LOGIN",
-            ),
-            (
-                "ALTER ROLE x PASSWORD U&'d\\0061t' LOGIN",
-                "ALTER ROLE x PASSWORD '[REDACTED]' LOGIN",
-            ),
-            (
-                "CREATE ROLE x WITH LOGIN\n  PASSWORD\n\t'p'\n  VALID UNTIL '2030-01-01'",
-                "CREATE ROLE x WITH LOGIN\n  PASSWORD\n\t'[REDACTED]'\n  VALID UNTIL '2030-01-01'",
-            ),
-            (
-                "CREATE ROLE x PASSWORD 'unterminated",
-                "CREATE ROLE x PASSWORD '[REDACTED]'",
-            ),
-            (
-                "CREATE ROLE x PASSWORD $$open",
-                "CREATE ROLE x PASSWORD '[REDACTED]'",
-            ),
-            (
-                "CREATE ROLE x PASSWORD E'open\\'",
-                "CREATE ROLE x PASSWORD '[REDACTED]'",
-            ),
-            (
-                "CREATE ROLE \"pässword\" PASSWORD 'ñ€'",
-                "CREATE ROLE \"pässword\" PASSWORD '[REDACTED]'",
-            ),
-            ("SELECT 1;PASSWORD'x'", "SELECT 1;PASSWORD'[REDACTED]'"),
-        ];
-        for (input, expected) in cases {
-            let got = redact_secrets(input);
-            assert!(matches!(got, Cow::Owned(_)), "{input}");
-            assert_eq!(&got, expected, "input: {input}");
-        }
-    }
-
-    #[test]
-    fn left_alone() {
-        let cases = [
-            "SELECT 1",
-            "",
-            "SELECT password_hash FROM users WHERE password_hash = 'x'",
-            "SELECT mypassword 'x'",
-            "SELECT t.password FROM t",
-            "ALTER ROLE x PASSWORD NULL",
-            "ALTER ROLE x PASSWORD $1",
-            "ALTER ROLE x PASSWORD /* c */ 'x'",
-            "SELECT 'password ''x'''",
-            "SELECT E'password \\' ', 'y'",
-            "SELECT $$ password 'x' $$",
-            "SELECT $q$ password 'x' $q$",
-            "SELECT \"password\" FROM t WHERE a = 'b'",
-            "SELECT 1 -- password 'x'\n",
-            "SELECT /* password /* 'x' */ password */ 1",
-            "SELECT password$x 'y'",
-            "SELECT 1password",
-        ];
-        for input in cases {
-            let got = redact_secrets(input);
-            assert!(matches!(got, Cow::Borrowed(_)), "changed: {input} -> {got}");
-        }
-    }
-
-    #[test]
-    fn stops_at_comments_and_literals_correctly() {
-        // A PASSWORD after a comment or literal that contains quotes is still found.
-        let input = "/* it's */ SELECT 'a''b', $$x'$$; -- don't\nALTER ROLE r PASSWORD 'p'";
-        assert_eq!(
-            redact_secrets(input),
-            "/* it's */ SELECT 'a''b', $$x'$$; -- don't\nALTER ROLE r PASSWORD '[REDACTED]'"
-        );
-    }
-}
+mod tests;

@@ -7,6 +7,7 @@ use crate::audit::AuditEvent;
 use crate::config::{CredentialSource, Permission, Resource};
 use crate::credentials::command::RenewableLogin;
 use crate::credentials::dynamic::RoleManager;
+use crate::credentials::pgadmin::AdminSession;
 use crate::credentials::{self, CredentialError, Login};
 use agentd_proto::GrantState;
 use std::sync::Arc;
@@ -169,7 +170,7 @@ impl Broker {
         }
     }
 
-    fn role_drops_lock(
+    pub(super) fn role_drops_lock(
         &self,
     ) -> std::sync::MutexGuard<'_, Vec<(String, tokio::task::JoinHandle<()>)>> {
         self.role_drops.lock().unwrap_or_else(|p| p.into_inner())
@@ -241,6 +242,104 @@ impl Broker {
             .is_err()
         {
             warn!("dynamic roles still being dropped at shutdown; the next start sweeps leftovers");
+        }
+    }
+}
+
+impl Broker {
+    /// After a grant on a fixed login (keychain or command source) ends: logs in upstream
+    /// with the grant's login, off the hot path, to see whether the stored secret still
+    /// works. Dynamic SQL inside the grant (a `DO` block, `EXECUTE` in a function) can change
+    /// the role's password where the wire guard cannot see it; this is where it shows. A
+    /// refused login (SQLSTATE class 28) records `credential_tampered` and marks the
+    /// permission so new grants are refused until the admin sets the secret again; any other
+    /// failure (upstream down) proves nothing and is only logged. Revoke and release wait
+    /// for the check (it shares [`Broker::await_role_drops`]); expiry does not.
+    pub(super) fn spawn_login_check(
+        &self,
+        grant_id: &str,
+        resource: &str,
+        permission: &str,
+        target: crate::listener::postgres::upstream::UpstreamTarget,
+    ) {
+        let audit = self.audit.clone();
+        let tampered = self.tampered.clone();
+        let (grant_id, resource, permission) = (
+            grant_id.to_owned(),
+            resource.to_owned(),
+            permission.to_owned(),
+        );
+        let key = grant_id.clone();
+        let task = tokio::spawn(async move {
+            let error = match AdminSession::connect(&target).await {
+                Ok(session) => {
+                    session.close().await;
+                    return;
+                }
+                Err(e) if e.sqlstate.starts_with("28") => e.to_string(),
+                Err(e) => {
+                    warn!(grant = %grant_id, error = %e, "could not check the stored login after the grant");
+                    return;
+                }
+            };
+            warn!(grant = %grant_id, %resource, %permission, %error,
+                  "the stored login no longer authenticates; new grants on this permission are refused until the secret is set again");
+            tampered.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                (resource.clone(), permission.clone()),
+                agentd_proto::TamperedView {
+                    resource: resource.clone(),
+                    permission: permission.clone(),
+                    grant_id: grant_id.clone(),
+                    error: error.clone(),
+                    since: super::views::unix(SystemTime::now()),
+                },
+            );
+            let event = AuditEvent::CredentialTampered {
+                grant_id,
+                resource,
+                permission,
+                error,
+            };
+            if let Err(e) = audit.append(&event, crate::audit::Durability::Sync) {
+                tracing::error!(error = %e, "audit log write failed");
+            }
+        });
+        self.role_drops_lock().push((key, task));
+    }
+
+    /// Before a grant on a permission marked tampered: whether its (freshly obtained) login
+    /// works again (the admin set the secret); then the mark is cleared. `Err` carries the
+    /// message for the agent.
+    pub(super) async fn check_not_tampered(
+        &self,
+        resource: &str,
+        permission: &str,
+        target: &crate::listener::postgres::upstream::UpstreamTarget,
+    ) -> Result<(), String> {
+        let key = (resource.to_owned(), permission.to_owned());
+        let marked = self
+            .tampered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let Some(mark) = marked else {
+            return Ok(());
+        };
+        match AdminSession::connect(target).await {
+            Ok(session) => {
+                session.close().await;
+                self.tampered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                info!(%resource, %permission, "stored login works again; grants allowed");
+                Ok(())
+            }
+            Err(_) => Err(format!(
+                "agentd refuses new grants on {resource}/{permission}: its stored login stopped working after grant {} (the role's password was probably changed from inside that grant). Tell the admin to set the secret again (`agentd secret set {resource} {permission}`) and, if the password was changed, to reset it on the server; do not retry until then",
+                mark.grant_id
+            )),
         }
     }
 }

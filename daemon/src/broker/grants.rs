@@ -79,6 +79,12 @@ impl Broker {
             sessions: Default::default(),
             owner_uid: request.owner.uid,
         });
+        self.check_not_tampered(
+            &request.spec.resource,
+            &request.spec.permission,
+            &listener.upstream,
+        )
+        .await?;
         let addr = match pg::spawn(listener.clone(), self.config().daemon.listen_host).await {
             Ok(addr) => addr,
             Err(e) => {
@@ -100,6 +106,7 @@ impl Broker {
             state: GrantState::Active,
             created_at: now,
             expires_at,
+            ended_at: None,
             listener_addr: addr,
             socket_dir,
             database: resource.database.clone(),
@@ -246,7 +253,7 @@ impl Broker {
     /// dynamic role is then dropped in the background ([`Broker::await_role_drops`] waits).
     /// False if it was not active.
     pub(super) fn end_grant(&self, grant_id: &str, end: GrantState, by: &str) -> bool {
-        let (live, role) = {
+        let (live, role, check) = {
             let mut state = self.state();
             let Some(grant) = state.grants.get_mut(grant_id) else {
                 return false;
@@ -255,6 +262,7 @@ impl Broker {
                 return false;
             }
             grant.state = end;
+            grant.ended_at = Some(SystemTime::now());
             let reason = match end {
                 GrantState::Expired => {
                     format!("terminating connection: agentd grant {grant_id} expired")
@@ -265,9 +273,20 @@ impl Broker {
                 _ => format!("terminating connection: agentd grant {grant_id} was revoked"),
             };
             grant.listener.cut(reason);
+            let role = grant.role.take();
+            // A fixed login (no dynamic role): check afterwards that it still works. Not at
+            // shutdown: the mark would not outlive the process.
+            let check = (role.is_none() && by != "daemon shutdown").then(|| {
+                (
+                    grant.resource.clone(),
+                    grant.permission.clone(),
+                    grant.listener.upstream.clone(),
+                )
+            });
             (
                 grant.listener.live_connections.load(Ordering::Relaxed),
-                grant.role.take(),
+                role,
+                check,
             )
         };
         // Access is already cut; recording cannot undo that, so failures are only logged.
@@ -280,6 +299,9 @@ impl Broker {
         info!(grant = %grant_id, state = ?end, live, %by, "grant ended");
         if let Some(role) = role {
             self.spawn_role_drop(grant_id, role);
+        }
+        if let Some((resource, permission, target)) = check {
+            self.spawn_login_check(grant_id, &resource, &permission, target);
         }
         self.persist();
         true

@@ -71,6 +71,8 @@ struct GrantRecord {
     state: GrantState,
     created_at: SystemTime,
     expires_at: SystemTime,
+    /// When it stopped being active (for [`Broker::forget_old`]).
+    ended_at: Option<SystemTime>,
     listener_addr: std::net::SocketAddr,
     socket_dir: Option<PathBuf>,
     database: String,
@@ -111,6 +113,9 @@ pub struct Broker {
     role_drops: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
     /// This data directory's id, marking the dynamic roles it creates.
     owner_tag: String,
+    /// Fixed-login permissions whose stored login stopped authenticating after a grant, by
+    /// (resource, permission); see [`credentials`]'s login check.
+    tampered: Arc<Mutex<HashMap<(String, String), agentd_proto::TamperedView>>>,
     /// The data directory's lock, held for the broker's life.
     _data_dir_lock: std::fs::File,
 }
@@ -190,10 +195,52 @@ impl Broker {
             commands: Default::default(),
             role_drops: Mutex::new(Vec::new()),
             owner_tag,
+            tampered: Default::default(),
             _data_dir_lock: data_dir_lock,
         });
         broker.record_previous_daemon_ended()?;
+        spawn_forgetter(&broker);
         Ok(broker)
+    }
+
+    /// Forgets grants that ended, and decided requests created, more than `[daemon]
+    /// retention` ago (a request stays while its grant is remembered), and finished
+    /// background role-drop / login-check tasks. Returns how many grants and requests were
+    /// forgotten. The audit log keeps their history.
+    pub fn forget_old(&self) -> (usize, usize) {
+        let retention = self.config().daemon.retention;
+        let Some(cutoff) = SystemTime::now().checked_sub(retention) else {
+            return (0, 0);
+        };
+        let mut state = self.state();
+        let before = (state.grants.len(), state.requests.len());
+        state
+            .grants
+            .retain(|_, g| g.state == GrantState::Active || g.ended_at.is_none_or(|t| t > cutoff));
+        let State {
+            requests, grants, ..
+        } = &mut *state;
+        requests.retain(|_, r| {
+            r.state == RequestState::Pending
+                || r.deciding
+                || r.created_at > cutoff
+                || r.grant_id.as_ref().is_some_and(|g| grants.contains_key(g))
+        });
+        let State {
+            requests,
+            request_order,
+            grants,
+            grant_order,
+        } = &mut *state;
+        grant_order.retain(|id| grants.contains_key(id));
+        request_order.retain(|id| requests.contains_key(id));
+        let forgotten = (
+            before.0 - state.grants.len(),
+            before.1 - state.requests.len(),
+        );
+        drop(state);
+        self.role_drops_lock().retain(|(_, t)| !t.is_finished());
+        forgotten
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -493,6 +540,14 @@ impl Broker {
                 .map_or(0, StatementSink::dropped_total),
             grants,
             pending_requests: pending,
+            tampered: {
+                let tampered = self.tampered.lock().unwrap_or_else(|p| p.into_inner());
+                let mut list: Vec<_> = tampered.values().cloned().collect();
+                list.sort_by(|a, b| {
+                    (&a.resource, &a.permission).cmp(&(&b.resource, &b.permission))
+                });
+                list
+            },
         }))
     }
 
@@ -597,4 +652,34 @@ fn no_such_request(request_id: &str) -> Response {
         ErrorCode::NotFound,
         format!("no access request {request_id}; request ids look like r_…"),
     )
+}
+
+/// Runs [`Broker::forget_old`] every half retention (between 50 ms and 60 s) until the
+/// broker is dropped or shuts down.
+fn spawn_forgetter(broker: &Arc<Broker>) {
+    let every = (broker.config().daemon.retention / 2)
+        .clamp(Duration::from_millis(50), Duration::from_secs(60));
+    let weak = Arc::downgrade(broker);
+    let shutdown = broker.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(broker) = weak.upgrade() else {
+                return;
+            };
+            let (grants, requests) = broker.forget_old();
+            if grants + requests > 0 {
+                tracing::debug!(
+                    grants,
+                    requests,
+                    "forgot ended grants and decided requests past the retention"
+                );
+            }
+        }
+    });
 }

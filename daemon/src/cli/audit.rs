@@ -590,6 +590,29 @@ fn describe(event: &AuditEvent) -> String {
             }
             s
         }
+        AuditEvent::StatementRefused {
+            session,
+            kind,
+            text,
+            reason,
+            ..
+        } => format!(
+            "session {session} {} refused ({}): {}",
+            clean(kind),
+            clean(reason),
+            clean(text)
+        ),
+        AuditEvent::CredentialTampered {
+            resource,
+            permission,
+            error,
+            ..
+        } => format!(
+            "{}/{}: the stored login no longer authenticates ({}); new grants refused until `agentd secret set`",
+            clean(resource),
+            clean(permission),
+            clean(error)
+        ),
     }
 }
 

@@ -14,6 +14,16 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Whether a permission says it only reads: its name or description has the word `read`,
+/// `ro`, `readonly` or `select` (agentd cannot see the upstream role's privileges, so this
+/// is what the admin wrote). Used for the "prefer dynamic roles" advice.
+fn reads_only(name: &str, perm: &Permission) -> bool {
+    let text = format!("{name} {}", perm.description).to_ascii_lowercase();
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| matches!(w, "read" | "ro" | "readonly" | "select" | "reader"))
+        && !text.contains("write")
+}
+
 /// How long one keychain presence probe may take before the rest are skipped.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -284,6 +294,11 @@ fn permission_report(
                 fmt(perm.max_ttl)
             ));
         }
+    }
+    if !matches!(perm.credential, CredentialSource::Dynamic(_)) && !reads_only(name, perm) {
+        warnings.push(format!(
+            "{field}.credential: a fixed login; if this permission can write, prefer source = \"dynamic\": the role is created per grant and dies with it (its VALID UNTIL bounds even a killed daemon), so nothing done inside a grant outlives it. With a fixed login agentd refuses ALTER ROLE … PASSWORD on the wire, but dynamic SQL (DO blocks, EXECUTE) is only found after the grant, by a login check"
+        ));
     }
     let default_ttl = perm.effective_default_ttl();
     PermissionReport {
@@ -598,6 +613,7 @@ credential = { source = "keyring", entry = "custom" }
 
         let w = report.warnings.join("\n");
         for want in [
+            "resources.app.permissions.rw.credential: a fixed login; if this permission can write, prefer source = \"dynamic\"",
             "resources.app.tls: \"require\" encrypts but does not check",
             "resources.app.permissions.ro: policy = \"auto\" with max_ttl 12h (over 8h)",
             "resources.app.permissions.ro.rules[1]: can never match: rules[0] (cursor at any time: deny)",
@@ -606,7 +622,7 @@ credential = { source = "keyring", entry = "custom" }
         ] {
             assert!(w.contains(want), "missing {want:?} in\n{w}");
         }
-        assert_eq!(report.warnings.len(), 6, "{w}");
+        assert_eq!(report.warnings.len(), 7, "{w}");
 
         let text = render_text(&report);
         for want in [
@@ -615,7 +631,7 @@ credential = { source = "keyring", entry = "custom" }
             "    secret:     missing — run `agentd secret set app rw`",
             "    warning: rules[1]: can never match",
             "      otherwise: auto, max 12h; longer requests are clamped",
-            "6 warnings",
+            "7 warnings",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -632,7 +648,7 @@ credential = { source = "keyring", entry = "custom" }
             json["resources"][0]["permissions"][0]["max_ttl_seconds"],
             43200
         );
-        assert_eq!(json["warnings"].as_array().unwrap().len(), 6);
+        assert_eq!(json["warnings"].as_array().unwrap().len(), 7);
         assert!(json.get("error").is_none());
     }
 

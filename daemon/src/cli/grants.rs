@@ -84,6 +84,12 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         }
         println!("\n{table}");
     }
+    for t in &status.tampered {
+        println!(
+            "\nWARNING: {}/{}: the stored login no longer authenticates (found after grant {}: {}). New grants on it are refused. Set the secret again with `agentd secret set {} {}` (and reset the role's password on the server if it was changed).",
+            t.resource, t.permission, t.grant_id, t.error, t.resource, t.permission
+        );
+    }
     if !status.pending_requests.is_empty() {
         println!("\npending requests:");
         for r in &status.pending_requests {

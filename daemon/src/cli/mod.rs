@@ -59,7 +59,9 @@ pub enum Command {
     ///
     /// Example: agentd request app-db --permission read_only --ttl 30m
     Request(RequestArgs),
-    /// List access requests (pending ones unless --all), newest first.
+    /// List access requests (pending ones unless --all), newest first. Decided requests
+    /// and ended grants are retained for `[daemon] retention` (default 1h); the audit log
+    /// has the full history.
     Requests(RequestsArgs),
     /// Approve a pending request. Asks for confirmation on the controlling terminal
     /// (/dev/tty): a process without one — e.g. a command an agent runs — is refused.

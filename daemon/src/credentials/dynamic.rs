@@ -179,6 +179,7 @@ impl RoleManager {
                 .map(|r| quote_ident(r))
                 .collect::<Vec<_>>()
                 .join(", "),
+            orphan_owner: "",
         };
         let mut sql = Zeroizing::new(
             creation_statements(&self.spec)
@@ -253,14 +254,20 @@ impl RoleManager {
         if exists.is_empty() {
             return Ok(());
         }
+        let orphan_owner = self.spec.orphan_owner.replace('"', "\"\"");
         let values = Values {
             name: role,
             password: "",
             expiration: "",
             connection_limit: self.spec.connection_limit,
             grant_roles: "",
+            orphan_owner: &orphan_owner,
         };
-        let sql = revocation_statements(&self.spec)
+        let statements = revocation_statements(&self.spec);
+        if statements.iter().any(|s| s.contains("{{orphan_owner}}")) {
+            ensure_orphan_owner(session, &self.spec.orphan_owner).await?;
+        }
+        let sql = statements
             .iter()
             .map(|s| values.fill(s))
             .collect::<Vec<_>>()
@@ -322,6 +329,7 @@ struct Values<'a> {
     expiration: &'a str,
     connection_limit: i32,
     grant_roles: &'a str,
+    orphan_owner: &'a str,
 }
 
 impl Values<'_> {
@@ -334,6 +342,7 @@ impl Values<'_> {
             .replace("{{expiration}}", self.expiration)
             .replace("{{connection_limit}}", &self.connection_limit.to_string())
             .replace("{{grant_roles}}", self.grant_roles)
+            .replace("{{orphan_owner}}", self.orphan_owner)
     }
 }
 
@@ -349,6 +358,34 @@ pub fn creation_statements(spec: &DynamicRole) -> Vec<String> {
     vec![create]
 }
 
+/// Creates the orphan owner once (NOLOGIN; no privileges, no memberships) if it does not
+/// exist, and makes the admin a member of it so `REASSIGN OWNED … TO` it is allowed.
+async fn ensure_orphan_owner(session: &mut AdminSession, role: &str) -> Result<(), AdminError> {
+    let ident = quote_ident(role);
+    let literal = quote_literal(role);
+    session
+        .query(
+            &format!(
+                "DO $agentd$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {literal}) THEN \
+                 CREATE ROLE {ident} NOLOGIN; END IF; END$agentd$"
+            ),
+            &[],
+        )
+        .await?;
+    let member = session
+        .query(
+            &format!("SELECT 1 WHERE pg_has_role(CURRENT_USER, {literal}, 'USAGE')"),
+            &[],
+        )
+        .await?;
+    if member.is_empty() {
+        session
+            .query(&format!("GRANT {ident} TO CURRENT_USER"), &[])
+            .await?;
+    }
+    Ok(())
+}
+
 /// The configured revocation statements, or the default.
 pub fn revocation_statements(spec: &DynamicRole) -> Vec<String> {
     if !spec.revocation_statements.is_empty() {
@@ -356,7 +393,11 @@ pub fn revocation_statements(spec: &DynamicRole) -> Vec<String> {
     }
     [
         "GRANT \"{{name}}\" TO CURRENT_USER",
-        "REASSIGN OWNED BY \"{{name}}\" TO CURRENT_USER",
+        // For the length of this transaction only (DROP ROLE removes the membership): the
+        // orphan owner may then hold what the role created (ALTER OWNER needs CREATE on
+        // the schema, which the role had).
+        "GRANT \"{{name}}\" TO \"{{orphan_owner}}\"",
+        "REASSIGN OWNED BY \"{{name}}\" TO \"{{orphan_owner}}\"",
         "DROP OWNED BY \"{{name}}\"",
         "DROP ROLE IF EXISTS \"{{name}}\"",
     ]
@@ -376,6 +417,7 @@ mod tests {
             connection_limit: 3,
             creation_statements: vec![],
             revocation_statements: vec![],
+            orphan_owner: "agentd_orphans".into(),
         }
     }
 
@@ -403,6 +445,7 @@ mod tests {
             expiration: "2026-11-23 12:00:00+00",
             connection_limit: 3,
             grant_roles: &roles,
+            orphan_owner: "agentd_orphans",
         };
         let sql = v.fill(&creation_statements(&s)[0]);
         assert_eq!(
@@ -416,7 +459,7 @@ mod tests {
         };
         assert!(!creation_statements(&no_roles)[0].contains("IN ROLE"));
         assert_eq!(
-            v.fill(&revocation_statements(&s)[3]),
+            v.fill(&revocation_statements(&s)[4]),
             "DROP ROLE IF EXISTS \"agentd_g_1\""
         );
     }

@@ -6,7 +6,8 @@
 //! → [`upstream`] (TLS + login with the real secret) → AuthenticationOk, the server's
 //! ParameterStatus messages and BackendKeyData with the backend's pid and our own secret key ([`cancel`]) → [`relay`] (bytes pass
 //! through until either side closes or the grant ends). A CancelRequest with one of our keys
-//! is forwarded upstream. Errors go to the client as an ErrorResponse and close only that
+//! is forwarded upstream. The relay reads the client through [`guard`], which refuses
+//! password changes before they reach the server. Errors go to the client as an ErrorResponse and close only that
 //! connection. [`admission`] bounds what unauthenticated clients can cost: simultaneous
 //! handshakes per listener, the time startup + authentication may take, and wrong tokens.
 
@@ -14,6 +15,7 @@ pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod capture;
+pub mod guard;
 pub mod relay;
 pub mod scram_client;
 pub mod startup;
@@ -248,6 +250,9 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     grant.live_connections.fetch_add(1, Ordering::Relaxed);
     info!(session, "session started");
     let mut capture = StatementCapture::new(grant, session);
+    let stream = guard::GuardedStream::new(stream, |refused| {
+        record_refusal(grant, session, refused);
+    });
     let stats = relay::relay(
         stream,
         upstream,
@@ -316,6 +321,29 @@ fn audited_params(params: &StartupParams) -> std::collections::BTreeMap<String, 
             (k.clone(), value)
         })
         .collect()
+}
+
+/// Records a statement the password-change guard refused (`statement_refused`, written at
+/// once: refusals are rare and matter more than statements).
+fn record_refusal(grant: &GrantListener, session: u64, refused: guard::Refused) {
+    warn!(
+        session,
+        reason = refused.reason,
+        "statement refused by the password-change guard"
+    );
+    let written = grant.audit.append(
+        &AuditEvent::StatementRefused {
+            grant_id: grant.grant_id.clone(),
+            session,
+            kind: refused.kind.to_owned(),
+            text: refused.text,
+            reason: refused.reason.to_owned(),
+        },
+        Durability::Write,
+    );
+    if let Err(e) = written {
+        tracing::error!(error = %e, "audit log write failed");
+    }
 }
 
 /// What a cut client is told: the grant's end reason.
