@@ -308,9 +308,14 @@ impl AgentdTools {
                 }
             },
         };
-        let client_name = peer
-            .peer_info()
-            .map(|info| format!("{} {}", info.client_info.name, info.client_info.version));
+        // The MCP client's self-description, cut to the daemon's bound (it is the client's
+        // claim, not the agent's request: an over-long name should not refuse the request).
+        let client_name = peer.peer_info().map(|info| {
+            format!("{} {}", info.client_info.name, info.client_info.version)
+                .chars()
+                .take(agentd_proto::text::MAX_CLIENT_NAME_CHARS)
+                .collect::<String>()
+        });
         let spec = AccessRequestSpec {
             resource: args.resource,
             permission: args.permission,

@@ -135,6 +135,7 @@ impl Broker {
             permission: grant.permission.clone(),
             expires_at: super::views::unix(grant.expires_at),
             agent: grant.agent.clone(),
+            requester: Some(grant.owner.requester()),
         });
         let recorded = self.audit_sync_all(&events);
         if let Err(refusal) = recorded {

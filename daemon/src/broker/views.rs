@@ -30,6 +30,7 @@ pub(crate) fn view_grant(g: &GrantRecord) -> GrantView {
         resource: g.resource.clone(),
         permission: g.permission.clone(),
         agent: g.agent.clone(),
+        requester: Some(g.owner.requester()),
         state: g.state,
         created_at: unix(g.created_at),
         expires_at: unix(g.expires_at),
@@ -65,6 +66,7 @@ pub(crate) fn view_request(
         clamped: r.clamped,
         justification: r.spec.justification.clone(),
         agent: r.spec.agent.clone(),
+        requester: Some(r.owner.requester()),
         created_at: unix(r.created_at),
         pending_until: r
             .pending_until
