@@ -120,6 +120,18 @@ impl DaemonProcess {
     /// # Errors
     /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
     pub async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
+        Self::start_with_env(sandbox, &[]).await
+    }
+
+    /// Like [`DaemonProcess::start`], with extra environment variables for the daemon
+    /// (e.g. a `PATH` with a stand-in `notify-send` and a `DISPLAY`).
+    ///
+    /// # Errors
+    /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
+    pub async fn start_with_env(
+        sandbox: &Sandbox,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         // A restarted daemon gets a log of its own: daemon.log, daemon-2.log, …
         let log_path = (1..)
             .map(|n| match n {
@@ -136,6 +148,7 @@ impl DaemonProcess {
             .arg(&sandbox.socket_path)
             .arg("daemon")
             .env("AGENTD_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -320,10 +333,34 @@ impl McpSession {
         extra_args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<Self> {
+        Self::spawn(sandbox, extra_args, env, client_config()).await
+    }
+
+    /// Like [`McpSession::start`], with the MCP client announcing itself as
+    /// `clientInfo { name, version }` (e.g. a hostile name).
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_as(sandbox: &Sandbox, name: &str, version: &str) -> anyhow::Result<Self> {
+        let config = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new(name, version),
+        );
+        Self::spawn(sandbox, &[], &[], config).await
+    }
+
+    async fn spawn(
+        sandbox: &Sandbox,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        config: ClientConfig,
+    ) -> anyhow::Result<Self> {
+        static SHIMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SHIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = sandbox
             .dir
             .path()
-            .join(format!("shim-{}.log", std::process::id()));
+            .join(format!("shim-{}-{n}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -338,7 +375,7 @@ impl McpSession {
             .envs(env.iter().copied())
             .env("AGENTD_BIN", bin("agentd"));
         let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
-        let client = tokio::time::timeout(STEP_TIMEOUT, client_config().serve(transport)).await??;
+        let client = tokio::time::timeout(STEP_TIMEOUT, config.serve(transport)).await??;
         Ok(Self { client, log_path })
     }
 

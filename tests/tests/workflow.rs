@@ -429,13 +429,19 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         released.raw
     );
     expect_cut("released").await?;
-    // Releasing twice says so.
-    let again = agentd_cli(&sandbox, &["release", &grants[2].0]).await?;
-    assert_ne!(again.code, 0);
+    // Releasing twice says so (to its owner).
+    let again = mcp
+        .call("release_access", json!({"grant_id": grants[2].0}))
+        .await?;
+    assert!(again.is_error, "{}", again.raw);
+    assert!(again.raw.contains("already released"), "{}", again.raw);
+    // Another process (this CLI) cannot release someone else's grant: not found, no hint.
+    let other = agentd_cli(&sandbox, &["release", &grants[3].0]).await?;
+    assert_ne!(other.code, 0);
     assert!(
-        again.stderr.contains("already released"),
+        other.stderr.contains(&format!("no grant {}", grants[3].0)),
         "{}",
-        again.stderr
+        other.stderr
     );
     // Everything else.
     let out = agentd_cli(&sandbox, &["revoke", "--all", "--json"]).await?;

@@ -159,14 +159,19 @@ async fn call_for_request(socket: &Path, request: Request) -> anyhow::Result<Acc
     }
 }
 
+/// The request to decide, from the admin's list (`get_request` serves only the requesting
+/// process, and the approver is another one); never carries a handle.
 async fn pending_request(socket: &Path, request_id: &str) -> anyhow::Result<AccessRequestView> {
-    let view = call_for_request(
-        socket,
-        Request::GetRequest {
-            request_id: request_id.to_owned(),
-        },
-    )
-    .await?;
+    let response = call(socket, Request::ListRequests { all: true }).await?;
+    let Response::Requests { requests } = response else {
+        bail!("unexpected reply from the daemon: {response:?}")
+    };
+    let Some(view) = requests.into_iter().find(|r| r.id == request_id) else {
+        bail!(
+            "no access request {}; see pending ones with `agentd requests`",
+            terminal_safe(request_id, 100)
+        );
+    };
     if view.state != RequestState::Pending {
         bail!(
             "request {} is already {}{}",
