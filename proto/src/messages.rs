@@ -492,13 +492,21 @@ pub struct GrantView {
 /// for a loopback listener.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Handle {
-    /// `postgresql://USER:TOKEN@127.0.0.1:PORT/DB?sslmode=disable`.
+    /// `postgresql://USER:TOKEN@127.0.0.1:PORT/DB?sslmode=disable`, for drivers that need a
+    /// URL. Prefer [`Handle::env`]: a DSN on a command line exposes the token.
     pub dsn: String,
     /// libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
     /// `PGSSLMODE`).
     pub env: BTreeMap<String, String>,
-    /// A ready-to-run `psql` command line.
+    /// A ready-to-run `psql` command line **without the token** (command lines are visible
+    /// to every local user in `/proc/*/cmdline`): `PGSERVICEFILE='…' psql service=GRANT`
+    /// when [`Handle::service_file`] exists, else `psql` to run with [`Handle::env`] set.
     pub psql: String,
+    /// The grant's libpq connection service file (mode 0600 in a private per-grant
+    /// directory, removed when the grant ends), holding host, port, user, token and
+    /// database; absent where Unix sockets are not available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_file: Option<String>,
     /// Listener host (always loopback).
     pub host: String,
     /// Listener TCP port.
@@ -521,6 +529,7 @@ impl std::fmt::Debug for Handle {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("socket_dir", &self.socket_dir)
+            .field("service_file", &self.service_file)
             .field("database", &self.database)
             .field("user", &self.user)
             .field("token", &"[REDACTED]")

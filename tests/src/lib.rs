@@ -316,7 +316,8 @@ pub struct McpSession {
 }
 
 impl McpSession {
-    /// Starts `agentd-mcp --socket … --config … --agent-type e2e-test` and initialises MCP.
+    /// Starts `agentd-mcp --socket … --config … --agent-type e2e-test` (unless `extra_args`
+    /// name another `--agent-type`) and initialises MCP.
     ///
     /// # Errors
     /// The shim fails to start or to initialise.
@@ -370,7 +371,11 @@ impl McpSession {
             .arg(&sandbox.socket_path)
             .arg("--config")
             .arg(&sandbox.config_path)
-            .args(["--agent-type", "e2e-test"])
+            .args(if extra_args.contains(&"--agent-type") {
+                &[][..]
+            } else {
+                &["--agent-type", "e2e-test"][..]
+            })
             .args(extra_args)
             .envs(env.iter().copied())
             .env("AGENTD_BIN", bin("agentd"));

@@ -495,3 +495,173 @@ async fn a_second_shim_cannot_reach_the_first_ones_request_or_grant() -> anyhow:
     assert_sandbox_clean(&sandbox, &outputs)?;
     Ok(())
 }
+
+/// Runs `psql -X -At -c SQL` as OS user `user` (via `runuser`) with `env`; (success,
+/// stdout, stderr).
+async fn psql_as(
+    user: &str,
+    env: &[(String, String)],
+    sql: &str,
+) -> anyhow::Result<(bool, String, String)> {
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::process::Command::new("runuser")
+            .args(["-u", user, "--"])
+            .arg(agentd::pgcluster::psql_path())
+            .args(["-X", "-At", "-c", sql])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir("/")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The handle's `psql` line holds no token (it uses a 0600 service file that goes away with
+/// the grant), and the grant's listeners serve only its owner's uid: a token used by
+/// another OS user is refused over TCP (sock_diag) and over the Unix socket (peer creds).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_stay_out_of_argv_and_only_the_owner_uid_may_connect() -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if agentd_proto::socket::current_uid() != 0 {
+        eprintln!("SKIPPED: needs root to run psql as another user (runuser -u postgres)");
+        return Ok(());
+    }
+    let sandbox = sandbox(SandboxOptions::default()).await?;
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    let mcp = McpSession::start(&sandbox, &[]).await?;
+    let granted = mcp
+        .call(
+            "request_access",
+            json!({"resource": RESOURCE, "permission": PERMISSION, "justification": "argv test"}),
+        )
+        .await?;
+    assert_eq!(granted.value["state"], "approved", "{}", granted.raw);
+    let handle = &granted.value["handle"];
+    let grant = grant_id(&granted.value);
+    let env = handle_env(handle);
+    let token = handle["env"]["PGPASSWORD"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // The psql line: no token, a service file that is private to the owner.
+    let line = handle["psql"].as_str().unwrap_or_default();
+    assert!(!line.contains(&token), "the psql line carries the token");
+    assert!(
+        line.starts_with("PGSERVICEFILE=") && line.ends_with(&format!("psql service={grant}")),
+        "{line}"
+    );
+    let service_file =
+        std::path::PathBuf::from(handle["service_file"].as_str().unwrap_or_default());
+    let meta = std::fs::metadata(&service_file)?;
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let dir = service_file
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    assert_eq!(std::fs::metadata(&dir)?.mode() & 0o777, 0o700);
+    // It works as printed (the shell sees no token).
+    let psql_dir = agentd::pgcluster::psql_path()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut path = std::ffi::OsString::from(&psql_dir);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{line} -X -At -c 'SELECT count(*) FROM orders'"))
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Owner over TCP with the env form: served.
+    let (ok, stdout, stderr) = psql_as("root", &env, "SELECT 1").await?;
+    assert!(ok && stdout.trim() == "1", "{stderr}");
+    // Another OS user with the same token over TCP: refused, and logged.
+    let (ok, _, stderr) = psql_as("postgres", &env, "SELECT 1").await?;
+    assert!(!ok, "another uid used the token over TCP");
+    assert!(
+        stderr.contains(&format!(
+            "grant {grant} belongs to another OS user (uid 0); only its owner may connect"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        daemon.log().contains("refused TCP peer"),
+        "{}",
+        daemon.log()
+    );
+    // The same over the Unix socket, even with its directory (and those above it, up to
+    // the sandbox) opened up: the daemon checks the peer's uid itself.
+    for opened in dir
+        .ancestors()
+        .take_while(|d| d.starts_with(sandbox.dir.path()))
+    {
+        std::fs::set_permissions(opened, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let socket_dir = handle["socket_dir"].as_str().unwrap_or_default().to_owned();
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".s.PGSQL.") {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o666))?;
+        }
+    }
+    let unix_env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "PGHOST" => (k.clone(), socket_dir.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let (ok, _, stderr) = psql_as("postgres", &unix_env, "SELECT 1").await?;
+    assert!(!ok, "another uid used the token over the Unix socket");
+    assert!(
+        stderr.contains("serves only the OS user that owns the grant"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = psql_as("root", &unix_env, "SELECT 1").await?;
+    assert!(ok, "{stderr}");
+
+    // Released: the service file and its directory are gone.
+    let released = mcp
+        .call("release_access", json!({"grant_id": grant}))
+        .await?;
+    assert_eq!(
+        released.value["released"],
+        json!([grant]),
+        "{}",
+        released.raw
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while dir.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !service_file.exists() && !dir.exists(),
+        "left: {}",
+        dir.display()
+    );
+
+    let outputs = vec![
+        ("mcp".to_owned(), granted.raw.clone()),
+        ("shim log".to_owned(), mcp.close().await?),
+    ];
+    daemon.stop().await?;
+    assert_sandbox_clean(&sandbox, &outputs)?;
+    Ok(())
+}

@@ -369,7 +369,9 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     let daemon = DaemonProcess::start(&sandbox).await?;
     let mcp = McpSession::start(&sandbox, &[]).await?;
 
-    // Four grants: one held by the MCP agent (type e2e-test), three by the CLI (type cli).
+    // Four grants: one held by the MCP agent (type e2e-test), one by a second MCP agent
+    // (type e2e-holder) that releases it, two by CLI processes (type cli).
+    let holder = McpSession::start(&sandbox, &["--agent-type", "e2e-holder"]).await?;
     let by_agent = mcp
         .call(
             "request_access",
@@ -380,8 +382,19 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         grant_id(&by_agent.value),
         handle_env(&by_agent.value["handle"]),
     )];
-    for _ in 0..3 {
-        let v = request_via_cli(&sandbox, "10m").await?.json()?;
+    for i in 0..3 {
+        let v = if i == 1 {
+            holder
+                .call(
+                    "request_access",
+                    json!({"resource": RESOURCE, "permission": PERMISSION,
+                           "justification": "release test"}),
+                )
+                .await?
+                .value
+        } else {
+            request_via_cli(&sandbox, "10m").await?.json()?
+        };
         grants.push((grant_id(&v), handle_env(&v["handle"])));
     }
     let mut sessions = Vec::new();
@@ -419,7 +432,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     assert_eq!(out.json()?["revoked"], json!([grants[1].0]));
     expect_cut("revoked").await?;
     // Released by its holder (through the MCP tool, as an agent does when done).
-    let released = mcp
+    let released = holder
         .call("release_access", json!({"grant_id": grants[2].0}))
         .await?;
     assert_eq!(
@@ -430,7 +443,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     );
     expect_cut("released").await?;
     // Releasing twice says so (to its owner).
-    let again = mcp
+    let again = holder
         .call("release_access", json!({"grant_id": grants[2].0}))
         .await?;
     assert!(again.is_error, "{}", again.raw);
@@ -466,6 +479,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     );
     audit_verifies(&sandbox).await?;
     mcp.close().await?;
+    holder.close().await?;
     daemon.stop().await?;
     Ok(())
 }

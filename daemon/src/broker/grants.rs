@@ -49,6 +49,7 @@ impl Broker {
                 )
             })?;
         let listener = Arc::new(GrantListener {
+            owner_uid: request.owner.uid,
             grant_id: grant_id.clone(),
             verifier,
             upstream: upstream::UpstreamTarget {
@@ -87,6 +88,19 @@ impl Broker {
             }
         };
         let socket_dir = self.open_unix_listener(&listener, &grant_id, addr.port());
+        #[cfg(unix)]
+        let service_file = socket_dir.as_deref().and_then(|dir| {
+            use secrecy::ExposeSecret as _;
+            pg::write_service_file(
+                dir,
+                &grant_id,
+                addr.port(),
+                &resource.database,
+                token.expose_secret(),
+            )
+        });
+        #[cfg(not(unix))]
+        let service_file = None;
         Ok(GrantRecord {
             id: grant_id,
             request_id: request.id.clone(),
@@ -99,6 +113,7 @@ impl Broker {
             expires_at,
             listener_addr: addr,
             socket_dir,
+            service_file,
             database: resource.database.clone(),
             token,
             listener,

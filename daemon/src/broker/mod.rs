@@ -73,6 +73,8 @@ struct GrantRecord {
     expires_at: SystemTime,
     listener_addr: std::net::SocketAddr,
     socket_dir: Option<PathBuf>,
+    /// The grant's libpq service file (0600, in `socket_dir`), when written.
+    service_file: Option<PathBuf>,
     database: String,
     token: SecretString,
     listener: Arc<GrantListener>,

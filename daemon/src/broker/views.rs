@@ -102,8 +102,14 @@ pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
         ("PGDATABASE".to_owned(), g.database.clone()),
         ("PGSSLMODE".to_owned(), "disable".to_owned()),
     ]);
+    let service_file = g.service_file.as_ref().map(|p| p.display().to_string());
+    let psql = match &service_file {
+        Some(path) => format!("PGSERVICEFILE={} psql service={}", shell_quote(path), g.id),
+        None => "psql".to_owned(),
+    };
     Handle {
-        psql: format!("psql \"{dsn}\""),
+        psql,
+        service_file,
         dsn,
         env,
         host,
@@ -113,4 +119,9 @@ pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
         user: g.id.clone(),
         expires_at: unix(g.expires_at),
     }
+}
+
+/// `s` in single quotes for a POSIX shell (`'` written as `'\''`).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }

@@ -121,11 +121,15 @@ pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
             ""
         };
         println!("grant {} for {}s{clamped}", grant.id, view.duration_seconds);
-        println!("\nDSN:  {}\npsql: {}", handle.dsn, handle.psql);
-        println!("env:");
+        println!("\npsql: {}", handle.psql);
+        println!("env (for any libpq tool or driver):");
         for (k, v) in &handle.env {
             println!("  export {k}={v}");
         }
+        println!(
+            "DSN (for drivers that need a URL; keep it off command lines): {}",
+            handle.dsn
+        );
     }
     Ok(())
 }
