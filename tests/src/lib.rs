@@ -384,6 +384,22 @@ impl McpSession {
         Ok(Self { client, log_path })
     }
 
+    /// `agentd-mcp --socket SOCKET --no-autostart` (no sandbox: e.g. a socket someone else
+    /// serves), its stderr to `log_path`, initialised over stdio.
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_at(socket: &Path, log_path: PathBuf) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = tokio::process::Command::new(bin("agentd-mcp"));
+        cmd.arg("--socket")
+            .arg(socket)
+            .args(["--no-autostart", "--agent-type", "e2e-test"]);
+        let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
+        let client = tokio::time::timeout(STEP_TIMEOUT, client_config().serve(transport)).await??;
+        Ok(Self { client, log_path })
+    }
+
     /// An MCP client over streamable HTTP to `url` (e.g. `http://127.0.0.1:PORT/mcp`),
     /// sending `Authorization: Bearer TOKEN`; `log_path` is the shim's log.
     ///

@@ -6,7 +6,9 @@
 
 use super::{call, ReleaseArgs, RequestArgs, RevokeArgs};
 use agentd_proto::text::{terminal_safe, who_asked};
-use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Request, Response, RevokeTarget};
+use agentd_proto::{
+    AccessRequestSpec, AgentInfo, Client, ClientError, Request, Response, RevokeTarget,
+};
 use anyhow::bail;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use std::path::Path;
@@ -15,6 +17,10 @@ use std::path::Path;
 pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
     let response = match Client::connect(socket).await {
         Ok(mut c) => c.call(Request::Status).await?,
+        // Not our daemon (a squatted socket): say so, never "not running".
+        Err(e @ (ClientError::NotOurDaemon { .. } | ClientError::OpenDirectory { .. })) => {
+            return Err(e.into())
+        }
         Err(_) => {
             if json {
                 println!(
