@@ -149,6 +149,17 @@ pub struct Owner {
     pub user: String,
 }
 
+impl Owner {
+    /// The protocol's view of this owner (user, uid, pid; the start time stays inside).
+    pub fn requester(&self) -> agentd_proto::Requester {
+        agentd_proto::Requester {
+            user: self.user.clone(),
+            uid: self.uid,
+            pid: self.pid,
+        }
+    }
+}
+
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "user {} (uid {} pid {})", self.user, self.uid, self.pid)

@@ -8,6 +8,7 @@
 //! * [`profile`]: per-profile paths (config, socket, data dir, keychain service, tokens).
 //! * [`socket`]: where the control socket lives (Unix socket or Windows named pipe).
 //! * [`system`]: the fixed paths of system mode.
+//! * [`text`]: terminal-safe rendering of client-sent text, and the bounds on its length.
 //! * [`client`]: a small async client that sends one request and reads one response.
 //!
 //! This crate never carries an upstream secret: the most sensitive value in it is a
@@ -21,6 +22,7 @@ pub mod messages;
 pub mod profile;
 pub mod socket;
 pub mod system;
+pub mod text;
 
 pub use client::{Client, ClientError};
 pub use framing::{FrameError, MAX_FRAME_BYTES};

@@ -31,11 +31,18 @@ impl<T> Envelope<T> {
 
 /// Who is asking: filled in by the shim or CLI, completed by the daemon with the peer's
 /// pid and uid taken from the socket.
+///
+/// `agent_type` and `client_name` are **claimed**: the client says them about itself and
+/// the daemon cannot check them (a shell agent can start `agentd-mcp --agent-type cli`).
+/// Every human-facing output labels them "claimed" and renders them with
+/// [`crate::text::terminal_safe`]; the daemon bounds their length
+/// ([`crate::text::MAX_AGENT_TYPE_CHARS`], [`crate::text::MAX_CLIENT_NAME_CHARS`]). What the
+/// OS says about the requester is in [`Requester`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AgentInfo {
-    /// Agent type, e.g. `claude-code`, `cursor`, `cli`.
+    /// Agent type, e.g. `claude-code`, `cursor`, `cli` (claimed).
     pub agent_type: String,
-    /// MCP `clientInfo.name` (and version) when known.
+    /// MCP `clientInfo.name` (and version) when known (claimed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_name: Option<String>,
     /// Peer process id, taken by the daemon from the control socket (clients' values are
@@ -45,6 +52,26 @@ pub struct AgentInfo {
     /// Peer user id, taken by the daemon from the control socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+}
+
+/// The requester of an access request (and owner of its grant) as the daemon's OS checks
+/// found it: the control-socket peer's uid and pid (`SO_PEERCRED`) and the user name of
+/// that uid in the password database. Never taken from a client's fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Requester {
+    /// OS user name of `uid` (`uid N` when the password database has none).
+    pub user: String,
+    /// Effective uid of the requesting process.
+    pub uid: u32,
+    /// Process id of the requesting process (the shim or CLI instance).
+    pub pid: u32,
+}
+
+impl std::fmt::Display for Requester {
+    /// `alice (uid 1000) pid 4242`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (uid {}) pid {}", self.user, self.uid, self.pid)
+    }
 }
 
 /// A request to the daemon.
@@ -106,7 +133,8 @@ pub enum Request {
         /// Grant duration in seconds instead of the requested one (still capped by policy).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration_seconds: Option<u64>,
-        /// How the human confirmed.
+        /// Ignored by the daemon (see [`Presence`]).
+        #[serde(default)]
         presence: Presence,
     },
     /// A human denies a pending request. Same presence rule as [`Request::Approve`];
@@ -117,7 +145,8 @@ pub enum Request {
         /// Why; shown to the agent and recorded.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
-        /// How the human confirmed.
+        /// Ignored by the daemon (see [`Presence`]).
+        #[serde(default)]
         presence: Presence,
     },
     /// Revoke grants; answered with [`Response::Revoked`].
@@ -195,13 +224,16 @@ impl std::fmt::Debug for SecretValue {
 /// Longest [`Request::AwaitRequest`] wait the daemon honours, in seconds.
 pub const MAX_AWAIT_SECONDS: u64 = 600;
 
-/// How a human confirmed a decision: the terminal they typed on. The daemon checks on its
-/// side that the peer process really has a controlling terminal (Linux: `/proc/PID/stat`).
+/// What the CLI says about the human who confirmed a decision. **Ignored by the daemon**
+/// and kept only so older CLIs still parse: the daemon builds `decided_by` from its own view
+/// of the peer (the uid's user name, the pid, the controlling terminal it reads from
+/// `/proc/PID/stat`), never from these fields. New clients send it empty.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Presence {
-    /// The controlling terminal the confirmation was typed on, e.g. `/dev/pts/3`.
+    /// Ignored (was: the terminal the CLI saw).
+    #[serde(default)]
     pub tty: String,
-    /// The login name of the human, as the CLI saw it (`$USER`), for the record.
+    /// Ignored (was: `$USER` as the CLI saw it).
     #[serde(default)]
     pub user: String,
 }
@@ -535,10 +567,15 @@ pub struct AccessRequestView {
     /// True when the requested duration was cut down to the policy's `max_ttl`.
     #[serde(default)]
     pub clamped: bool,
-    /// The justification given.
+    /// The justification given, verbatim (at most
+    /// [`crate::text::MAX_JUSTIFICATION_CHARS`] characters; render it with
+    /// [`crate::text::terminal_safe`] before showing it to a human).
     pub justification: String,
-    /// Who asked.
+    /// Who asked, as the client claims it.
     pub agent: AgentInfo,
+    /// Who asked, as the OS says (absent only in views from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Requester>,
     /// When the request was made, seconds since the Unix epoch.
     #[serde(default)]
     pub created_at: u64,
@@ -570,8 +607,11 @@ pub struct GrantView {
     pub resource: String,
     /// Permission name.
     pub permission: String,
-    /// Who holds it.
+    /// Who holds it, as the client claims it.
     pub agent: AgentInfo,
+    /// Who holds it, as the OS says (absent only in views from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Requester>,
     /// Current state.
     pub state: GrantState,
     /// Creation time, seconds since the Unix epoch.
@@ -592,13 +632,21 @@ pub struct GrantView {
 /// for a loopback listener.
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Handle {
-    /// `postgresql://USER:TOKEN@127.0.0.1:PORT/DB?sslmode=disable`.
+    /// `postgresql://USER:TOKEN@127.0.0.1:PORT/DB?sslmode=disable`, for drivers that need a
+    /// URL. Prefer [`Handle::env`]: a DSN on a command line exposes the token.
     pub dsn: String,
     /// libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
     /// `PGSSLMODE`).
     pub env: BTreeMap<String, String>,
-    /// A ready-to-run `psql` command line.
+    /// A ready-to-run `psql` command line **without the token** (command lines are visible
+    /// to every local user in `/proc/*/cmdline`): `PGSERVICEFILE='…' psql service=GRANT`
+    /// when [`Handle::service_file`] exists, else `psql` to run with [`Handle::env`] set.
     pub psql: String,
+    /// The grant's libpq connection service file (mode 0600 in a private per-grant
+    /// directory, removed when the grant ends), holding host, port, user, token and
+    /// database; absent where Unix sockets are not available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_file: Option<String>,
     /// Listener host (always loopback).
     pub host: String,
     /// Listener TCP port.
@@ -621,6 +669,7 @@ impl std::fmt::Debug for Handle {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("socket_dir", &self.socket_dir)
+            .field("service_file", &self.service_file)
             .field("database", &self.database)
             .field("user", &self.user)
             .field("token", &"[REDACTED]")

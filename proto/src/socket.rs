@@ -1,7 +1,13 @@
 //! Where the control socket lives.
 //!
-//! * Unix: `$XDG_RUNTIME_DIR/agentd/agentd.sock` when `XDG_RUNTIME_DIR` is set, otherwise
-//!   `$TMPDIR/agentd-$UID/agentd.sock` (the directory is created 0700 and must be owned by us).
+//! * Unix: `$XDG_RUNTIME_DIR/agentd/agentd.sock` when `XDG_RUNTIME_DIR` is set; else
+//!   `/run/user/$UID/agentd/agentd.sock` when that per-user runtime directory exists and is
+//!   ours and private (systemd-logind makes it; a session without the variable, e.g. `su`
+//!   or cron, still gets it); otherwise `$TMPDIR/agentd-$UID/agentd.sock`. In a shared
+//!   temporary directory another user can create `agentd-$UID` first: the daemon then
+//!   refuses to start ([`ensure_private_dir`]) and the clients refuse to talk to a socket in
+//!   it ([`crate::client::check_socket_dir`], [`crate::client::check_server`]), naming the
+//!   squatter's uid. That is a denial of service, never a fake daemon.
 //! * Windows: the named pipe `\\.\pipe\agentd-$USERNAME`.
 //!
 //! The binaries let `--socket` / `AGENTD_SOCKET` override this.
@@ -49,12 +55,23 @@ pub fn default_socket_path() -> PathBuf {
     PathBuf::from(format!(r"\\.\pipe\agentd-{user}"))
 }
 
-/// The per-user runtime directory: `$XDG_RUNTIME_DIR/agentd` or `$TMPDIR/agentd-$UID`.
+/// The per-user runtime directory: `$XDG_RUNTIME_DIR/agentd`, else `/run/user/$UID/agentd`
+/// when `/run/user/$UID` is ours with mode 0700, else `$TMPDIR/agentd-$UID`.
 #[cfg(unix)]
 pub fn runtime_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("agentd"),
-        _ => std::env::temp_dir().join(format!("agentd-{}", current_uid())),
+        _ => {
+            let uid = current_uid();
+            let run_user = PathBuf::from(format!("/run/user/{uid}"));
+            match std::fs::metadata(&run_user) {
+                Ok(m) if m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 => {
+                    run_user.join("agentd")
+                }
+                _ => std::env::temp_dir().join(format!("agentd-{uid}")),
+            }
+        }
     }
 }
 

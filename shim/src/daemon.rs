@@ -1,7 +1,7 @@
 //! Reaching the daemon: one control-socket call per tool call, starting `agentd daemon` in
 //! the background first when nothing listens on the socket.
 
-use agentd_proto::{Client, Request, Response};
+use agentd_proto::{Client, ClientError, Request, Response};
 use anyhow::{bail, Context as _};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,8 +40,14 @@ impl DaemonLink {
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
-        if let Ok(client) = Client::connect(&self.socket).await {
-            return Ok(client);
+        match Client::connect(&self.socket).await {
+            Ok(client) => return Ok(client),
+            // A socket someone else serves: never start a daemon next to it or retry.
+            Err(e @ (ClientError::NotOurDaemon { .. } | ClientError::OpenDirectory { .. })) => {
+                tracing::warn!(error = %e, "refused the control socket");
+                return Err(e.into());
+            }
+            Err(_) => {}
         }
         if !self.autostart {
             bail!(

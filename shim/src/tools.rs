@@ -284,7 +284,7 @@ impl AgentdTools {
 
     /// Asks for access.
     #[tool(
-        description = "Step 2. Request temporary access with a real justification (shown to the human, recorded). approved: the result has a handle (local postgresql:// DSN, PG* env vars, psql command); use it as given. pending: tell the human the exact command in the message (agentd approve r_…), then call await_approval. denied: do not retry."
+        description = "Step 2. Request temporary access with a real justification (shown to the human, recorded). approved: the result has a handle: connect by setting handle.env (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE) or by running handle.psql as given (it keeps the token off the command line); handle.dsn only for drivers that need a URL, never on a command line. pending: tell the human the exact command in the message (agentd approve r_…), then call await_approval. denied: do not retry."
     )]
     async fn request_access(
         &self,
@@ -308,9 +308,14 @@ impl AgentdTools {
                 }
             },
         };
-        let client_name = peer
-            .peer_info()
-            .map(|info| format!("{} {}", info.client_info.name, info.client_info.version));
+        // The MCP client's self-description, cut to the daemon's bound (it is the client's
+        // claim, not the agent's request: an over-long name should not refuse the request).
+        let client_name = peer.peer_info().map(|info| {
+            format!("{} {}", info.client_info.name, info.client_info.version)
+                .chars()
+                .take(agentd_proto::text::MAX_CLIENT_NAME_CHARS)
+                .collect::<String>()
+        });
         let spec = AccessRequestSpec {
             resource: args.resource,
             permission: args.permission,
@@ -359,7 +364,7 @@ impl AgentdTools {
 
     /// The caller's active grants.
     #[tool(
-        description = "Your active grants: id, resource, permission, seconds left and the DSN to connect with."
+        description = "Your active grants: id, resource, permission, seconds left, and how to connect (env vars, psql line without the token, DSN for drivers)."
     )]
     async fn list_grants(&self) -> Result<CallToolResult, ErrorData> {
         let grants = match self.held_grants().await {
@@ -375,6 +380,8 @@ impl AgentdTools {
                     "permission": h.grant.permission,
                     "remaining_seconds": h.grant.remaining_seconds,
                     "expires_at": h.grant.expires_at,
+                    "env": h.handle.env,
+                    "psql": h.handle.psql,
                     "dsn": h.handle.dsn,
                 })
             })
@@ -544,7 +551,7 @@ fn request_summary(view: &agentd_proto::AccessRequestView) -> String {
     );
     match (view.state, &view.grant) {
         (Approved, Some(g)) if view.handle.is_some() => format!(
-            "{head} Grant {} for {}s. Connect with handle.dsn or handle.psql; release_access when done.",
+            "{head} Grant {} for {}s. Connect with handle.psql (no token on the command line) or by setting handle.env (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE) for any libpq tool or driver; never paste handle.dsn into a command line. release_access when done.",
             g.id, g.remaining_seconds
         ),
         _ => match &view.message {

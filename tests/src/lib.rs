@@ -140,10 +140,23 @@ impl DaemonProcess {
     /// # Errors
     /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
     pub async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
+        Self::start_with_env(sandbox, &[]).await
+    }
+
+    /// Like [`DaemonProcess::start`], with extra environment variables for the daemon
+    /// (e.g. a `PATH` with a stand-in `notify-send` and a `DISPLAY`).
+    ///
+    /// # Errors
+    /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
+    pub async fn start_with_env(
+        sandbox: &Sandbox,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         Self::start_in(
             sandbox.dir.path(),
             &sandbox.config_path,
             &sandbox.socket_path,
+            env,
         )
         .await
     }
@@ -155,10 +168,15 @@ impl DaemonProcess {
     /// As [`DaemonProcess::start`].
     pub async fn start_with(config: &Path, socket: &Path) -> anyhow::Result<Self> {
         let dir = config.parent().context("config has no parent directory")?;
-        Self::start_in(dir, config, socket).await
+        Self::start_in(dir, config, socket, &[]).await
     }
 
-    async fn start_in(dir: &Path, config: &Path, socket: &Path) -> anyhow::Result<Self> {
+    async fn start_in(
+        dir: &Path,
+        config: &Path,
+        socket: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
         // A restarted daemon gets a log of its own: daemon.log, daemon-2.log, …
         let log_path = (1..)
             .map(|n| match n {
@@ -175,6 +193,7 @@ impl DaemonProcess {
             .arg(socket)
             .arg("daemon")
             .env("AGENTD_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -342,7 +361,8 @@ pub struct McpSession {
 }
 
 impl McpSession {
-    /// Starts `agentd-mcp --socket … --config … --agent-type e2e-test` and initialises MCP.
+    /// Starts `agentd-mcp --socket … --config … --agent-type e2e-test` (unless `extra_args`
+    /// name another `--agent-type`) and initialises MCP.
     ///
     /// # Errors
     /// The shim fails to start or to initialise.
@@ -359,10 +379,34 @@ impl McpSession {
         extra_args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<Self> {
+        Self::spawn(sandbox, extra_args, env, client_config()).await
+    }
+
+    /// Like [`McpSession::start`], with the MCP client announcing itself as
+    /// `clientInfo { name, version }` (e.g. a hostile name).
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_as(sandbox: &Sandbox, name: &str, version: &str) -> anyhow::Result<Self> {
+        let config = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new(name, version),
+        );
+        Self::spawn(sandbox, &[], &[], config).await
+    }
+
+    async fn spawn(
+        sandbox: &Sandbox,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        config: ClientConfig,
+    ) -> anyhow::Result<Self> {
+        static SHIMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SHIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = sandbox
             .dir
             .path()
-            .join(format!("shim-{}.log", std::process::id()));
+            .join(format!("shim-{}-{n}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -372,10 +416,30 @@ impl McpSession {
             .arg(&sandbox.socket_path)
             .arg("--config")
             .arg(&sandbox.config_path)
-            .args(["--agent-type", "e2e-test"])
+            .args(if extra_args.contains(&"--agent-type") {
+                &[][..]
+            } else {
+                &["--agent-type", "e2e-test"][..]
+            })
             .args(extra_args)
             .envs(env.iter().copied())
             .env("AGENTD_BIN", bin("agentd"));
+        let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
+        let client = tokio::time::timeout(STEP_TIMEOUT, config.serve(transport)).await??;
+        Ok(Self { client, log_path })
+    }
+
+    /// `agentd-mcp --socket SOCKET --no-autostart` (no sandbox: e.g. a socket someone else
+    /// serves), its stderr to `log_path`, initialised over stdio.
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_at(socket: &Path, log_path: PathBuf) -> anyhow::Result<Self> {
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = tokio::process::Command::new(bin("agentd-mcp"));
+        cmd.arg("--socket")
+            .arg(socket)
+            .args(["--no-autostart", "--agent-type", "e2e-test"]);
         let (transport, _) = TokioChildProcess::builder(cmd).stderr(log).spawn()?;
         let client = tokio::time::timeout(STEP_TIMEOUT, client_config().serve(transport)).await??;
         Ok(Self { client, log_path })

@@ -40,10 +40,15 @@ async fn mcp_grant_psql_status_revoke_and_no_leak() -> anyhow::Result<()> {
         dsn.starts_with("postgresql://g_") && dsn.contains("@127.0.0.1:"),
         "{dsn}"
     );
-    assert!(handle["psql"]
-        .as_str()
-        .unwrap_or_default()
-        .starts_with("psql "));
+    let psql_line = handle["psql"].as_str().unwrap_or_default();
+    assert!(
+        psql_line.starts_with("PGSERVICEFILE=") && psql_line.contains(" psql service=g_"),
+        "{psql_line}"
+    );
+    assert!(
+        !psql_line.contains(handle["env"]["PGPASSWORD"].as_str().unwrap_or("?")),
+        "no token in the psql line"
+    );
     let grant_id = grant_id(&granted.value);
     let env = handle_env(handle);
 
@@ -356,7 +361,12 @@ async fn control_socket_refuses_other_uids() -> anyhow::Result<()> {
         stderr.contains("serves only the user that started it"),
         "{stderr}"
     );
-    assert!(daemon.log().contains("refused control connection"));
+    let log = daemon.log();
+    assert!(
+        log.contains("refused control connection")
+            && log.contains("serves only the user that started it"),
+        "{log}"
+    );
     daemon.stop().await?;
     Ok(())
 }

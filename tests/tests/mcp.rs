@@ -363,6 +363,15 @@ async fn stdio_every_tool_with_approval_run_query_and_no_leak() -> anyhow::Resul
 }
 
 async fn status_without(url: &str, auth: Option<&str>) -> anyhow::Result<u16> {
+    status_with(url, auth, &[]).await
+}
+
+/// POSTs an MCP `initialize` to `url` with `auth` and extra `headers`; the HTTP status.
+async fn status_with(
+    url: &str,
+    auth: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<u16> {
     let client = reqwest::Client::new();
     let mut req = client
         .post(url)
@@ -376,6 +385,9 @@ async fn status_without(url: &str, auth: Option<&str>) -> anyhow::Result<u16> {
         );
     if let Some(a) = auth {
         req = req.header("authorization", a);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     Ok(req.send().await?.status().as_u16())
 }
@@ -437,6 +449,44 @@ async fn http_requires_a_bearer_token_and_serves_every_tool() -> anyhow::Result<
         status_without(&shim.url, Some(&format!("Basic {token}"))).await?,
         401
     );
+    // DNS rebinding: a page on a rebound name reaches the port with its own Host and
+    // Origin; even with a valid token it gets 403. Loopback origins are served.
+    let bearer = format!("Bearer {token}");
+    let port = shim
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap_or_default()
+        .to_owned();
+    let evil_host = format!("rebind.evil.example:{port}");
+    for headers in [
+        vec![("host", evil_host.as_str())],
+        vec![("origin", "http://rebind.evil.example")],
+        vec![("origin", "null")],
+        vec![
+            ("host", evil_host.as_str()),
+            ("origin", "http://rebind.evil.example"),
+        ],
+    ] {
+        assert_eq!(
+            status_with(&shim.url, Some(&bearer), &headers).await?,
+            403,
+            "{headers:?}"
+        );
+    }
+    let local_origin = format!("http://localhost:{port}");
+    let localhost = format!("localhost:{port}");
+    assert_eq!(
+        status_with(
+            &shim.url,
+            Some(&bearer),
+            &[("origin", &local_origin), ("host", &localhost)]
+        )
+        .await?,
+        200
+    );
+    assert!(std::fs::read_to_string(&shim.log_path)?.contains("DNS rebinding"));
     assert!(
         McpSession::connect_http(&shim.url, "agentd_mcp_wrong", shim.log_path.clone())
             .await

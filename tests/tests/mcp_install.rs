@@ -1,5 +1,5 @@
 //! `agentd mcp install|uninstall` on sample config files of every client (other entries
-//! and key order kept, backup, idempotent, uninstall removes only ours, invalid JSON
+//! and key order kept, backup (0600, newest three kept), symlinks followed, idempotent, uninstall removes only ours, invalid JSON
 //! refused and untouched), the entries matching `packaging/mcp/`, the default file
 //! locations under a fake home, and `--profile` paths for `agentd token`.
 
@@ -233,5 +233,58 @@ async fn profiles_keep_tokens_apart() -> anyhow::Result<()> {
     let bad = agentd_plain(&["--profile", "../x", "token", "list"], &env).await?;
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("profile name"), "{}", bad.stderr);
+    Ok(())
+}
+
+/// Backups are 0600 and pruned to the newest three; a symlinked config is updated through
+/// the link, which stays a link.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_are_private_and_pruned_and_symlinks_stay_links() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir()?;
+    let real_dir = home.path().join("dotfiles");
+    std::fs::create_dir(&real_dir)?;
+    let real = real_dir.join("cursor-mcp.json");
+    std::fs::write(
+        &real,
+        r#"{"mcpServers": {"other": {"command": "x", "env": {"API_KEY": "sk-other-server"}}}}"#,
+    )?;
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644))?;
+    // Four old backups already lie beside the real file.
+    for day in 1..=4 {
+        let old = real_dir.join(format!("cursor-mcp.json.bak-2020010{day}T000000Z"));
+        std::fs::write(&old, "{}")?;
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let link_dir = home.path().join(".cursor");
+    std::fs::create_dir(&link_dir)?;
+    let link = link_dir.join("mcp.json");
+    std::os::unix::fs::symlink(&real, &link)?;
+
+    let out = mcp_cmd("install", "cursor", &link, home.path()).await?;
+    assert_eq!(out["outcome"], "installed", "{out}");
+    // The link is still a link, and the file it points to has our entry and the other one.
+    assert!(std::fs::symlink_metadata(&link)?.file_type().is_symlink());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&real)?)?;
+    assert_eq!(v["mcpServers"]["agentd"]["command"], "agentd-mcp", "{v}");
+    assert_eq!(
+        v["mcpServers"]["other"]["env"]["API_KEY"],
+        "sk-other-server"
+    );
+    // Newest three backups kept: the one just made and the two newest old ones.
+    let mut kept = backups(&real_dir, "cursor-mcp.json");
+    kept.sort();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert_eq!(kept[0], "cursor-mcp.json.bak-20200103T000000Z");
+    assert_eq!(kept[1], "cursor-mcp.json.bak-20200104T000000Z");
+    let newest = real_dir.join(&kept[2]);
+    assert!(std::fs::read_to_string(&newest)?.contains("sk-other-server"));
+    assert_eq!(
+        std::fs::metadata(&newest)?.permissions().mode() & 0o777,
+        0o600,
+        "a backup holding other servers' keys must be private"
+    );
+    assert!(backups(&link_dir, "mcp.json").is_empty());
     Ok(())
 }

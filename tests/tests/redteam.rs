@@ -24,9 +24,8 @@
 //! one is put back at the end) and starts the daemon itself as `agentd`; a daemon already
 //! answering on `/run/agentd/agentd.sock` must be stopped first.
 //!
-//! The TCP half of "a grant token from another uid" needs the listener's socket-owner check
-//! (issue 15, `sock_diag`): `tcp_token_from_another_uid_is_refused` asserts the refusal and
-//! is `#[ignore]`d until that is merged.
+//! The TCP half of "a grant token from another uid" is held by the listener's socket-owner
+//! check (`listener/peer.rs`, `sock_diag`): `tcp_token_from_another_uid_is_refused`.
 
 #![cfg(target_os = "linux")]
 
@@ -595,8 +594,8 @@ async fn attacks_on_grant(
             r.stderr.trim().to_owned(),
         ));
     }
-    // ... and over TCP (the owner-uid check is issue 15's; printed here, asserted in the
-    // ignored test).
+    // ... and over TCP (the listener's sock_diag owner-uid check; asserted in
+    // `tcp_token_from_another_uid_is_refused` too).
     let r = run(
         as_user(OTHER, &[&psql, "-X", "-At", "-c", "SELECT 1"], &env),
         None,
@@ -606,7 +605,7 @@ async fn attacks_on_grant(
         "use the agent's grant token from another uid (TCP)",
         r.code != 0,
         if r.code == 0 {
-            "connected: the TCP listener does not check the peer's uid yet (issue 15)".to_owned()
+            "connected: the TCP listener admitted another uid".to_owned()
         } else {
             r.stderr.trim().to_owned()
         },
@@ -1120,9 +1119,8 @@ async fn user_half(
     Ok(outcomes)
 }
 
-/// The whole red team: system mode must hold every attack (the TCP token check is issue
-/// 15's and is printed, not asserted, here); user mode holds what it promises; the table of
-/// both is printed.
+/// The whole red team: system mode must hold every attack; user mode holds what it
+/// promises; the table of both is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn red_team_system_and_user_mode() -> anyhow::Result<()> {
     if nix_uid() != 0 {
@@ -1140,9 +1138,6 @@ async fn red_team_system_and_user_mode() -> anyhow::Result<()> {
     };
     println!("\n{}", table(&system, &user));
     for o in &system {
-        if o.attack.ends_with("(TCP)") {
-            continue; // issue 15; see tcp_token_from_another_uid_is_refused
-        }
         assert!(o.held, "system mode lost: {} — {}", o.attack, o.detail);
     }
     for promise in [
@@ -1150,6 +1145,7 @@ async fn red_team_system_and_user_mode() -> anyhow::Result<()> {
         "ptrace the daemon",
         "a non-client user uses the control socket",
         "use the agent's grant token from another uid (Unix socket)",
+        "use the agent's grant token from another uid (TCP)",
         "approve its own request with a raw Approve frame",
     ] {
         let o = user.iter().find(|o| o.attack == promise);
@@ -1165,10 +1161,9 @@ async fn red_team_system_and_user_mode() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A grant token seen by another local user is useless over TCP too: needs the listener's
-/// socket-owner check from issue 15 (sock_diag). Run with `--ignored` once merged.
+/// A grant token seen by another local user is useless over TCP too: the listener's
+/// socket-owner check (sock_diag) refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs issue 15's TCP owner-uid check (sock_diag); run with --ignored after that merge"]
 async fn tcp_token_from_another_uid_is_refused() -> anyhow::Result<()> {
     if nix_uid() != 0 {
         return Ok(());

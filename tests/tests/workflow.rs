@@ -369,7 +369,9 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     let daemon = DaemonProcess::start(&sandbox).await?;
     let mcp = McpSession::start(&sandbox, &[]).await?;
 
-    // Three grants: one held by the MCP agent (type e2e-test), two by the CLI (type cli).
+    // Four grants: one held by the MCP agent (type e2e-test), one by a second MCP agent
+    // (type e2e-holder) that releases it, two by CLI processes (type cli).
+    let holder = McpSession::start(&sandbox, &["--agent-type", "e2e-holder"]).await?;
     let by_agent = mcp
         .call(
             "request_access",
@@ -380,8 +382,19 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         grant_id(&by_agent.value),
         handle_env(&by_agent.value["handle"]),
     )];
-    for _ in 0..2 {
-        let v = request_via_cli(&sandbox, "10m").await?.json()?;
+    for i in 0..3 {
+        let v = if i == 1 {
+            holder
+                .call(
+                    "request_access",
+                    json!({"resource": RESOURCE, "permission": PERMISSION,
+                           "justification": "release test"}),
+                )
+                .await?
+                .value
+        } else {
+            request_via_cli(&sandbox, "10m").await?.json()?
+        };
         grants.push((grant_id(&v), handle_env(&v["handle"])));
     }
     let mut sessions = Vec::new();
@@ -392,7 +405,7 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     }
     let status = agentd_cli(&sandbox, &["status", "--json"]).await?.json()?;
     let listed = status["grants"].as_array().cloned().unwrap_or_default();
-    assert_eq!(listed.len(), 3);
+    assert_eq!(listed.len(), 4);
     assert!(listed
         .iter()
         .all(|g| g["connections"] == 1 && g["remaining_seconds"].as_u64().unwrap_or(0) > 0));
@@ -418,45 +431,34 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
     let out = agentd_cli(&sandbox, &["revoke", &grants[1].0, "--json"]).await?;
     assert_eq!(out.json()?["revoked"], json!([grants[1].0]));
     expect_cut("revoked").await?;
-    // A second agent (another agentd-mcp process, same agent type) holds a grant.
-    let other_agent = McpSession::start(&sandbox, &[]).await?;
-    let by_other = other_agent
-        .call(
-            "request_access",
-            json!({"resource": RESOURCE, "permission": PERMISSION, "justification": "release test"}),
-        )
-        .await?;
-    let released_id = grant_id(&by_other.value);
-    let mut other_live = LivePsql::start(&handle_env(&by_other.value["handle"]))?;
-    assert_eq!(other_live.query_line("SELECT 1;").await?, "1");
-    // The first agent cannot release it: for anyone but its holder the grant does not exist.
-    let foreign = mcp
-        .call("release_access", json!({"grant_id": released_id}))
-        .await?;
-    assert_eq!(foreign.value["error"], "not_found", "{}", foreign.raw);
     // Released by its holder (through the MCP tool, as an agent does when done).
-    let released = other_agent
-        .call("release_access", json!({"grant_id": released_id}))
+    let released = holder
+        .call("release_access", json!({"grant_id": grants[2].0}))
         .await?;
     assert_eq!(
         released.value["released"],
-        json!([released_id]),
+        json!([grants[2].0]),
         "{}",
         released.raw
     );
-    let (ok, err) = other_live.finish_with("SELECT 1;").await?;
-    assert!(
-        !ok && err.contains("released"),
-        "expected a release cut: {err}"
-    );
-    // Releasing twice says so (to the holder).
-    let again = other_agent
-        .call("release_access", json!({"grant_id": released_id}))
+    expect_cut("released").await?;
+    // Releasing twice says so (to its owner).
+    let again = holder
+        .call("release_access", json!({"grant_id": grants[2].0}))
         .await?;
+    assert!(again.is_error, "{}", again.raw);
     assert!(again.raw.contains("already released"), "{}", again.raw);
+    // Another process (this CLI) cannot release someone else's grant: not found, no hint.
+    let other = agentd_cli(&sandbox, &["release", &grants[3].0]).await?;
+    assert_ne!(other.code, 0);
+    assert!(
+        other.stderr.contains(&format!("no grant {}", grants[3].0)),
+        "{}",
+        other.stderr
+    );
     // Everything else.
     let out = agentd_cli(&sandbox, &["revoke", "--all", "--json"]).await?;
-    assert_eq!(out.json()?["revoked"], json!([grants[2].0]));
+    assert_eq!(out.json()?["revoked"], json!([grants[3].0]));
     expect_cut("revoked").await?;
     let status = agentd_cli(&sandbox, &["status", "--json"]).await?.json()?;
     assert_eq!(status["grants"], json!([]));
@@ -471,13 +473,13 @@ async fn revoke_by_grant_agent_and_all_and_release_cut_live_sessions() -> anyhow
         [
             (grants[0].0.as_str(), "revoked"),
             (grants[1].0.as_str(), "revoked"),
-            (released_id.as_str(), "released"),
-            (grants[2].0.as_str(), "revoked"),
+            (grants[2].0.as_str(), "released"),
+            (grants[3].0.as_str(), "revoked"),
         ]
     );
     audit_verifies(&sandbox).await?;
     mcp.close().await?;
-    other_agent.close().await?;
+    holder.close().await?;
     daemon.stop().await?;
     Ok(())
 }

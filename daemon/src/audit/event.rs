@@ -6,7 +6,7 @@
 //! Records are read back as JSON; unknown extra members (`seq`, `ts`, `prev`, `hash`) are
 //! ignored when a record is deserialised into an [`AuditEvent`].
 
-use agentd_proto::AgentInfo;
+use agentd_proto::{AgentInfo, Requester};
 use serde::{Deserialize, Serialize};
 
 /// What a statement record keeps of a text longer than the capture limit, besides its head.
@@ -56,8 +56,12 @@ pub enum AuditEvent {
         clamped: bool,
         /// The agent's justification, verbatim.
         justification: String,
-        /// Who asked (pid/uid stamped by the daemon from the control socket).
+        /// Who asked, as the client claims it (agent type, client name; pid/uid stamped by
+        /// the daemon from the control socket).
         agent: AgentInfo,
+        /// Who asked, as the OS says: user name, uid, pid of the control-socket peer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requester: Option<Requester>,
     },
     /// An access request was decided.
     Decision {
@@ -86,8 +90,11 @@ pub enum AuditEvent {
         permission: String,
         /// When it expires, in Unix seconds.
         expires_at: u64,
-        /// The agent that owns it.
+        /// The agent that owns it, as the client claims it.
         agent: AgentInfo,
+        /// Who owns it, as the OS says: user name, uid, pid of the requesting process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requester: Option<Requester>,
     },
     /// A grant ended.
     GrantEnded {

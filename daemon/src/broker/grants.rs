@@ -49,6 +49,7 @@ impl Broker {
                 )
             })?;
         let listener = Arc::new(GrantListener {
+            owner_uid: request.owner.uid,
             grant_id: grant_id.clone(),
             verifier,
             upstream: upstream::UpstreamTarget {
@@ -77,7 +78,6 @@ impl Broker {
                 self.config().daemon.max_handshakes,
             ),
             sessions: Default::default(),
-            owner_uid: request.owner.uid,
         });
         self.check_not_tampered(
             &request.spec.resource,
@@ -96,6 +96,19 @@ impl Broker {
             }
         };
         let socket_dir = self.open_unix_listener(&listener, &grant_id, addr.port());
+        #[cfg(unix)]
+        let service_file = socket_dir.as_deref().and_then(|dir| {
+            use secrecy::ExposeSecret as _;
+            pg::write_service_file(
+                dir,
+                &grant_id,
+                addr.port(),
+                &resource.database,
+                token.expose_secret(),
+            )
+        });
+        #[cfg(not(unix))]
+        let service_file = None;
         Ok(GrantRecord {
             id: grant_id,
             request_id: request.id.clone(),
@@ -109,6 +122,7 @@ impl Broker {
             ended_at: None,
             listener_addr: addr,
             socket_dir,
+            service_file,
             database: resource.database.clone(),
             token,
             listener,
@@ -145,6 +159,7 @@ impl Broker {
             permission: grant.permission.clone(),
             expires_at: super::views::unix(grant.expires_at),
             agent: grant.agent.clone(),
+            requester: Some(grant.owner.requester()),
         });
         let recorded = self.audit_sync_all(&events);
         if let Err(refusal) = recorded {

@@ -73,6 +73,7 @@ impl Broker {
             clamped: record.clamped,
             justification: record.spec.justification.clone(),
             agent: record.spec.agent.clone(),
+            requester: Some(record.owner.requester()),
         };
         // An auto-approved request is recorded together with its decision and grant (one
         // fdatasync, before the handle exists); the others are recorded here.
@@ -114,7 +115,7 @@ impl Broker {
                 ));
                 self.schedule_pending_expiry(record.id.clone(), pending_for);
                 if self.config().daemon.notify {
-                    notify::pending_request(&record.id, &record.spec);
+                    notify::pending_request(&record.id, &record.spec, &record.owner.requester());
                 }
             }
             PolicyDecision::Auto => match self.open_grant(&record).await {

@@ -75,6 +75,8 @@ struct GrantRecord {
     ended_at: Option<SystemTime>,
     listener_addr: std::net::SocketAddr,
     socket_dir: Option<PathBuf>,
+    /// The grant's libpq service file (0600, in `socket_dir`), when written.
+    service_file: Option<PathBuf>,
     database: String,
     token: SecretString,
     listener: Arc<GrantListener>,

@@ -2,22 +2,16 @@
 //! desktop session (no `DISPLAY` / `WAYLAND_DISPLAY` on Linux) or no notifier program,
 //! nothing happens and nothing fails.
 
-use agentd_proto::AccessRequestSpec;
+use agentd_proto::text::{terminal_safe, who_asked};
+use agentd_proto::{AccessRequestSpec, Requester};
 use tracing::debug;
 
 /// Announces a pending request on the desktop (`notify-send` on Linux, `osascript` on
-/// macOS), without waiting for the notifier. The agent's justification is passed as one
+/// macOS), without waiting for the notifier. The text is [`body`], passed as one
 /// argument, never through a shell.
-pub fn pending_request(request_id: &str, spec: &AccessRequestSpec) {
+pub fn pending_request(request_id: &str, spec: &AccessRequestSpec, requester: &Requester) {
     let title = "agentd: access request";
-    let body = format!(
-        "{} asks for {}/{}: {}\nRun: {}",
-        spec.agent.agent_type,
-        spec.resource,
-        spec.permission,
-        truncate(&spec.justification, 200),
-        super::lifecycle::approve_command(request_id)
-    );
+    let body = body(request_id, spec, requester);
     let command = if cfg!(target_os = "macos") {
         let script = format!(
             "display notification {} with title {}",
@@ -51,13 +45,60 @@ pub fn pending_request(request_id: &str, spec: &AccessRequestSpec) {
     }
 }
 
-fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
+/// The notification text: the daemon's facts (resource, permission, requester's OS user)
+/// on the first line, the agent's claims and text after, every client string through
+/// [`terminal_safe`] (justification cut at 200 characters), then the command to run.
+pub fn body(request_id: &str, spec: &AccessRequestSpec, requester: &Requester) -> String {
+    format!(
+        "{}/{} requested by OS user {}\n{}\n\"{}\"\nRun: {}",
+        terminal_safe(&spec.resource, 100),
+        terminal_safe(&spec.permission, 100),
+        requester,
+        who_asked(&spec.agent, None),
+        terminal_safe(&spec.justification, 200),
+        super::lifecycle::approve_command(request_id)
+    )
 }
 
 fn applescript_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_has_the_facts_first_and_no_raw_controls() {
+        let spec = AccessRequestSpec {
+            resource: "prod-db".into(),
+            permission: "read_only".into(),
+            duration_seconds: None,
+            justification: "\x1b]52;c;ZXZpbA==\x07\u{202e}evil\u{200b}".into(),
+            agent: agentd_proto::AgentInfo {
+                agent_type: "cursor\r".into(),
+                client_name: Some("\u{9b}2J".into()),
+                pid: Some(7),
+                uid: Some(1000),
+            },
+        };
+        let requester = Requester {
+            user: "alice".into(),
+            uid: 1000,
+            pid: 7,
+        };
+        let text = body("r_1", &spec, &requester);
+        assert!(
+            text.starts_with("prod-db/read_only requested by OS user alice (uid 1000) pid 7\n"),
+            "{text}"
+        );
+        assert!(!text
+            .split('\n')
+            .any(|line| line.chars().any(agentd_proto::text::is_unsafe)));
+        assert!(
+            text.contains("\\x1b]52;c;ZXZpbA==\\x07\\u{202e}evil\\u{200b}"),
+            "{text}"
+        );
+        assert!(text.contains("claimed agent cursor\\r"), "{text}");
+    }
 }

@@ -30,6 +30,7 @@ pub(crate) fn view_grant(g: &GrantRecord) -> GrantView {
         resource: g.resource.clone(),
         permission: g.permission.clone(),
         agent: g.agent.clone(),
+        requester: Some(g.owner.requester()),
         state: g.state,
         created_at: unix(g.created_at),
         expires_at: unix(g.expires_at),
@@ -65,6 +66,7 @@ pub(crate) fn view_request(
         clamped: r.clamped,
         justification: r.spec.justification.clone(),
         agent: r.spec.agent.clone(),
+        requester: Some(r.owner.requester()),
         created_at: unix(r.created_at),
         pending_until: r
             .pending_until
@@ -100,8 +102,14 @@ pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
         ("PGDATABASE".to_owned(), g.database.clone()),
         ("PGSSLMODE".to_owned(), "disable".to_owned()),
     ]);
+    let service_file = g.service_file.as_ref().map(|p| p.display().to_string());
+    let psql = match &service_file {
+        Some(path) => format!("PGSERVICEFILE={} psql service={}", shell_quote(path), g.id),
+        None => "psql".to_owned(),
+    };
     Handle {
-        psql: format!("psql \"{dsn}\""),
+        psql,
+        service_file,
         dsn,
         env,
         host,
@@ -111,4 +119,9 @@ pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
         user: g.id.clone(),
         expires_at: unix(g.expires_at),
     }
+}
+
+/// `s` in single quotes for a POSIX shell (`'` written as `'\''`).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }

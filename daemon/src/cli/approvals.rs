@@ -4,14 +4,26 @@
 //! stdin, so piping `yes` into the command does not work and a process without a terminal
 //! (a command an agent runs through its shell tool) is refused with a message telling the
 //! human what to run. The daemon checks the same on its side from the peer's pid (Linux).
+//!
+//! What the human reads is the daemon's truth, not text an agent shaped: every string a
+//! client sent (justification, agent type, client name) goes through
+//! [`agentd_proto::text::terminal_safe`], and the approval prompt shows the agent's text
+//! first and the daemon's own facts (resource, permission, duration, the requester's OS
+//! user, uid and pid) last, right above the question.
 
 use super::{call, ApproveArgs, DenyArgs, RequestsArgs};
+use agentd_proto::text::{terminal_safe, who_asked, MAX_JUSTIFICATION_CHARS};
 use agentd_proto::{AccessRequestView, Presence, Request, RequestState, Response};
 use anyhow::{bail, Context as _};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest justification shown in a table cell, in characters (the prompt shows it whole).
+const TABLE_TEXT_MAX_CHARS: usize = 200;
+/// Longest resource or permission name shown (config names; bounded anyway).
+const NAME_MAX_CHARS: usize = 100;
 
 /// `agentd requests [--all] [--json]`.
 pub async fn requests(socket: &Path, args: &RequestsArgs) -> anyhow::Result<()> {
@@ -40,17 +52,21 @@ pub async fn requests(socket: &Path, args: &RequestsArgs) -> anyhow::Result<()> 
         "state",
         "resource/permission",
         "duration",
-        "agent",
-        "justification",
+        "requester (OS) / agent (claimed)",
+        "justification (agent's text)",
     ]);
     for r in &requests {
         table.add_row([
             r.id.clone(),
             r.state.as_str().to_owned(),
-            format!("{}/{}", r.resource, r.permission),
+            format!(
+                "{}/{}",
+                terminal_safe(&r.resource, NAME_MAX_CHARS),
+                terminal_safe(&r.permission, NAME_MAX_CHARS)
+            ),
             humantime::format_duration(Duration::from_secs(r.duration_seconds)).to_string(),
-            agent_label(r),
-            r.justification.clone(),
+            who_asked(&r.agent, r.requester.as_ref()),
+            terminal_safe(&r.justification, TABLE_TEXT_MAX_CHARS),
         ]);
     }
     println!("{table}");
@@ -81,7 +97,7 @@ pub async fn approve(socket: &Path, args: &ApproveArgs) -> anyhow::Result<()> {
         Request::Approve {
             request_id: args.request_id.clone(),
             duration_seconds: args.ttl.map(|d| d.as_secs().max(1)),
-            presence: tty.presence(),
+            presence: Presence::default(),
         },
     )
     .await?;
@@ -123,7 +139,7 @@ pub async fn deny(socket: &Path, args: &DenyArgs) -> anyhow::Result<()> {
         Request::Deny {
             request_id: args.request_id.clone(),
             reason: args.reason.clone(),
-            presence: tty.presence(),
+            presence: Presence::default(),
         },
     )
     .await?;
@@ -143,15 +159,18 @@ async fn call_for_request(socket: &Path, request: Request) -> anyhow::Result<Acc
     }
 }
 
-/// The request as admins see it (`ListRequests`: every request, never a token; a
-/// `GetRequest` serves only the agent that made it).
+/// The request to decide, from the admin's list (`get_request` serves only the requesting
+/// process, and the approver is another one); never carries a handle.
 async fn pending_request(socket: &Path, request_id: &str) -> anyhow::Result<AccessRequestView> {
-    let requests = match call(socket, Request::ListRequests { all: true }).await? {
-        Response::Requests { requests } => requests,
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+    let response = call(socket, Request::ListRequests { all: true }).await?;
+    let Response::Requests { requests } = response else {
+        bail!("unexpected reply from the daemon: {response:?}")
     };
     let Some(view) = requests.into_iter().find(|r| r.id == request_id) else {
-        bail!("no access request {request_id}; `agentd requests` lists pending ones");
+        bail!(
+            "no access request {}; see pending ones with `agentd requests`",
+            terminal_safe(request_id, 100)
+        );
     };
     if view.state != RequestState::Pending {
         bail!(
@@ -160,13 +179,15 @@ async fn pending_request(socket: &Path, request_id: &str) -> anyhow::Result<Acce
             view.state.as_str(),
             view.decided_by
                 .as_deref()
-                .map(|b| format!(" (by {b})"))
+                .map(|b| format!(" (by {})", terminal_safe(b, 200)))
                 .unwrap_or_default()
         );
     }
     Ok(view)
 }
 
+/// The approval prompt's body: the agent's claims first, then a rule, then the daemon's
+/// own facts, so the lines right above the question are never agent-shaped.
 fn describe(r: &AccessRequestView) -> String {
     let expires = r
         .pending_until
@@ -178,34 +199,56 @@ fn describe(r: &AccessRequestView) -> String {
             ))
         })
         .unwrap_or_default();
+    let requester = match &r.requester {
+        Some(q) => format!(
+            "OS user {} (uid {}), pid {}",
+            terminal_safe(&q.user, 64),
+            q.uid,
+            q.pid
+        ),
+        None => "unknown (older daemon)".to_owned(),
+    };
+    let client = r
+        .agent
+        .client_name
+        .as_deref()
+        .map(|c| terminal_safe(c, agentd_proto::text::MAX_CLIENT_NAME_CHARS))
+        .unwrap_or_else(|| "-".to_owned());
     format!(
-        "access request {}{expires}\n  resource:      {}\n  permission:    {}\n  duration:      {}{}\n  agent:         {}\n  justification: {}\n",
+        "access request {}{expires}\n\
+         \n\
+         From the agent (its own words, unchecked):\n\
+         \x20 justification:   {}\n\
+         \x20 agent (claimed): {}\n\
+         \x20 client (claimed): {}\n\
+         \n\
+         Checked by agentd:\n\
+         \x20 requester:  {requester}\n\
+         \x20 resource:   {}\n\
+         \x20 permission: {}\n\
+         \x20 duration:   {}{}\n",
         r.id,
-        r.resource,
-        r.permission,
+        terminal_safe(&r.justification, MAX_JUSTIFICATION_CHARS),
+        terminal_safe(
+            &r.agent.agent_type,
+            agentd_proto::text::MAX_AGENT_TYPE_CHARS
+        ),
+        client,
+        terminal_safe(&r.resource, NAME_MAX_CHARS),
+        terminal_safe(&r.permission, NAME_MAX_CHARS),
         humantime::format_duration(Duration::from_secs(r.duration_seconds)),
-        if r.clamped { " (clamped to max_ttl)" } else { "" },
-        agent_label(r),
-        r.justification
+        if r.clamped {
+            " (clamped to max_ttl)"
+        } else {
+            ""
+        },
     )
-}
-
-fn agent_label(r: &AccessRequestView) -> String {
-    let mut label = r.agent.agent_type.clone();
-    if let Some(client) = &r.agent.client_name {
-        label.push_str(&format!(" ({client})"));
-    }
-    if let Some(pid) = r.agent.pid {
-        label.push_str(&format!(" pid {pid}"));
-    }
-    label
 }
 
 /// The controlling terminal, where the human confirms.
 struct Terminal {
     reader: BufReader<std::fs::File>,
     writer: std::fs::File,
-    name: String,
 }
 
 impl Terminal {
@@ -227,7 +270,6 @@ impl Terminal {
         Ok(Self {
             reader: BufReader::new(file),
             writer,
-            name: terminal_name(),
         })
     }
 
@@ -249,15 +291,6 @@ impl Terminal {
             "yes" | "y"
         ))
     }
-
-    fn presence(&self) -> Presence {
-        Presence {
-            tty: self.name.clone(),
-            user: std::env::var("USER")
-                .or_else(|_| std::env::var("USERNAME"))
-                .unwrap_or_default(),
-        }
-    }
 }
 
 fn tty_path() -> &'static str {
@@ -266,23 +299,4 @@ fn tty_path() -> &'static str {
     } else {
         "/dev/tty"
     }
-}
-
-/// The controlling terminal's device name, e.g. `/dev/pts/3` (Linux: decoded from the
-/// `tty_nr` field of `/proc/self/stat`, see proc(5)); `/dev/tty` when unknown.
-fn terminal_name() -> String {
-    let decoded = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let after = &stat[stat.rfind(')')? + 1..];
-            let nr: u64 = after.split_whitespace().nth(4)?.parse().ok()?;
-            let major = (nr >> 8) & 0xfff;
-            let minor = (nr & 0xff) | ((nr >> 12) & 0xfff00);
-            Some(match major {
-                136..=143 => format!("/dev/pts/{}", (major - 136) * 256 + minor),
-                4 => format!("/dev/tty{minor}"),
-                _ => format!("tty {major}:{minor}"),
-            })
-        });
-    decoded.unwrap_or_else(|| tty_path().to_owned())
 }

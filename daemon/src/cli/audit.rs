@@ -6,7 +6,10 @@
 //! - `agentd audit verify [--json] [--dir PATH]` checks the hash chain and exits 1 when it
 //!   finds problems.
 //!
-//! Human output escapes control characters, so a statement cannot drive the terminal.
+//! Human output renders every text field with [`agentd_proto::text::terminal_safe`]
+//! (control, bidi and invisible characters as visible escapes), so neither a statement nor
+//! a justification can drive the terminal; statements also have their whitespace runs
+//! folded to one space. Agent type and client name are labelled "claimed".
 
 use crate::audit::{verify, AuditEvent, Follower, RawRecord, VerifyReport};
 use clap::{Args, Subcommand};
@@ -357,38 +360,17 @@ pub fn format_record(record: &RawRecord) -> String {
 }
 
 /// Control characters escaped, whitespace runs collapsed: one safe terminal line.
+/// Longest text field shown per record, in characters (`--json` has the full record).
+const FIELD_MAX_CHARS: usize = 10_000;
+
 fn clean(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut space = false;
-    for c in s.chars() {
-        if c.is_whitespace() {
-            if !space {
-                out.push(' ');
-            }
-            space = true;
-            continue;
-        }
-        space = false;
-        if c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-        {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    agentd_proto::text::terminal_safe(s, FIELD_MAX_CHARS)
 }
 
-fn agent(a: &agentd_proto::AgentInfo) -> String {
-    let mut s = clean(&a.agent_type);
-    if let Some(name) = &a.client_name {
-        let _ = write!(s, " ({})", clean(name));
-    }
-    if let Some(pid) = a.pid {
-        let _ = write!(s, " pid {pid}");
-    }
-    s
+/// A statement on one line: runs of ASCII whitespace (newlines and indentation of
+/// formatted SQL) folded to one space, then [`clean`].
+fn clean_sql(s: &str) -> String {
+    clean(&s.split_ascii_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn unix_time(secs: u64) -> String {
@@ -412,6 +394,7 @@ fn describe(event: &AuditEvent) -> String {
             clamped,
             justification,
             agent: a,
+            requester,
         } => format!(
             "{} {}/{} for {}{} by {}: \"{}\"",
             clean(request_id),
@@ -419,7 +402,7 @@ fn describe(event: &AuditEvent) -> String {
             clean(permission),
             humantime::format_duration(Duration::from_secs(*duration_seconds)),
             if *clamped { " (clamped)" } else { "" },
-            agent(a),
+            agentd_proto::text::who_asked(a, requester.as_ref()),
             clean(justification)
         ),
         AuditEvent::Decision {
@@ -445,13 +428,14 @@ fn describe(event: &AuditEvent) -> String {
             permission,
             expires_at,
             agent: a,
+            requester,
         } => format!(
             "{} {}/{} until {} for {} (request {})",
             clean(grant_id),
             clean(resource),
             clean(permission),
             unix_time(*expires_at),
-            agent(a),
+            agentd_proto::text::who_asked(a, requester.as_ref()),
             clean(request_id)
         ),
         AuditEvent::GrantEnded {
@@ -504,12 +488,12 @@ fn describe(event: &AuditEvent) -> String {
             if let Some(name) = statement.as_deref().filter(|n| !n.is_empty()) {
                 let _ = write!(s, " {}", clean(name));
             }
-            let _ = write!(s, ": {}", clean(text));
+            let _ = write!(s, ": {}", clean_sql(text));
             if let Some(o) = overflow {
                 let _ = write!(
                     s,
                     " […] {} [{} bytes, sha256 {}]",
-                    clean(&o.tail),
+                    clean_sql(&o.tail),
                     o.bytes,
                     clean(&o.sha256)
                 );
@@ -710,6 +694,11 @@ mod tests {
                 clamped: true,
                 justification: "look\nat\x1b[31m things".into(),
                 agent: agent_info(),
+                requester: Some(agentd_proto::Requester {
+                    user: "alice".into(),
+                    uid: 1000,
+                    pid: 42,
+                }),
             },
             AuditEvent::Decision {
                 request_id: "r_1".into(),
@@ -725,6 +714,7 @@ mod tests {
                 permission: "read_only".into(),
                 expires_at: 1_700_000_000,
                 agent: agent_info(),
+                requester: None,
             },
             AuditEvent::Request {
                 request_id: "r_2".into(),
@@ -734,6 +724,7 @@ mod tests {
                 clamped: false,
                 justification: "x".into(),
                 agent: agent_info(),
+                requester: None,
             },
             AuditEvent::ConnectionOpen {
                 grant_id: "g_1".into(),
@@ -796,8 +787,8 @@ mod tests {
         );
         assert!(
             lines[1].contains(
-                "r_1 app-db/read_only for 30m (clamped) by claude-code (claude) pid 42: \
-                 \"look at\\u{1b}[31m things\""
+                "r_1 app-db/read_only for 30m (clamped) by OS user alice (uid 1000) pid 42, claimed agent claude-code \
+                 (client \"claude\"): \"look\\nat\\x1b[31m things\""
             ),
             "{}",
             lines[1]
@@ -883,7 +874,7 @@ mod tests {
         };
         assert_eq!(
             format_record(&r),
-            "audit.jsonl:3: not a record: garbage\\u{7}"
+            "audit.jsonl:3: not a record: garbage\\x07"
         );
         let r = RawRecord {
             file: "audit.jsonl".into(),

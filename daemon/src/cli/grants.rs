@@ -1,7 +1,14 @@
 //! `agentd status`, `agentd request`, `agentd revoke`, `agentd release`.
+//!
+//! Client-sent text (agent type, client name, justification) is shown through
+//! [`agentd_proto::text::terminal_safe`] and labelled "claimed"; the requester's OS
+//! identity comes from the daemon. `status` never carries a token.
 
 use super::{call, ReleaseArgs, RequestArgs, RevokeArgs};
-use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Request, Response, RevokeTarget};
+use agentd_proto::text::{terminal_safe, who_asked};
+use agentd_proto::{
+    AccessRequestSpec, AgentInfo, Client, ClientError, Request, Response, RevokeTarget,
+};
 use anyhow::bail;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use std::path::Path;
@@ -10,6 +17,10 @@ use std::path::Path;
 pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
     let response = match Client::connect(socket).await {
         Ok(mut c) => c.call(Request::Status).await?,
+        // Not our daemon (a squatted socket): say so, never "not running".
+        Err(e @ (ClientError::NotOurDaemon { .. } | ClientError::OpenDirectory { .. })) => {
+            return Err(e.into())
+        }
         Err(_) => {
             if json {
                 println!(
@@ -65,7 +76,7 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
             "grant",
             "resource",
             "permission",
-            "agent",
+            "requester (OS) / agent (claimed)",
             "remaining",
             "listener",
             "connections",
@@ -73,9 +84,9 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         for g in &status.grants {
             table.add_row([
                 g.id.clone(),
-                g.resource.clone(),
-                g.permission.clone(),
-                g.agent.agent_type.clone(),
+                terminal_safe(&g.resource, 100),
+                terminal_safe(&g.permission, 100),
+                who_asked(&g.agent, g.requester.as_ref()),
                 humantime::format_duration(std::time::Duration::from_secs(g.remaining_seconds))
                     .to_string(),
                 g.listener.clone(),
@@ -95,7 +106,11 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         for r in &status.pending_requests {
             println!(
                 "  {} {}/{} by {}: {}",
-                r.id, r.resource, r.permission, r.agent.agent_type, r.justification
+                r.id,
+                terminal_safe(&r.resource, 100),
+                terminal_safe(&r.permission, 100),
+                who_asked(&r.agent, r.requester.as_ref()),
+                terminal_safe(&r.justification, 200)
             );
         }
     }
@@ -133,11 +148,15 @@ pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
             ""
         };
         println!("grant {} for {}s{clamped}", grant.id, view.duration_seconds);
-        println!("\nDSN:  {}\npsql: {}", handle.dsn, handle.psql);
-        println!("env:");
+        println!("\npsql: {}", handle.psql);
+        println!("env (for any libpq tool or driver):");
         for (k, v) in &handle.env {
             println!("  export {k}={v}");
         }
+        println!(
+            "DSN (for drivers that need a URL; keep it off command lines): {}",
+            handle.dsn
+        );
     }
     Ok(())
 }

@@ -9,7 +9,10 @@
 //! | `vscode` | the user `mcp.json` in VS Code's `User` dir | `servers` | `{"type": "stdio", "command", "args"}` |
 //!
 //! Every other key keeps its value and its order. Before a file is changed it is copied to
-//! `FILE.bak-YYYYMMDDTHHMMSSZ`; the new content is written to a temporary file in the same
+//! `FILE.bak-YYYYMMDDTHHMMSSZ`, mode 0600 (client configs often hold other servers' API
+//! keys), and only the newest [`KEEP_BACKUPS`] backups are kept. A symlinked config is
+//! updated through the link (the link stays a link; the file it points to is rewritten and
+//! backed up beside it). The new content is written to a temporary file in the same
 //! directory (same permissions) and renamed over it. Nothing is written when the entry is
 //! already as wanted (install) or absent (uninstall). A file that is not valid JSON is
 //! refused and left untouched.
@@ -353,10 +356,22 @@ pub fn plan_uninstall(path: &Path, client: McpClient, name: &str) -> anyhow::Res
     })
 }
 
-/// Copies an existing `path` to `path.bak-TIMESTAMP`, then writes `text` atomically (temp
-/// file in the same directory with the original's permissions, then rename). Returns the
-/// backup's path.
+/// How many `FILE.bak-*` backups are kept (the newest).
+pub const KEEP_BACKUPS: usize = 3;
+
+/// Copies an existing `path` to `path.bak-TIMESTAMP` (mode 0600), prunes older backups to
+/// [`KEEP_BACKUPS`], then writes `text` atomically (temp file in the same directory with
+/// the original's permissions, then rename). A symlink is followed: the file it points to
+/// is the one backed up and replaced, so the link stays. Returns the backup's path.
 fn write_with_backup(path: &Path, text: &str) -> anyhow::Result<Option<PathBuf>> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let path = if is_link {
+        std::fs::canonicalize(path)
+            .with_context(|| format!("following the symlink {}", path.display()))?
+    } else {
+        path.to_path_buf()
+    };
+    let path = path.as_path();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -368,8 +383,10 @@ fn write_with_backup(path: &Path, text: &str) -> anyhow::Result<Option<PathBuf>>
         let mut name = path.as_os_str().to_owned();
         name.push(format!(".bak-{stamp}"));
         let backup = PathBuf::from(name);
-        std::fs::copy(path, &backup)
+        let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        write_private(&backup, &content)
             .with_context(|| format!("backing up {} to {}", path.display(), backup.display()))?;
+        prune_backups(path);
         Some(backup)
     } else {
         None
@@ -388,6 +405,42 @@ fn write_with_backup(path: &Path, text: &str) -> anyhow::Result<Option<PathBuf>>
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(backup)
+}
+
+/// Writes `content` to `path` (replacing it) readable and writable by the owner only.
+fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(content)
+}
+
+/// Deletes all but the newest [`KEEP_BACKUPS`] `FILE.bak-*` files beside `path` (names
+/// sort by their UTC timestamp). Failures are ignored: pruning is housekeeping.
+fn prune_backups(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.bak-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut backups: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    backups.sort();
+    let excess = backups.len().saturating_sub(KEEP_BACKUPS);
+    for old in &backups[..excess] {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 #[cfg(test)]

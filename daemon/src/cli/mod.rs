@@ -75,7 +75,9 @@ pub enum Command {
     /// Revoke grants: one by id, all on a resource, all of an agent type, or all. Their
     /// listeners close and live sessions are cut with a FATAL error.
     Revoke(RevokeArgs),
-    /// Give back a grant before it expires (what an agent does when it is done).
+    /// Give back a grant this same process requested, before it expires (what an agent
+    /// does when it is done). Any other grant is "not found": to end someone else's grant,
+    /// an admin runs `agentd revoke GRANT_ID`.
     Release(ReleaseArgs),
     /// Show the audit log, follow it, or verify its hash chain (`agentd audit verify`). In
     /// system mode it is read through the daemon (admins only).

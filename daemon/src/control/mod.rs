@@ -197,8 +197,63 @@ fn authorize(request: &Request, principal: &Principal) -> Result<(), Response> {
     Ok(())
 }
 
+/// Refuses client-sent text over its bound (justification, agent type, client name, deny
+/// reason; see [`agentd_proto::text`]), before anything is recorded or shown to a human.
+///
+/// # Errors
+/// A `bad_request` naming the field, its limit and the length sent.
+fn check_lengths(request: &Request) -> Result<(), Response> {
+    use agentd_proto::text::{
+        MAX_AGENT_TYPE_CHARS, MAX_CLIENT_NAME_CHARS, MAX_JUSTIFICATION_CHARS, MAX_REASON_CHARS,
+    };
+    let mut fields: Vec<(&str, &str, usize)> = Vec::new();
+    match request {
+        Request::RequestAccess(spec) => {
+            fields.push((
+                "justification",
+                &spec.justification,
+                MAX_JUSTIFICATION_CHARS,
+            ));
+            fields.push(("agent type", &spec.agent.agent_type, MAX_AGENT_TYPE_CHARS));
+            if let Some(name) = &spec.agent.client_name {
+                fields.push(("client name", name, MAX_CLIENT_NAME_CHARS));
+            }
+        }
+        Request::ListResources {
+            agent_type: Some(agent_type),
+        }
+        | Request::Revoke {
+            target: agentd_proto::RevokeTarget::Agent { agent_type },
+        } => fields.push(("agent type", agent_type, MAX_AGENT_TYPE_CHARS)),
+        Request::Deny {
+            reason: Some(reason),
+            ..
+        } => fields.push(("deny reason", reason, MAX_REASON_CHARS)),
+        _ => {}
+    }
+    for (name, value, max) in fields {
+        let chars = value.chars().count();
+        if chars > max {
+            warn!(
+                field = name,
+                chars, max, "control request refused: text too long"
+            );
+            return Err(Response::Error {
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "the {name} is too long: {chars} characters, the limit is {max}; say it in fewer words"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn dispatch(broker: &Arc<Broker>, request: Request, principal: &Principal) -> Response {
     if let Err(refusal) = authorize(&request, principal) {
+        return refusal;
+    }
+    if let Err(refusal) = check_lengths(&request) {
         return refusal;
     }
     let request = match admin::dispatch(broker, request, principal).await {
@@ -329,5 +384,42 @@ mod tests {
             ));
         }
         assert!(authorize(&Request::ListGrants, &principal(Role::Client, None)).is_ok());
+    }
+
+    #[test]
+    fn over_long_client_text_is_refused_with_its_name_and_limit() {
+        let spec = |justification: String, client: Option<String>| {
+            Request::RequestAccess(agentd_proto::AccessRequestSpec {
+                resource: "db".into(),
+                permission: "read_only".into(),
+                duration_seconds: None,
+                justification,
+                agent: agentd_proto::AgentInfo {
+                    agent_type: "cursor".into(),
+                    client_name: client,
+                    pid: None,
+                    uid: None,
+                },
+            })
+        };
+        assert!(check_lengths(&spec("é".repeat(1_000), Some("c".repeat(200)))).is_ok());
+        let Err(Response::Error { code, message }) = check_lengths(&spec("x".repeat(1_001), None))
+        else {
+            panic!("a 1,001-character justification must be refused")
+        };
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(message.contains("justification is too long: 1001 characters, the limit is 1000"));
+        let Err(Response::Error { message, .. }) =
+            check_lengths(&spec("ok".into(), Some("c".repeat(201))))
+        else {
+            panic!("a 201-character client name must be refused")
+        };
+        assert!(message.contains("client name"), "{message}");
+        let deny = Request::Deny {
+            request_id: "r_1".into(),
+            reason: Some("r".repeat(1_001)),
+            presence: Default::default(),
+        };
+        assert!(check_lengths(&deny).is_err());
     }
 }

@@ -42,6 +42,9 @@ use upstream::UpstreamTarget;
 pub struct GrantListener {
     /// Grant id; also the user name clients must present.
     pub grant_id: String,
+    /// The uid of the grant's owner (the requesting process): the only uid served on the
+    /// TCP listener (Linux, [`crate::listener::peer`]) and the Unix socket.
+    pub owner_uid: u32,
     /// Verifier for the grant token.
     pub verifier: ScramVerifier,
     /// Where and how to log in upstream.
@@ -67,10 +70,6 @@ pub struct GrantListener {
     /// Every session task of this listener (TCP and Unix); shutdown waits for them so their
     /// connection-close and statement records reach the audit log.
     pub sessions: tokio_util::task::TaskTracker,
-    /// The uid of the grant's owner (the requesting process): the only uid the grant's Unix
-    /// socket serves (the kernel's `SO_PEERCRED`), and the one the TCP listener's
-    /// socket-owner check compares against.
-    pub owner_uid: u32,
 }
 
 impl GrantListener {
@@ -185,8 +184,48 @@ async fn serve_connection(
         .await;
         return;
     }
+    if let Err(message) = check_tcp_owner(&stream, peer, &grant) {
+        wire::send_fatal(&mut stream, "28000", &message).await;
+        return;
+    }
     let _ = stream.set_nodelay(true);
     serve_session(stream, &grant, peer.to_string(), slot).await;
+}
+
+/// Admits a TCP client only when the socket on its end belongs to the grant's owner uid
+/// (Linux: `sock_diag`, see [`crate::listener::peer`]); elsewhere the token is the only
+/// check. A refusal is logged with both uids.
+///
+/// # Errors
+/// The message for the client's `FATAL 28000`.
+fn check_tcp_owner(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    grant: &GrantListener,
+) -> Result<(), String> {
+    use crate::listener::peer::{tcp_peer_uid, PeerUid};
+    let ours = stream
+        .local_addr()
+        .map_err(|e| format!("agentd: cannot check this connection ({e})"))?;
+    match tcp_peer_uid(ours, peer) {
+        PeerUid::Uid(uid) if uid == grant.owner_uid => Ok(()),
+        PeerUid::Unsupported => Ok(()),
+        PeerUid::Uid(uid) => {
+            warn!(
+                peer_uid = uid,
+                owner_uid = grant.owner_uid,
+                "refused TCP peer: its socket belongs to another OS user than the grant's owner"
+            );
+            Err(format!(
+                "agentd: grant {} belongs to another OS user (uid {}); only its owner may connect",
+                grant.grant_id, grant.owner_uid
+            ))
+        }
+        PeerUid::Unknown(why) => {
+            warn!(%why, "refused TCP peer: cannot tell which OS user it is");
+            Err("agentd: cannot tell which OS user this connection belongs to; refused".to_owned())
+        }
+    }
 }
 
 /// Startup, authentication, upstream login, then the relay, for one client connection of
@@ -500,11 +539,57 @@ pub fn spawn_unix(
         async move {
             unix_accept_loop(listener, grant).await;
             let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(dir.join(SERVICE_FILE_NAME));
             let _ = std::fs::remove_dir(&dir);
         }
         .instrument(span),
     );
     Ok(path)
+}
+
+/// Name of the grant's libpq connection service file in its Unix-socket directory.
+pub const SERVICE_FILE_NAME: &str = "pg_service.conf";
+
+/// Writes the grant's libpq connection service file `dir/pg_service.conf` (mode 0600,
+/// created new, in the grant's private 0700 directory; removed with it when the grant
+/// ends), so that `PGSERVICEFILE=dir/pg_service.conf psql service=GRANT` connects with no
+/// token on any command line. Format: libpq's "Connection Service File" (INI: a
+/// `[GRANT]` section of `key=value` connection parameters); it points at the grant's Unix
+/// socket (`host=dir`). Returns the path, or `None` (logged) when it cannot be written or a
+/// value holds a line break.
+#[cfg(unix)]
+pub fn write_service_file(
+    dir: &std::path::Path,
+    grant_id: &str,
+    port: u16,
+    database: &str,
+    token: &str,
+) -> Option<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let host = dir.to_str()?;
+    let values = [grant_id, host, database, token];
+    if values.iter().any(|v| v.contains(['\n', '\r'])) {
+        warn!("no service file: a connection value holds a line break");
+        return None;
+    }
+    let path = dir.join(SERVICE_FILE_NAME);
+    let body = format!(
+        "[{grant_id}]\nhost={host}\nport={port}\nuser={grant_id}\npassword={token}\ndbname={database}\nsslmode=disable\n"
+    );
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(body.as_bytes()));
+    match written {
+        Ok(()) => Some(path),
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "no service file for this grant");
+            None
+        }
+    }
 }
 
 #[cfg(unix)]
