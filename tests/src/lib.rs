@@ -22,6 +22,7 @@ pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
 
 mod granted;
 pub use granted::{config, token, Granted};
+pub mod http;
 pub mod raw;
 
 /// Every tool `agentd-mcp` offers, sorted by name.
@@ -120,20 +121,34 @@ impl DaemonProcess {
     /// # Errors
     /// The daemon exits or does not become ready within [`STEP_TIMEOUT`].
     pub async fn start(sandbox: &Sandbox) -> anyhow::Result<Self> {
+        Self::start_at(
+            sandbox.dir.path(),
+            &sandbox.config_path,
+            &sandbox.socket_path,
+        )
+        .await
+    }
+
+    /// Starts `agentd daemon` with `config` and `socket`, its log in `dir`, and waits for its
+    /// ready line.
+    ///
+    /// # Errors
+    /// As [`DaemonProcess::start`].
+    pub async fn start_at(dir: &Path, config: &Path, socket: &Path) -> anyhow::Result<Self> {
         // A restarted daemon gets a log of its own: daemon.log, daemon-2.log, …
         let log_path = (1..)
             .map(|n| match n {
-                1 => sandbox.dir.path().join("daemon.log"),
-                n => sandbox.dir.path().join(format!("daemon-{n}.log")),
+                1 => dir.join("daemon.log"),
+                n => dir.join(format!("daemon-{n}.log")),
             })
             .find(|p| !p.exists())
             .context("log name")?;
         let log = std::fs::File::create(&log_path)?;
         let mut child = tokio::process::Command::new(bin("agentd"))
             .arg("--config")
-            .arg(&sandbox.config_path)
+            .arg(config)
             .arg("--socket")
-            .arg(&sandbox.socket_path)
+            .arg(socket)
             .arg("daemon")
             .env("AGENTD_LOG", "debug")
             .stdin(Stdio::null())
@@ -226,6 +241,18 @@ impl CliOutput {
 /// # Errors
 /// The binary cannot run or hangs past [`STEP_TIMEOUT`].
 pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliOutput> {
+    agentd_cli_at(&sandbox.config_path, &sandbox.socket_path, args).await
+}
+
+/// [`agentd_cli`] with an explicit config and socket.
+///
+/// # Errors
+/// As [`agentd_cli`].
+pub async fn agentd_cli_at(
+    config: &Path,
+    socket: &Path,
+    args: &[&str],
+) -> anyhow::Result<CliOutput> {
     let mut cmd = if cfg!(target_os = "linux") {
         let mut c = tokio::process::Command::new("setsid");
         c.arg("-w").arg(bin("agentd"));
@@ -234,9 +261,9 @@ pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliO
         tokio::process::Command::new(bin("agentd"))
     };
     cmd.arg("--config")
-        .arg(&sandbox.config_path)
+        .arg(config)
         .arg("--socket")
-        .arg(&sandbox.socket_path)
+        .arg(socket)
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true);

@@ -50,10 +50,12 @@ impl Broker {
             } => {
                 let key = format!("{rname}/{pname}");
                 let timeout = Duration::from_secs(*timeout_seconds);
-                let login = self
-                    .commands
-                    .get(&key, argv, timeout, &permission.username)
-                    .await?;
+                // An http credential is often a bare token: no user name needed.
+                let default_user = match resource.kind {
+                    crate::config::ResourceKind::Http if permission.username.is_empty() => "-",
+                    _ => permission.username.as_str(),
+                };
+                let login = self.commands.get(&key, argv, timeout, default_user).await?;
                 Ok((login, None))
             }
             CredentialSource::Dynamic(_) => {
