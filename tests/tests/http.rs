@@ -534,3 +534,109 @@ async fn a_100_mb_body_streams_both_ways_in_bounded_memory() -> anyhow::Result<(
     fx.assert_clean(&[])?;
     Ok(())
 }
+
+/// Runs `program ARGS` with `env`; returns its output.
+async fn run(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<agentd_tests::CliOutput> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(STEP_TIMEOUT, cmd.output()).await??;
+    Ok(agentd_tests::CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+const PYTHON_CLIENTS: &str = r#"
+import os, sys, json
+import requests, httpx, openai
+base, tok = os.environ["AGENTD_BASE_URL"], os.environ["AGENTD_TOKEN"]
+r = requests.get(base + "/echo/requests", headers={"Authorization": "Bearer " + tok})
+print("requests", r.status_code, r.json()["path"])
+r = requests.delete(base + "/echo/requests", headers={"Authorization": "Bearer " + tok})
+print("requests-denied", r.status_code, r.json()["error"]["rule"])
+with httpx.Client(base_url=base, headers={"Authorization": "Bearer " + tok}) as c:
+    r = c.get("/echo/httpx", params={"q": "1"})
+    print("httpx", r.status_code, r.json()["path"])
+    with c.stream("GET", "/sse") as s:
+        first = next(s.iter_lines())
+        print("httpx-sse", first)
+client = openai.OpenAI(base_url=base + "/v1", api_key=tok, max_retries=0)
+raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+echo = json.loads(raw.http_response.text)
+print("openai", raw.http_response.status_code, echo["path"], echo["method"], echo["headers"]["authorization"])
+"#;
+
+#[tokio::test]
+async fn python_requests_httpx_openai_and_node_fetch_work_unchanged() -> anyhow::Result<()> {
+    let fx = HttpFixture::start("").await?;
+    let view = fx.grant("api").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    let env = [
+        ("AGENTD_BASE_URL", base.as_str()),
+        ("AGENTD_TOKEN", tok.as_str()),
+    ];
+    let py = tokio::spawn({
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run("python3", &["-c", PYTHON_CLIENTS], &env).await
+        }
+    });
+    // The httpx SSE read gets the first event while the upstream still holds the second.
+    let py = loop {
+        if fx.upstream.recorded().iter().any(|r| r.path == "/sse") {
+            fx.upstream.release.notify_one();
+        }
+        if py.is_finished() {
+            break py.await??;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(py.code, 0, "python: {} {}", py.stdout, py.stderr);
+    let lines: Vec<&str> = py.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "requests 200 /echo/requests",
+            "requests-denied 403 allow_list",
+            "httpx 200 /echo/httpx",
+            "httpx-sse data: first",
+            "openai 200 /v1/chat/completions POST Bearer [REDACTED]",
+        ],
+        "{}",
+        py.stderr
+    );
+    let node = run(
+        "node",
+        &["-e", "fetch(process.env.AGENTD_BASE_URL + '/echo/node', {headers: {authorization: 'Bearer ' + process.env.AGENTD_TOKEN}}).then(async r => console.log(r.status, (await r.json()).path))"],
+        &env,
+    )
+    .await?;
+    assert_eq!(node.stdout.trim(), "200 /echo/node", "{}", node.stderr);
+    let openai_seen = fx
+        .upstream
+        .recorded()
+        .into_iter()
+        .find(|r| r.path == "/v1/chat/completions")
+        .expect("openai call");
+    assert_eq!(
+        openai_seen.headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {}", fx.secret.expose_secret()).as_str())
+    );
+    let mut outputs = out("python", &py);
+    outputs.extend(out("node", &node));
+    fx.assert_clean(&outputs)?;
+    Ok(())
+}
