@@ -26,10 +26,11 @@ pub mod http;
 pub mod raw;
 
 /// Every tool `agentd-mcp` offers, sorted by name.
-pub const TOOL_NAMES: [&str; 9] = [
+pub const TOOL_NAMES: [&str; 10] = [
     "await_approval",
     "describe_resource",
     "get_request",
+    "http_request",
     "list_grants",
     "list_resources",
     "recommend_access",
@@ -347,19 +348,37 @@ impl McpSession {
         extra_args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> anyhow::Result<Self> {
-        let log_path = sandbox
-            .dir
-            .path()
-            .join(format!("shim-{}.log", std::process::id()));
+        Self::start_at(
+            sandbox.dir.path(),
+            &sandbox.socket_path,
+            &sandbox.config_path,
+            extra_args,
+            env,
+        )
+        .await
+    }
+
+    /// Like [`McpSession::start_with_env`] with explicit paths: the shim's log goes in `dir`.
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_at(
+        dir: &Path,
+        socket: &Path,
+        config: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
+        let log_path = dir.join(format!("shim-{}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
         let mut cmd = tokio::process::Command::new(bin("agentd-mcp"));
         cmd.arg("--socket")
-            .arg(&sandbox.socket_path)
+            .arg(socket)
             .arg("--config")
-            .arg(&sandbox.config_path)
+            .arg(config)
             .args(["--agent-type", "e2e-test"])
             .args(extra_args)
             .envs(env.iter().copied())

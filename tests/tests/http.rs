@@ -640,3 +640,75 @@ async fn python_requests_httpx_openai_and_node_fetch_work_unchanged() -> anyhow:
     fx.assert_clean(&outputs)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn mcp_lists_http_resources_and_calls_through_http_request() -> anyhow::Result<()> {
+    use serde_json::json;
+    let fx = HttpFixture::start("").await?;
+    let mcp = agentd_tests::McpSession::start_at(
+        fx.dir.path(),
+        &fx.socket_path,
+        &fx.config_path,
+        &[],
+        &[],
+    )
+    .await?;
+    let mut outputs = vec![];
+    let listed = mcp.call("list_resources", json!({"kind": "http"})).await?;
+    outputs.push(("list_resources".to_owned(), listed.raw.clone()));
+    let api = listed.value["resources"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "api"))
+        .cloned()
+        .expect("api listed");
+    assert_eq!(api["kind"], "http");
+    let allows = api["permissions"][0]["http_allows"].to_string();
+    assert!(allows.contains("GET, HEAD /echo/**"), "{allows}");
+    let described = mcp
+        .call("describe_resource", json!({"resource": "api"}))
+        .await?;
+    outputs.push(("describe_resource".to_owned(), described.raw.clone()));
+    assert_eq!(described.value["base_url"], fx.upstream.base_url());
+    let granted = mcp
+        .call("request_access", json!({"resource": "api", "permission": "reader", "duration": "10m", "justification": "http test"}))
+        .await?;
+    outputs.push(("request_access".to_owned(), granted.raw.clone()));
+    let grant_id = granted.value["grant"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(grant_id.starts_with("g_"), "{}", granted.raw);
+
+    let ok = mcp
+        .call("http_request", json!({"grant_id": grant_id, "method": "GET", "path": "/echo/mcp?x=1", "headers": {"x-trace": "t1"}}))
+        .await?;
+    outputs.push(("http_request".to_owned(), ok.raw.clone()));
+    assert!(!ok.is_error, "{}", ok.raw);
+    assert_eq!(ok.value["status"], 200);
+    let echoed: Value = serde_json::from_str(ok.value["body"].as_str().unwrap_or_default())?;
+    assert_eq!(echoed["path"], "/echo/mcp");
+    assert_eq!(echoed["headers"]["x-trace"], "t1");
+    assert_eq!(echoed["headers"]["authorization"], "Bearer [REDACTED]");
+    assert_eq!(ok.value["truncated"], false);
+
+    let cut = mcp
+        .call("http_request", json!({"grant_id": grant_id, "method": "GET", "path": "/bytes?n=100000", "max_bytes": 1000}))
+        .await?;
+    assert_eq!(cut.value["truncated"], true, "{}", cut.raw);
+    assert_eq!(cut.value["body"].as_str().map(str::len), Some(1000));
+
+    let refused = mcp
+        .call(
+            "http_request",
+            json!({"grant_id": grant_id, "method": "DELETE", "path": "/echo/mcp"}),
+        )
+        .await?;
+    outputs.push(("http_request refused".to_owned(), refused.raw.clone()));
+    assert!(refused.is_error, "{}", refused.raw);
+    assert_eq!(refused.value["error"], "refused");
+    assert!(refused.raw.contains("do not retry"), "{}", refused.raw);
+    let log = mcp.close().await?;
+    outputs.push(("shim log".to_owned(), log));
+    fx.assert_clean(&outputs)?;
+    Ok(())
+}
