@@ -712,3 +712,34 @@ async fn mcp_lists_http_resources_and_calls_through_http_request() -> anyhow::Re
     fx.assert_clean(&outputs)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn demo_http_shows_the_injected_credential_and_never_prints_it() -> anyhow::Result<()> {
+    let out = run(
+        &agentd_tests::bin("agentd").display().to_string(),
+        &["demo", "--http"],
+        &[],
+    )
+    .await?;
+    assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("(injected by agentd)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("\"authorization\":\"Bearer [REDACTED]\""),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("\"rule\":\"allow_list\""),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("http_request"), "{}", out.stdout);
+    // The demo's key is `demo-api-key-<32 hex>`: it appears nowhere in what was printed.
+    assert!(!out.stdout.contains("demo-api-key-") && !out.stderr.contains("demo-api-key-"));
+    Ok(())
+}
