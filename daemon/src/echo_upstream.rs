@@ -66,6 +66,8 @@ pub struct EchoUpstream {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Lets a waiting `/sse` response continue.
     pub release: Arc<Notify>,
+    /// Notified (one permit) when an `/sse` request arrives.
+    pub sse_started: Arc<Notify>,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -117,7 +119,8 @@ impl EchoUpstream {
         let port = listener.local_addr()?.port();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let release = Arc::new(Notify::new());
-        let (reqs, rel) = (requests.clone(), release.clone());
+        let sse_started = Arc::new(Notify::new());
+        let (reqs, rel) = (requests.clone(), (release.clone(), sse_started.clone()));
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, reqs, rel) = (acceptor.clone(), reqs.clone(), rel.clone());
@@ -140,6 +143,7 @@ impl EchoUpstream {
             ca_file,
             requests,
             release,
+            sse_started,
             _dir: dir,
             task,
         })
@@ -172,7 +176,7 @@ fn stream(chunks: futures_util::stream::BoxStream<'static, Bytes>) -> Body {
 async fn route(
     req: Request<Incoming>,
     requests: Arc<Mutex<Vec<Recorded>>>,
-    release: Arc<Notify>,
+    (release, sse_started): (Arc<Notify>, Arc<Notify>),
 ) -> Response<Body> {
     use futures_util::StreamExt as _;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -218,6 +222,7 @@ async fn route(
     };
     let mut resp = match recorded.path.as_str() {
         "/sse" => {
+            sse_started.notify_one();
             let chunks =
                 futures_util::stream::once(async { Bytes::from_static(b"data: first\n\n") })
                     .chain(futures_util::stream::once(async move {

@@ -594,16 +594,11 @@ async fn python_requests_httpx_openai_and_node_fetch_work_unchanged() -> anyhow:
             run("python3", &["-c", PYTHON_CLIENTS], &env).await
         }
     });
-    // The httpx SSE read gets the first event while the upstream still holds the second.
-    let py = loop {
-        if fx.upstream.recorded().iter().any(|r| r.path == "/sse") {
-            fx.upstream.release.notify_one();
-        }
-        if py.is_finished() {
-            break py.await??;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The httpx SSE read gets the first event while the upstream still holds the second;
+    // the upstream is released once the SSE request has arrived.
+    tokio::time::timeout(STEP_TIMEOUT, fx.upstream.sse_started.notified()).await?;
+    fx.upstream.release.notify_one();
+    let py = tokio::time::timeout(STEP_TIMEOUT, py).await???;
     assert_eq!(py.code, 0, "python: {} {}", py.stdout, py.stderr);
     let lines: Vec<&str> = py.stdout.lines().collect();
     assert_eq!(
