@@ -145,18 +145,40 @@ async fn allow_list_and_token_refusals() -> anyhow::Result<()> {
         assert!(r.stdout.starts_with("HTTP/1.1 401"), "{}", r.stdout);
         assert!(r.stdout.contains("\"rule\":\"token\""), "{}", r.stdout);
     }
+    // More wrong tokens within a minute: answers are held back (100 ms, doubling) and logged.
+    let mut last = Duration::ZERO;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = curl(&[
+            "-i",
+            "-H",
+            "Authorization: Bearer guess",
+            &format!("{base}/echo/x"),
+        ])
+        .await?;
+        assert!(r.stdout.starts_with("HTTP/1.1 401"), "{}", r.stdout);
+        last = started.elapsed();
+    }
+    assert!(
+        last >= Duration::from_millis(200),
+        "the 5th wrong token was answered in {last:?}"
+    );
+    assert!(fx
+        .daemon
+        .log()
+        .contains("wrong grant token; answer delayed"));
     assert_eq!(
         fx.upstream.recorded().len(),
         before,
         "a refused request reached the upstream"
     );
     let refused = fx
-        .wait_http_records(9)
+        .wait_http_records(12)
         .await?
         .iter()
         .filter(|r| r["refused"].is_string())
         .count();
-    assert_eq!(refused, 9);
+    assert_eq!(refused, 12);
     fx.assert_clean(&outputs)?;
     Ok(())
 }

@@ -169,6 +169,10 @@ impl Broker {
                 idle_timeout: self.config.daemon.http_idle_timeout,
                 ..Default::default()
             },
+            admission: pg::admission::Admission::new(
+                self.config.daemon.handshake_timeout,
+                self.config.daemon.max_handshakes,
+            ),
             cut: self.shutdown.child_token(),
             cut_reason: Default::default(),
             live_connections: Default::default(),

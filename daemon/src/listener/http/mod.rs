@@ -78,6 +78,9 @@ pub struct HttpGrantListener {
     pub scanner: scan::Scanner,
     /// Client limits.
     pub limits: Limits,
+    /// The wrong-token throttle (shared logic with the PostgreSQL listener; its handshake
+    /// slots are unused here).
+    pub admission: crate::listener::postgres::admission::Admission,
     /// Fires when the grant ends: closes the listener and aborts in-flight requests.
     pub cut: CancellationToken,
     /// Why the grant ended.

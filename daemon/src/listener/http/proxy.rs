@@ -476,6 +476,22 @@ pub async fn handle(
             TokenError::Missing => "no grant token on the request",
             TokenError::Wrong => "the grant token is wrong",
         };
+        if e == TokenError::Wrong {
+            // After a few wrong tokens a minute, answers are held back (as on the
+            // PostgreSQL listener); the connection keeps its slot meanwhile.
+            let t = grant.admission.record_failure(Instant::now());
+            if !t.delay.is_zero() {
+                tracing::warn!(
+                    failures = t.failures,
+                    delay_ms = t.delay.as_millis() as u64,
+                    "wrong grant token; answer delayed"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(t.delay) => {}
+                    _ = grant.cut.cancelled() => {}
+                }
+            }
+        }
         let placement = crate::config::http::HttpAuth::token_placement(grant.auth.scheme());
         return Ok(refuse(
             &mut exchange,
