@@ -15,6 +15,8 @@ pub mod control;
 pub mod credentials;
 pub mod daemon;
 pub mod demo;
+pub mod demo_http;
+pub mod echo_upstream;
 pub mod fsutil;
 pub mod listener;
 pub mod pgcluster;

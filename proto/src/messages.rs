@@ -432,7 +432,7 @@ pub enum ErrorCode {
 pub struct ResourceInfo {
     /// Resource name.
     pub name: String,
-    /// Resource kind; `postgres` for now.
+    /// Resource kind: `postgres` or `http`.
     pub kind: String,
     /// Free-text description from the config.
     #[serde(default)]
@@ -440,8 +440,11 @@ pub struct ResourceInfo {
     /// Free-form labels from the config (`tags = [...]`).
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Database name on the upstream server.
+    /// Database name on the upstream server (empty for `http`).
     pub database: String,
+    /// `http`: the upstream's base URL (the agent calls the grant's local base URL instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
     /// Permissions on this resource.
     pub permissions: Vec<PermissionInfo>,
 }
@@ -473,6 +476,10 @@ pub struct PermissionInfo {
     /// Ids of the caller's active grants on this permission.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub your_grants: Vec<String>,
+    /// `http`: what the permission allows, one rule a line (`GET, HEAD /repos/*/*/issues/**`);
+    /// everything else is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allows: Vec<String>,
 }
 
 /// One of the caller's grants with its handle (see [`Request::ListGrants`]).
@@ -661,6 +668,39 @@ pub struct Handle {
     pub user: String,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// For a grant on an `http` resource: the base URL, socket and token placement. For
+    /// those grants `dsn` is the base URL, `env` holds `AGENTD_BASE_URL` / `AGENTD_TOKEN`,
+    /// and `psql` and `database` are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHandle>,
+}
+
+/// The HTTP part of a handle.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpHandle {
+    /// `http://127.0.0.1:PORT`: use it as the SDK's base URL.
+    pub base_url: String,
+    /// The grant's Unix socket (`curl --unix-socket PATH http://localhost/…`), where
+    /// available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_path: Option<String>,
+    /// The grant token: send it where the API key would go (see `token_placement`).
+    pub token: String,
+    /// Where the token goes, e.g. "header `Authorization: Bearer <token>`".
+    pub token_placement: String,
+    /// The resource's auth scheme: `bearer`, `header`, `basic` or `query`.
+    pub auth_scheme: String,
+}
+
+impl std::fmt::Debug for HttpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandle")
+            .field("base_url", &self.base_url)
+            .field("socket_path", &self.socket_path)
+            .field("token", &"[REDACTED]")
+            .field("token_placement", &self.token_placement)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Handle {

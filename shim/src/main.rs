@@ -9,6 +9,7 @@
 
 mod daemon;
 mod http;
+mod http_call;
 mod query;
 mod recommend;
 mod tools;

@@ -325,6 +325,7 @@ mod tests {
             max_ttl_now_seconds: Some(3600),
             policy_explained: vec![],
             your_grants: vec![],
+            allows: vec![],
         }
     }
 
@@ -337,6 +338,7 @@ mod tests {
                 description: "Orders and customers".into(),
                 tags: vec!["production".into(), "shop".into()],
                 database: "app".into(),
+                base_url: None,
                 permissions: vec![
                     perm("read_only", "SELECT on all tables", Auto),
                     perm("read_write", "INSERT, UPDATE, DELETE", Approval),
@@ -349,6 +351,7 @@ mod tests {
                 description: "Events warehouse for dashboards".into(),
                 tags: vec!["metrics".into()],
                 database: "dw".into(),
+                base_url: None,
                 permissions: vec![
                     perm("reader", "", Approval),
                     perm("loader", "writes event batches", Deny),

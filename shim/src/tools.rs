@@ -9,7 +9,7 @@
 //! grant lives. Upstream secrets never pass through this process.
 
 use crate::daemon::DaemonLink;
-use crate::{query, recommend};
+use crate::{http_call, query, recommend};
 use agentd_proto::{AccessRequestSpec, AgentInfo, HeldGrant, Request, ResourceInfo, Response};
 use rmcp::handler::server::{router::tool::ToolRouter, wrapper::Parameters};
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
@@ -70,6 +70,26 @@ pub struct RunQueryArgs {
     pub max_bytes: Option<usize>,
 }
 
+/// `http_request` arguments.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct HttpRequestArgs {
+    /// One of your active grants on an http resource (g_…).
+    pub grant_id: String,
+    /// GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS.
+    pub method: String,
+    /// Path and query relative to the API's base URL, e.g. /repos/o/r/issues?state=open.
+    pub path: String,
+    /// Extra request headers (not Authorization: agentd adds the credential).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Request body (text, e.g. JSON).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Most response bytes to return (default 65536, at most 1048576).
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+}
+
 /// `request_access` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct RequestAccessArgs {
@@ -125,7 +145,7 @@ impl AgentdTools {
 
     /// Lists the databases you may ask for, with their permissions and policies.
     #[tool(
-        description = "Step 1. List the databases you can ask for: kind, description, tags, each permission with its policy for you now (auto = granted at once, approval = a human must approve, deny), default/max duration, and grants you already hold. Optional filters: kind, name (name or tag substring), permission."
+        description = "Step 1. List the databases and APIs you can ask for: kind, description, tags, each permission with its policy for you now (auto = granted at once, approval = a human must approve, deny), default/max duration, and grants you already hold. Optional filters: kind, name (name or tag substring), permission."
     )]
     async fn list_resources(
         &self,
@@ -166,6 +186,7 @@ impl AgentdTools {
                             "default_ttl_seconds": p.default_ttl_seconds,
                             "max_ttl_seconds": p.max_ttl_now_seconds.unwrap_or(p.max_ttl_seconds),
                             "your_grants": p.your_grants,
+                            "http_allows": p.allows,
                         })
                     })
                     .collect();
@@ -231,6 +252,7 @@ impl AgentdTools {
                     "max_ttl_seconds": p.max_ttl_now_seconds.unwrap_or(p.max_ttl_seconds),
                     "policy_explained": p.policy_explained,
                     "your_grants": p.your_grants,
+                    "http_allows": p.allows,
                 })
             })
             .collect();
@@ -250,7 +272,7 @@ impl AgentdTools {
         );
         Ok(ok(
             json!({"name": r.name, "kind": r.kind, "description": r.description, "tags": r.tags,
-                   "database": r.database, "permissions": perms}),
+                   "database": r.database, "base_url": r.base_url, "permissions": perms}),
             summary,
         ))
     }
@@ -456,6 +478,62 @@ impl AgentdTools {
                 error_result(value, text)
             }
         })
+    }
+
+    /// One HTTP call through an http grant.
+    #[tool(
+        description = "Step 4 for APIs (if you have no shell). One HTTP call through an http grant: agentd adds the credential; returns status, headers, body (max_bytes, default 64 KiB; truncated: true when cut). Only what the permission allows; a refusal is not to be retried."
+    )]
+    async fn http_request(
+        &self,
+        Parameters(args): Parameters<HttpRequestArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let grants = match self.held_grants().await {
+            Ok(g) => g,
+            Err(e) => return Ok(e),
+        };
+        let Some(held) = grants.iter().find(|h| h.grant.id == args.grant_id) else {
+            return Ok(tool_error(
+                "not_found",
+                &format!(
+                    "{} is not one of your active grants (it may have expired, been revoked or released). Call list_grants, or request_access again.",
+                    args.grant_id
+                ),
+            ));
+        };
+        Ok(
+            match http_call::call(
+                &held.handle,
+                &args.method,
+                &args.path,
+                &args.headers,
+                args.body,
+                args.max_bytes,
+            )
+            .await
+            {
+                Ok(result) => {
+                    let summary = format!(
+                        "HTTP {}{}.",
+                        result.status,
+                        if result.truncated {
+                            " (body truncated: raise max_bytes or narrow the request)"
+                        } else {
+                            ""
+                        }
+                    );
+                    match serde_json::to_value(&result) {
+                        Ok(v) => ok(v, summary),
+                        Err(e) => tool_error("internal", &e.to_string()),
+                    }
+                }
+                Err(err) => {
+                    let text = format!("{}: {} Next: {}", err.error, err.message, err.next);
+                    let value = serde_json::to_value(&err).unwrap_or(Value::Null);
+                    error_result(value, text)
+                }
+            },
+        )
     }
 
     /// Gives a grant back.

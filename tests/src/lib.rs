@@ -22,13 +22,15 @@ pub use agentd::demo::{DATABASE, PERMISSION, RESOURCE};
 
 mod granted;
 pub use granted::{config, token, Granted};
+pub mod http;
 pub mod raw;
 
 /// Every tool `agentd-mcp` offers, sorted by name.
-pub const TOOL_NAMES: [&str; 9] = [
+pub const TOOL_NAMES: [&str; 10] = [
     "await_approval",
     "describe_resource",
     "get_request",
+    "http_request",
     "list_grants",
     "list_resources",
     "recommend_access",
@@ -171,6 +173,15 @@ impl DaemonProcess {
         Self::start_in(dir, config, socket, &[]).await
     }
 
+    /// Starts `agentd daemon` with `config` and `socket`, its log in `dir`, and waits for its
+    /// ready line.
+    ///
+    /// # Errors
+    /// As [`DaemonProcess::start`].
+    pub async fn start_at(dir: &Path, config: &Path, socket: &Path) -> anyhow::Result<Self> {
+        Self::start_in(dir, config, socket, &[]).await
+    }
+
     async fn start_in(
         dir: &Path,
         config: &Path,
@@ -284,6 +295,18 @@ impl CliOutput {
 /// # Errors
 /// The binary cannot run or hangs past [`STEP_TIMEOUT`].
 pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliOutput> {
+    agentd_cli_at(&sandbox.config_path, &sandbox.socket_path, args).await
+}
+
+/// [`agentd_cli`] with an explicit config and socket.
+///
+/// # Errors
+/// As [`agentd_cli`].
+pub async fn agentd_cli_at(
+    config: &Path,
+    socket: &Path,
+    args: &[&str],
+) -> anyhow::Result<CliOutput> {
     let mut cmd = if cfg!(target_os = "linux") {
         let mut c = tokio::process::Command::new("setsid");
         c.arg("-w").arg(bin("agentd"));
@@ -292,9 +315,9 @@ pub async fn agentd_cli(sandbox: &Sandbox, args: &[&str]) -> anyhow::Result<CliO
         tokio::process::Command::new(bin("agentd"))
     };
     cmd.arg("--config")
-        .arg(&sandbox.config_path)
+        .arg(config)
         .arg("--socket")
-        .arg(&sandbox.socket_path)
+        .arg(socket)
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -395,27 +418,57 @@ impl McpSession {
         Self::spawn(sandbox, &[], &[], config).await
     }
 
+    /// Like [`McpSession::start_with_env`] with explicit paths: the shim's log goes in `dir`.
+    ///
+    /// # Errors
+    /// The shim fails to start or to initialise.
+    pub async fn start_in_dir(
+        dir: &Path,
+        socket: &Path,
+        config: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_at(dir, socket, config, extra_args, env, client_config()).await
+    }
+
     async fn spawn(
         sandbox: &Sandbox,
         extra_args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
         config: ClientConfig,
     ) -> anyhow::Result<Self> {
+        Self::spawn_at(
+            sandbox.dir.path(),
+            &sandbox.socket_path,
+            &sandbox.config_path,
+            extra_args,
+            env,
+            config,
+        )
+        .await
+    }
+
+    async fn spawn_at(
+        dir: &Path,
+        socket: &Path,
+        config_path: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        config: ClientConfig,
+    ) -> anyhow::Result<Self> {
         static SHIMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SHIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log_path = sandbox
-            .dir
-            .path()
-            .join(format!("shim-{}-{n}.log", std::process::id()));
+        let log_path = dir.join(format!("shim-{}-{n}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
         let mut cmd = tokio::process::Command::new(bin("agentd-mcp"));
         cmd.arg("--socket")
-            .arg(&sandbox.socket_path)
+            .arg(socket)
             .arg("--config")
-            .arg(&sandbox.config_path)
+            .arg(config_path)
             .args(if extra_args.contains(&"--agent-type") {
                 &[][..]
             } else {

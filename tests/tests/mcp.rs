@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Budget for the serialized `tools/list` result, in bytes (~ bytes / 4 tokens).
-const TOOLS_LIST_BUDGET_BYTES: usize = 6000;
+const TOOLS_LIST_BUDGET_BYTES: usize = 8192;
 
 /// A second permission that policy denies, and tags/description on the demo resource.
 fn options(policy: &str) -> SandboxOptions {

@@ -138,6 +138,41 @@ pub enum AuditEvent {
         /// Execute messages seen.
         executes: u64,
     },
+    /// One HTTP request on an http grant's listener, allowed or refused.
+    HttpRequest {
+        /// The grant id.
+        grant_id: String,
+        /// The client connection number within the grant's listener.
+        session: u64,
+        /// Request method.
+        method: String,
+        /// The normalised path (or the raw target, bounded, when it could not be normalised).
+        path: String,
+        /// Query parameters as `key=value`, the values of token-, key-, secret-, password-
+        /// and signature-like names replaced by `[REDACTED]`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        query: Vec<String>,
+        /// Response status sent to the client (0 when none was sent).
+        status: u16,
+        /// Request body bytes forwarded upstream.
+        bytes_up: u64,
+        /// Response body bytes sent to the client.
+        bytes_down: u64,
+        /// Milliseconds from the request head to the end of the response body.
+        duration_ms: u64,
+        /// The allow rule that let it through.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        /// Why it was refused (by agentd, not the upstream).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
+        /// How many occurrences of the secret (or an encoded form) the response carried and
+        /// agentd replaced with `[REDACTED]`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        secret_reflected: u64,
+        /// How the exchange ended: `complete`, `client`, `upstream error`, `revoked`, ….
+        end: String,
+    },
     /// A SQL statement the client sent (simple Query or extended-protocol Parse).
     Statement {
         /// The grant id.
@@ -278,6 +313,7 @@ impl AuditEvent {
             | AuditEvent::ConnectionClose { grant_id, .. }
             | AuditEvent::Statement { grant_id, .. }
             | AuditEvent::FunctionCall { grant_id, .. }
+            | AuditEvent::HttpRequest { grant_id, .. }
             | AuditEvent::RoleCreated { grant_id, .. }
             | AuditEvent::RoleDropped { grant_id, .. }
             | AuditEvent::StatementRefused { grant_id, .. }
@@ -300,6 +336,7 @@ impl AuditEvent {
             AuditEvent::ConnectionClose { .. } => "connection_close",
             AuditEvent::Statement { .. } => "statement",
             AuditEvent::FunctionCall { .. } => "function_call",
+            AuditEvent::HttpRequest { .. } => "http_request",
             AuditEvent::StatementsDropped { .. } => "statements_dropped",
             AuditEvent::RoleCreated { .. } => "role_created",
             AuditEvent::RoleDropped { .. } => "role_dropped",
@@ -309,6 +346,10 @@ impl AuditEvent {
             AuditEvent::CredentialTampered { .. } => "credential_tampered",
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -26,10 +26,11 @@ impl Broker {
             .iter()
             .map(|(name, r)| ResourceInfo {
                 name: name.clone(),
-                kind: "postgres".to_owned(),
+                kind: r.kind.as_str().to_owned(),
                 description: r.description.clone(),
                 tags: r.tags.clone(),
                 database: r.database.clone(),
+                base_url: r.base_url.clone(),
                 permissions: r
                     .permissions
                     .iter()
@@ -50,6 +51,7 @@ impl Broker {
                                 .filter(|g| &g.resource == name && &g.permission == pname)
                                 .map(|g| g.id.clone())
                                 .collect(),
+                            allows: p.allow.iter().map(|a| a.describe()).collect(),
                         }
                     })
                     .collect(),

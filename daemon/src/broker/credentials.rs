@@ -53,18 +53,20 @@ impl Broker {
             } => {
                 let key = format!("{rname}/{pname}");
                 let timeout = Duration::from_secs(*timeout_seconds);
+                // An http credential is often a bare token: no user name needed.
+                let default_user = match resource.kind {
+                    crate::config::ResourceKind::Http if permission.username.is_empty() => "-",
+                    _ => permission.username.as_str(),
+                };
                 let fetched_at = SystemTime::now();
-                let fetched = self
-                    .commands
-                    .get(&key, argv, timeout, &permission.username)
-                    .await?;
+                let fetched = self.commands.get(&key, argv, timeout, default_user).await?;
                 let login = fetched.login.clone();
                 let renewable = RenewableLogin::new(
                     Arc::clone(&self.commands),
                     key,
                     argv.clone(),
                     timeout,
-                    permission.username.clone(),
+                    default_user.to_owned(),
                     fetched,
                     fetched_at,
                 )

@@ -3,11 +3,15 @@
 
 use super::{error, ids, Broker, GrantRecord, RequestRecord};
 use crate::audit::AuditEvent;
+use crate::config::http::HttpAuth;
+use crate::config::{Permission, Resource, ResourceKind};
+use crate::listener::http;
 use crate::listener::postgres::{self as pg, auth::ScramVerifier, upstream, GrantListener};
+use crate::listener::Listener;
 use crate::principal::Principal;
 use agentd_proto::{ErrorCode, GrantState, Response, RevokeTarget};
+use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
@@ -28,6 +32,13 @@ impl Broker {
         };
         let grant_id = ids::grant_id();
         let token = ids::token();
+        let now = SystemTime::now();
+        let expires_at = now + request.duration;
+        if resource.kind == ResourceKind::Http {
+            return self
+                .open_http_grant(request, resource, permission, grant_id, token, now)
+                .await;
+        }
         let tls = upstream::tls_for(resource)
             .map_err(|e| format!("resource {} TLS settings: {e}", request.spec.resource))?;
         let verifier = {
@@ -36,8 +47,6 @@ impl Broker {
                 .await
                 .map_err(|e| format!("internal error preparing the grant: {e}"))?
         };
-        let now = SystemTime::now();
-        let expires_at = now + request.duration;
         let (login, role, renewable) = self
             .obtain_login(request, resource, permission, &grant_id, expires_at)
             .await
@@ -125,8 +134,129 @@ impl Broker {
             service_file,
             database: resource.database.clone(),
             token,
-            listener,
+            listener: Listener::Postgres(listener),
+            http: None,
             role,
+        })
+    }
+
+    /// [`Broker::open_grant`] for an `http` resource: the secret, the injector, the
+    /// upstream pool, the scanner, and the TCP + Unix listeners.
+    async fn open_http_grant(
+        &self,
+        request: &RequestRecord,
+        resource: &Resource,
+        permission: &Permission,
+        grant_id: String,
+        token: SecretString,
+        now: SystemTime,
+    ) -> Result<GrantRecord, String> {
+        let what = format!("{}/{}", request.spec.resource, request.spec.permission);
+        let expires_at = now + request.duration;
+        let (login, _, _) = self
+            .obtain_login(request, resource, permission, &grant_id, expires_at)
+            .await
+            .map_err(|e| {
+                warn!(error = %e, "credential unavailable");
+                format!("agentd cannot obtain the credential for {what}: {e}")
+            })?;
+        let scheme = resource
+            .auth
+            .clone()
+            .ok_or_else(|| format!("resource {} has no auth", request.spec.resource))?;
+        let basic_user = match &scheme {
+            HttpAuth::Basic { username } if !username.is_empty() => Some(username.clone()),
+            HttpAuth::Basic { .. } => Some(login.username.clone()),
+            _ => None,
+        };
+        let scanner = http::scan::Scanner::new(
+            login.password.expose_secret().as_bytes(),
+            basic_user.as_deref(),
+        )?;
+        let token_placement = scheme.token_placement();
+        let auth_scheme = scheme.scheme();
+        let auth = http::auth::Injector::new(
+            scheme,
+            token.clone(),
+            &login.password,
+            basic_user.as_deref().unwrap_or_default(),
+        )
+        .map_err(|e| format!("{what}: {e}"))?;
+        let upstream = http::proxy::Upstream::new(resource, self.config().daemon.connect_timeout)
+            .map_err(|e| format!("resource {}: {e}", request.spec.resource))?;
+        let listener = Arc::new(http::HttpGrantListener {
+            grant_id: grant_id.clone(),
+            owner_uid: request.owner.uid,
+            auth,
+            allow: permission.allow.clone(),
+            upstream,
+            scanner,
+            limits: http::Limits {
+                header_timeout: self.config().daemon.handshake_timeout,
+                idle_timeout: self.config().daemon.http_idle_timeout,
+                ..Default::default()
+            },
+            admission: pg::admission::Admission::new(
+                self.config().daemon.handshake_timeout,
+                self.config().daemon.max_handshakes,
+            ),
+            cut: self.shutdown.child_token(),
+            cut_reason: Default::default(),
+            live_connections: Default::default(),
+            total_connections: Default::default(),
+            total_requests: Default::default(),
+            audit: self.audit.clone(),
+            sessions: Default::default(),
+        });
+        let addr = http::spawn(listener.clone(), self.config().daemon.listen_host)
+            .await
+            .map_err(|e| {
+                listener.cut("agentd: grant not opened".to_owned());
+                format!("cannot open a local listener: {e}")
+            })?;
+        let socket_path = self.unix_socket_root.as_ref().and_then(|root| {
+            #[cfg(unix)]
+            {
+                let dir = root.join(&grant_id);
+                match http::spawn_unix(listener.clone(), &dir) {
+                    Ok(path) => Some(path),
+                    Err(e) => {
+                        warn!(error = %e, "no Unix-socket listener for this grant");
+                        None
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = root;
+                None
+            }
+        });
+        Ok(GrantRecord {
+            id: grant_id,
+            request_id: request.id.clone(),
+            resource: request.spec.resource.clone(),
+            permission: request.spec.permission.clone(),
+            agent: request.spec.agent.clone(),
+            state: GrantState::Active,
+            created_at: now,
+            expires_at,
+            listener_addr: addr,
+            socket_dir: socket_path
+                .as_ref()
+                .and_then(|p| p.parent().map(PathBuf::from)),
+            database: String::new(),
+            token,
+            listener: Listener::Http(listener),
+            owner: request.owner.clone(),
+            ended_at: None,
+            service_file: None,
+            http: Some(super::HttpGrantInfo {
+                socket_path,
+                token_placement,
+                auth_scheme,
+            }),
+            role: None,
         })
     }
 
@@ -289,20 +419,17 @@ impl Broker {
             };
             grant.listener.cut(reason);
             let role = grant.role.take();
-            // A fixed login (no dynamic role): check afterwards that it still works. Not at
-            // shutdown: the mark would not outlive the process.
-            let check = (role.is_none() && by != "daemon shutdown").then(|| {
-                (
+            // A fixed PostgreSQL login (no dynamic role): check afterwards that it still
+            // works. Not at shutdown: the mark would not outlive the process.
+            let check = match &grant.listener {
+                Listener::Postgres(pg) if role.is_none() && by != "daemon shutdown" => Some((
                     grant.resource.clone(),
                     grant.permission.clone(),
-                    grant.listener.upstream.clone(),
-                )
-            });
-            (
-                grant.listener.live_connections.load(Ordering::Relaxed),
-                role,
-                check,
-            )
+                    pg.upstream.clone(),
+                )),
+                _ => None,
+            };
+            (grant.listener.live_connections(), role, check)
         };
         // Access is already cut; recording cannot undo that, so failures are only logged.
         self.audit_best_effort(&AuditEvent::GrantEnded {

@@ -19,7 +19,7 @@ mod views;
 
 use crate::audit::{AuditEvent, AuditLog, AuditOptions, Durability, StatementSink};
 use crate::config::Config;
-use crate::listener::postgres::GrantListener;
+use crate::listener::Listener;
 use crate::principal::{Owner, Principal, Roles};
 use agentd_proto::{
     AccessRequestSpec, AgentInfo, ErrorCode, GrantState, RequestState, Response, StatusView,
@@ -79,9 +79,18 @@ struct GrantRecord {
     service_file: Option<PathBuf>,
     database: String,
     token: SecretString,
-    listener: Arc<GrantListener>,
+    listener: Listener,
+    /// `http` grants: the Unix socket path and where the client puts the token.
+    http: Option<HttpGrantInfo>,
     /// The grant's dynamic role until it is handed to the drop task.
     role: Option<credentials::GrantRole>,
+}
+
+/// What an http grant's handle needs besides the TCP address.
+struct HttpGrantInfo {
+    socket_path: Option<PathBuf>,
+    token_placement: String,
+    auth_scheme: &'static str,
 }
 
 #[derive(Default)]
@@ -617,15 +626,15 @@ impl Broker {
     /// Waits for every listener's session tasks to finish (they were cut) and then for the
     /// statement writer to write what they queued.
     async fn drain_sessions(&self) {
-        let listeners: Vec<Arc<GrantListener>> = self
+        let listeners: Vec<Listener> = self
             .state()
             .grants
             .values()
             .map(|g| g.listener.clone())
             .collect();
         for listener in listeners {
-            listener.sessions.close();
-            listener.sessions.wait().await;
+            listener.sessions().close();
+            listener.sessions().wait().await;
         }
         if let Some(sink) = &self.statements {
             sink.flush().await;

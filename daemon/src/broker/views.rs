@@ -2,10 +2,9 @@
 //! exposed only here, into the agent's handle.
 
 use super::{ids, GrantRecord, RequestRecord, State};
-use agentd_proto::{AccessRequestView, GrantState, GrantView, Handle, RequestState};
+use agentd_proto::{AccessRequestView, GrantState, GrantView, Handle, HttpHandle, RequestState};
 use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch (0 before it).
@@ -36,8 +35,8 @@ pub(crate) fn view_grant(g: &GrantRecord) -> GrantView {
         expires_at: unix(g.expires_at),
         remaining_seconds: remaining,
         listener: g.listener_addr.to_string(),
-        connections: g.listener.live_connections.load(Ordering::Relaxed),
-        connections_total: g.listener.total_connections.load(Ordering::Relaxed),
+        connections: g.listener.live_connections(),
+        connections_total: g.listener.total_connections(),
     }
 }
 
@@ -81,8 +80,12 @@ pub(crate) fn view_request(
     }
 }
 
-/// Builds the agent-facing handle: DSN, libpq env vars and a psql command.
+/// Builds the agent-facing handle: DSN, libpq env vars and a psql command; for an http
+/// grant the base URL, `AGENTD_BASE_URL` / `AGENTD_TOKEN` and where the token goes.
 pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
+    if let Some(info) = &g.http {
+        return http_handle_for(g, info);
+    }
     let host = g.listener_addr.ip().to_string();
     let port = g.listener_addr.port();
     let token = g.token.expose_secret();
@@ -118,6 +121,37 @@ pub(crate) fn handle_for(g: &GrantRecord) -> Handle {
         database: g.database.clone(),
         user: g.id.clone(),
         expires_at: unix(g.expires_at),
+        http: None,
+    }
+}
+
+fn http_handle_for(g: &GrantRecord, info: &super::HttpGrantInfo) -> Handle {
+    let host = g.listener_addr.ip().to_string();
+    let port = g.listener_addr.port();
+    let token = g.token.expose_secret();
+    let base_url = format!("http://{host}:{port}");
+    let env = BTreeMap::from([
+        ("AGENTD_BASE_URL".to_owned(), base_url.clone()),
+        ("AGENTD_TOKEN".to_owned(), token.to_owned()),
+    ]);
+    Handle {
+        dsn: base_url.clone(),
+        env,
+        psql: String::new(),
+        host,
+        port,
+        socket_dir: g.socket_dir.as_ref().map(|d| d.display().to_string()),
+        database: String::new(),
+        user: g.id.clone(),
+        expires_at: unix(g.expires_at),
+        service_file: None,
+        http: Some(HttpHandle {
+            base_url,
+            socket_path: info.socket_path.as_ref().map(|p| p.display().to_string()),
+            token: token.to_owned(),
+            token_placement: info.token_placement.clone(),
+            auth_scheme: info.auth_scheme.to_owned(),
+        }),
     }
 }
 

@@ -475,6 +475,36 @@ fn describe(event: &AuditEvent) -> String {
             clean(grant_id),
             clean(end)
         ),
+        AuditEvent::HttpRequest {
+            grant_id,
+            session,
+            method,
+            path,
+            status,
+            bytes_up,
+            bytes_down,
+            duration_ms,
+            rule,
+            refused,
+            secret_reflected,
+            end,
+            ..
+        } => format!(
+            "{} session {session} {} {} → {status} ({}): {bytes_up} B up, {bytes_down} B down, \
+             {duration_ms} ms{}{}",
+            clean(grant_id),
+            clean(method),
+            clean(path),
+            clean(end),
+            rule.as_deref()
+                .map(|r| format!(", rule {}", clean(r)))
+                .unwrap_or_default(),
+            match (refused, secret_reflected) {
+                (Some(r), _) => format!(", refused: {}", clean(r)),
+                (None, 0) => String::new(),
+                (None, n) => format!(", secret reflected {n}× (redacted)"),
+            }
+        ),
         AuditEvent::Statement {
             grant_id,
             session,

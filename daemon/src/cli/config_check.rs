@@ -107,6 +107,11 @@ struct ResourceReport {
     host: String,
     port: u16,
     database: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_url: Option<String>,
+    /// `http`: where the credential goes upstream and where the client puts the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<String>,
     tls: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     ca_file: Option<PathBuf>,
@@ -132,6 +137,9 @@ struct PermissionReport {
     over_max_ttl: &'static str,
     rules: usize,
     explain: Vec<String>,
+    /// `http`: the allow list in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allows: Option<String>,
     #[serde(skip)]
     warnings: Vec<String>,
 }
@@ -231,10 +239,18 @@ fn resource_report(
     }
     ResourceReport {
         name: name.to_owned(),
-        kind: "postgres",
+        kind: res.kind.as_str(),
         host: res.host.clone(),
         port: res.port,
         database: res.database.clone(),
+        base_url: res.base_url.clone(),
+        auth: res.auth.as_ref().map(|a| {
+            format!(
+                "{} (the client sends the grant token as {})",
+                a.scheme(),
+                a.token_placement()
+            )
+        }),
         tls: match res.tls {
             TlsMode::Disable => "disable",
             TlsMode::Require => "require",
@@ -332,6 +348,7 @@ fn permission_report(
         },
         rules: perm.rules.len(),
         explain: policy::explain(perm),
+        allows: (!perm.allow.is_empty()).then(|| crate::config::http::explain_allow(&perm.allow)),
         warnings,
     }
 }
@@ -440,11 +457,21 @@ fn render_text(report: &Report) -> String {
         );
     }
     for r in &report.resources {
-        let _ = writeln!(
-            out,
-            "\nresource {} ({}): {}:{}/{}",
-            r.name, r.kind, r.host, r.port, r.database
-        );
+        match &r.base_url {
+            Some(url) => {
+                let _ = writeln!(out, "\nresource {} ({}): {url}", r.name, r.kind);
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "\nresource {} ({}): {}:{}/{}",
+                    r.name, r.kind, r.host, r.port, r.database
+                );
+            }
+        }
+        if let Some(auth) = &r.auth {
+            let _ = writeln!(out, "  auth: {auth}");
+        }
         let ca = r
             .ca_file
             .as_ref()
@@ -476,6 +503,9 @@ fn render_text(report: &Report) -> String {
                 "    ttl:        default {}, max {}",
                 p.default_ttl, p.max_ttl
             );
+            if let Some(allows) = &p.allows {
+                let _ = writeln!(out, "    allows:     {allows}");
+            }
             let _ = writeln!(out, "    policy:");
             for line in &p.explain {
                 let _ = writeln!(out, "      {line}");

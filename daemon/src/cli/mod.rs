@@ -264,6 +264,11 @@ pub struct DemoArgs {
     /// during and after.
     #[arg(long)]
     pub dynamic: bool,
+    /// The HTTP listener instead: a local HTTPS upstream that shows what it received, a
+    /// grant on it, and curl through the proxy (the upstream gets the credential, curl
+    /// never has it).
+    #[arg(long, conflicts_with_all = ["serve", "dynamic"])]
+    pub http: bool,
 }
 
 impl Cli {
@@ -348,6 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Secret(cmd) => ok(secret::run(&cli.config_path(), cmd).await),
         Command::Token(cmd) => ok(token::run(cmd)),
         Command::Mcp(cmd) => ok(mcp_install::run(cmd)),
+        Command::Demo(args) if args.http => ok(crate::demo_http::run().await),
         Command::Demo(args) => ok(crate::demo::run(args.serve, args.dynamic).await),
         Command::Doctor(args) => code(doctor::run(&cli, args).await),
         Command::Completions(args) => ok(docs::completions(args)),

@@ -1,4 +1,53 @@
-//! Local listeners the daemon opens for grants. Only PostgreSQL today.
+//! Local listeners the daemon opens for grants: [`postgres`] (the wire proxy) and [`http`]
+//! (credential-injecting HTTP proxy). [`Listener`] is what the broker holds per grant.
 
+pub mod http;
 pub mod peer;
 pub mod postgres;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A grant's listener, of either kind.
+#[derive(Debug, Clone)]
+pub enum Listener {
+    /// PostgreSQL wire proxy.
+    Postgres(Arc<postgres::GrantListener>),
+    /// HTTP proxy.
+    Http(Arc<http::HttpGrantListener>),
+}
+
+impl Listener {
+    /// Ends the listener and its sessions (in-flight requests) with `reason`.
+    pub fn cut(&self, reason: String) {
+        match self {
+            Listener::Postgres(l) => l.cut(reason),
+            Listener::Http(l) => l.cut(reason),
+        }
+    }
+
+    /// Live client connections.
+    pub fn live_connections(&self) -> u32 {
+        match self {
+            Listener::Postgres(l) => l.live_connections.load(Ordering::Relaxed),
+            Listener::Http(l) => l.live_connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Connections so far (authenticated sessions for PostgreSQL, accepted connections for
+    /// HTTP).
+    pub fn total_connections(&self) -> u64 {
+        match self {
+            Listener::Postgres(l) => l.total_connections.load(Ordering::Relaxed),
+            Listener::Http(l) => l.total_connections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The listener's session tasks (shutdown closes and awaits it).
+    pub fn sessions(&self) -> &tokio_util::task::TaskTracker {
+        match self {
+            Listener::Postgres(l) => &l.sessions,
+            Listener::Http(l) => &l.sessions,
+        }
+    }
+}

@@ -126,6 +126,41 @@ mod linux {
     }
 }
 
+/// Admits an accepted loopback TCP connection only when its client socket belongs to
+/// `owner_uid` (the grant owner's), for every listener kind. Off Linux the token is the only
+/// check ([`PeerUid::Unsupported`] admits).
+///
+/// # Errors
+/// A message for the refused client (it names the grant and its owner's uid, never a token).
+pub fn check_tcp_owner(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    owner_uid: u32,
+    grant_id: &str,
+) -> Result<(), String> {
+    let ours = stream
+        .local_addr()
+        .map_err(|e| format!("agentd: cannot check this connection ({e})"))?;
+    match tcp_peer_uid(ours, peer) {
+        PeerUid::Uid(uid) if uid == owner_uid => Ok(()),
+        PeerUid::Unsupported => Ok(()),
+        PeerUid::Uid(uid) => {
+            tracing::warn!(
+                peer_uid = uid,
+                owner_uid,
+                "refused TCP peer: its socket belongs to another OS user than the grant's owner"
+            );
+            Err(format!(
+                "agentd: grant {grant_id} belongs to another OS user (uid {owner_uid}); only its owner may connect"
+            ))
+        }
+        PeerUid::Unknown(why) => {
+            tracing::warn!(%why, "refused TCP peer: cannot tell which OS user it is");
+            Err("agentd: cannot tell which OS user this connection belongs to; refused".to_owned())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,29 +203,7 @@ fn check_tcp_owner(
     peer: SocketAddr,
     grant: &GrantListener,
 ) -> Result<(), String> {
-    use crate::listener::peer::{tcp_peer_uid, PeerUid};
-    let ours = stream
-        .local_addr()
-        .map_err(|e| format!("agentd: cannot check this connection ({e})"))?;
-    match tcp_peer_uid(ours, peer) {
-        PeerUid::Uid(uid) if uid == grant.owner_uid => Ok(()),
-        PeerUid::Unsupported => Ok(()),
-        PeerUid::Uid(uid) => {
-            warn!(
-                peer_uid = uid,
-                owner_uid = grant.owner_uid,
-                "refused TCP peer: its socket belongs to another OS user than the grant's owner"
-            );
-            Err(format!(
-                "agentd: grant {} belongs to another OS user (uid {}); only its owner may connect",
-                grant.grant_id, grant.owner_uid
-            ))
-        }
-        PeerUid::Unknown(why) => {
-            warn!(%why, "refused TCP peer: cannot tell which OS user it is");
-            Err("agentd: cannot tell which OS user this connection belongs to; refused".to_owned())
-        }
-    }
+    crate::listener::peer::check_tcp_owner(stream, peer, grant.owner_uid, &grant.grant_id)
 }
 
 /// Startup, authentication, upstream login, then the relay, for one client connection of

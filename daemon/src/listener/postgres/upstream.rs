@@ -323,7 +323,7 @@ pub fn tls_for(resource: &Resource) -> Result<Option<(TlsConnector, ServerName<'
     Ok(Some((TlsConnector::from(Arc::new(config)), name)))
 }
 
-fn root_store(resource: &Resource) -> Result<rustls::RootCertStore, String> {
+pub(crate) fn root_store(resource: &Resource) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     match &resource.ca_file {
         Some(path) => {

@@ -159,6 +159,15 @@ pub struct DaemonSettings {
     /// default `1h`). The audit log remains the record.
     #[serde(default = "default_retention", with = "humantime_serde_compat")]
     pub retention: Duration,
+    /// HTTP listeners: a keep-alive client connection with no request in flight is closed
+    /// after this long (humantime, default `60s`, at least `1s`). The request head must
+    /// arrive within `handshake_timeout`.
+    #[serde(default = "default_http_idle_timeout", with = "humantime_serde_compat")]
+    pub http_idle_timeout: Duration,
+}
+
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for DaemonSettings {
@@ -176,6 +185,7 @@ impl Default for DaemonSettings {
             clients: Vec::new(),
             admin_group: None,
             retention: default_retention(),
+            http_idle_timeout: default_http_idle_timeout(),
         }
     }
 }
@@ -284,7 +294,7 @@ fn default_connect_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
-    /// Resource kind; only `postgres` exists today.
+    /// Resource kind: `postgres` or `http`.
     pub kind: ResourceKind,
     /// Free text shown to agents.
     #[serde(default)]
@@ -293,13 +303,22 @@ pub struct Resource {
     /// `recommend_access`, e.g. `["orders", "production"]`.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Upstream host name or address.
+    /// `postgres`: upstream host name or address (required).
+    #[serde(default)]
     pub host: String,
     /// Upstream port (default 5432).
     #[serde(default = "default_pg_port")]
     pub port: u16,
-    /// Database on the upstream server; the only one grants on this resource may open.
+    /// `postgres`: database on the upstream server; the only one grants on this resource
+    /// may open (required).
+    #[serde(default)]
     pub database: String,
+    /// `http`: the upstream's base URL, `https://HOST[:PORT][/PREFIX]` (required).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// `http`: how the credential goes on each request (required).
+    #[serde(default)]
+    pub auth: Option<http::HttpAuth>,
     /// TLS to the upstream (default `verify-full`).
     #[serde(default)]
     pub tls: TlsMode,
@@ -332,6 +351,18 @@ fn default_pg_port() -> u16 {
 pub enum ResourceKind {
     /// A PostgreSQL server.
     Postgres,
+    /// An HTTPS API; the daemon injects the credential ([`http`]).
+    Http,
+}
+
+impl ResourceKind {
+    /// The kind as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Postgres => "postgres",
+            ResourceKind::Http => "http",
+        }
+    }
 }
 
 /// TLS to the upstream server.
@@ -373,6 +404,9 @@ pub struct Permission {
     /// `dynamic` (the role is generated per grant).
     #[serde(default)]
     pub username: String,
+    /// `http` resources: what requests this permission allows (deny by default).
+    #[serde(default)]
+    pub allow: Vec<http::AllowRule>,
     /// Where the secret for `username` comes from.
     #[serde(default)]
     pub credential: CredentialSource,
@@ -519,134 +553,6 @@ impl Permission {
     }
 }
 
-/// Where a permission's upstream login comes from. Three sources:
-///
-/// ```toml
-/// credential = { source = "keyring" }                       # default; `agentd secret set R P`
-/// credential = { source = "command", argv = ["op", "read", "op://vault/db/password"], timeout_seconds = 10 }
-/// credential = { source = "dynamic", admin_username = "agentd_admin", grant_roles = ["app_readonly"] }
-/// ```
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
-pub enum CredentialSource {
-    /// The OS keychain, entry `RESOURCE/PERMISSION` under the daemon's keyring service
-    /// (or `entry` when given), holding the password of the permission's `username`. Set it
-    /// with `agentd secret set RESOURCE PERMISSION`. `source = "keychain"` is accepted too.
-    #[serde(alias = "keychain")]
-    Keyring {
-        /// Explicit entry name instead of `RESOURCE/PERMISSION`.
-        #[serde(default)]
-        entry: Option<String>,
-    },
-    /// An external program (no shell) that prints one JSON object on stdout:
-    /// `{"username": "...", "password": "...", "expires_at": "RFC 3339"}` (`username`
-    /// optional when the permission has one; `expires_at` optional). The result is cached
-    /// until `expires_at` minus a minute; without `expires_at` the program runs once per
-    /// grant. The pattern of AWS `credential_process` and git credential helpers.
-    Command {
-        /// Program and arguments, e.g. `["op", "read", "op://vault/db/password"]`; `argv[0]`
-        /// is looked up on `PATH`.
-        argv: Vec<String>,
-        /// Kill the program and fail the grant after this many seconds (default 10, 1 to
-        /// 300).
-        #[serde(default = "default_command_timeout")]
-        timeout_seconds: u64,
-    },
-    /// A PostgreSQL role created for each grant and dropped when it ends (Vault's database
-    /// secrets engine model). The admin login is used only by the daemon to create and drop
-    /// roles; listeners log in as the grant's own role.
-    Dynamic(DynamicRole),
-}
-
-/// `credential = { source = "dynamic", … }`: how per-grant roles are made and removed.
-///
-/// Statements may use Vault's placeholders: `{{name}}` (the role, `agentd_g_<16 hex>`),
-/// `{{password}}` (a SCRAM-SHA-256 verifier of the role's random password: the password
-/// itself never leaves the daemon), `{{expiration}}` (the grant's expiry,
-/// `YYYY-MM-DD HH:MM:SS+00`), `{{connection_limit}}` and `{{grant_roles}}` (the roles as
-/// quoted identifiers, comma-separated). Every substituted value is made of characters that
-/// need no escaping inside `"…"` or `'…'`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DynamicRole {
-    /// The admin role agentd logs in as to create and drop roles. It needs `CREATEROLE`,
-    /// membership in `grant_roles` with ADMIN OPTION (PostgreSQL 16+) and in
-    /// `pg_signal_backend` (or be a superuser).
-    pub admin_username: String,
-    /// Keychain entry holding the admin's password (default `RESOURCE/admin`); set it with
-    /// `agentd secret set RESOURCE PERMISSION`.
-    #[serde(default)]
-    pub admin: Option<String>,
-    /// Roles each grant's role is made a member of (`IN ROLE …`); they carry the privileges.
-    #[serde(default)]
-    pub grant_roles: Vec<String>,
-    /// `CONNECTION LIMIT` of each grant's role (default 10; -1 for none).
-    #[serde(default = "default_connection_limit")]
-    pub connection_limit: i32,
-    /// Statements that create the role; default
-    /// `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' CONNECTION LIMIT {{connection_limit}} IN ROLE {{grant_roles}}`.
-    /// They run in one transaction together with agentd's own `COMMENT ON ROLE` marker.
-    #[serde(default)]
-    pub creation_statements: Vec<String>,
-    /// Statements that remove the role after its sessions were terminated; default
-    /// `GRANT "{{name}}" TO CURRENT_USER; GRANT "{{name}}" TO "{{orphan_owner}}";
-    /// REASSIGN OWNED BY "{{name}}" TO "{{orphan_owner}}"; DROP OWNED BY "{{name}}";
-    /// DROP ROLE IF EXISTS "{{name}}"` (one transaction; the second membership only lets the
-    /// orphan owner take objects in schemas where the role could create, and dies with the
-    /// role).
-    #[serde(default)]
-    pub revocation_statements: Vec<String>,
-    /// The NOLOGIN role that takes over what a grant's role owned when it is dropped
-    /// (`{{orphan_owner}}`; default `agentd_orphans`). agentd's admin login creates it once
-    /// (no privileges, no memberships) and joins it so it may reassign to it. Never the
-    /// admin: a `SECURITY DEFINER` function written during a grant would otherwise run with
-    /// the admin's rights after the grant.
-    #[serde(default = "default_orphan_owner")]
-    pub orphan_owner: String,
-}
-
-fn default_orphan_owner() -> String {
-    "agentd_orphans".to_owned()
-}
-
-impl DynamicRole {
-    /// The keychain entry of the admin password: `admin`, else `RESOURCE/admin`.
-    pub fn admin_entry(&self, resource: &str) -> String {
-        self.admin
-            .clone()
-            .unwrap_or_else(|| format!("{resource}/admin"))
-    }
-}
-
-impl CredentialSource {
-    /// The keychain entry this source reads (the login's password for `keyring`, the
-    /// admin's for `dynamic`); `None` for `command`.
-    pub fn keychain_entry(&self, resource: &str, permission: &str) -> Option<String> {
-        match self {
-            CredentialSource::Keyring { entry } => {
-                Some(entry.clone().unwrap_or_else(|| {
-                    crate::credentials::keychain::entry_name(resource, permission)
-                }))
-            }
-            CredentialSource::Command { .. } => None,
-            CredentialSource::Dynamic(d) => Some(d.admin_entry(resource)),
-        }
-    }
-}
-
-fn default_command_timeout() -> u64 {
-    10
-}
-fn default_connection_limit() -> i32 {
-    10
-}
-
-impl Default for CredentialSource {
-    fn default() -> Self {
-        Self::Keyring { entry: None }
-    }
-}
-
 /// Durations written the humantime way (`30s`, `15m`, `2h`).
 mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
@@ -702,6 +608,12 @@ impl Config {
             path: path.to_owned(),
             message: describe_toml_error(&e, text),
         })?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            check_postgres_fields(&table, text).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -721,6 +633,12 @@ impl Config {
         if self.daemon.handshake_timeout < Duration::from_secs(1) {
             return Err(invalid(
                 "daemon.handshake_timeout".to_owned(),
+                "must be at least 1s",
+            ));
+        }
+        if self.daemon.http_idle_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "daemon.http_idle_timeout".to_owned(),
                 "must be at least 1s",
             ));
         }
@@ -769,6 +687,41 @@ impl Config {
                     "channel_binding = \"require\" needs TLS to the upstream (tls = \"require\" or \"verify-full\")",
                 ));
             }
+            let field = |f: &str| format!("resources.{name}.{f}");
+            match res.kind {
+                ResourceKind::Postgres => {
+                    for (f, empty) in [
+                        ("host", res.host.is_empty()),
+                        ("database", res.database.is_empty()),
+                    ] {
+                        if empty {
+                            return Err(invalid(field(f), "required for kind = \"postgres\""));
+                        }
+                    }
+                    if res.base_url.is_some() || res.auth.is_some() {
+                        return Err(invalid(
+                            field("base_url"),
+                            "base_url and auth are for kind = \"http\"",
+                        ));
+                    }
+                }
+                ResourceKind::Http => {
+                    http::validate_resource(res.base_url.as_deref(), res.auth.as_ref())
+                        .map_err(|(f, m)| invalid(field(&f), &m))?;
+                    if !res.host.is_empty() || !res.database.is_empty() {
+                        return Err(invalid(
+                            field("host"),
+                            "host and database are for kind = \"postgres\"; use base_url",
+                        ));
+                    }
+                    if res.tls != TlsMode::VerifyFull {
+                        return Err(invalid(
+                            field("tls"),
+                            "http resources always use tls = \"verify-full\"",
+                        ));
+                    }
+                }
+            }
             if res.permissions.is_empty() {
                 return Err(invalid(
                     format!("resources.{name}.permissions"),
@@ -789,7 +742,19 @@ impl Config {
                 if perm.default_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
                     return Err(invalid(field("default_ttl"), "must be at least 1s"));
                 }
-                validate_credential(perm, &field).map_err(|(f, m)| invalid(f, &m))?;
+                credential::validate_credential(res.kind, res.auth.as_ref(), perm, &field)
+                    .map_err(|(f, m)| invalid(f, &m))?;
+                match res.kind {
+                    ResourceKind::Http => http::validate_allow(&perm.allow)
+                        .map_err(|(f, m)| invalid(field(&f), &m))?,
+                    ResourceKind::Postgres if !perm.allow.is_empty() => {
+                        return Err(invalid(
+                            field("allow"),
+                            "allow lists are for kind = \"http\"",
+                        ))
+                    }
+                    ResourceKind::Postgres => {}
+                }
                 for (i, rule) in perm.rules.iter().enumerate() {
                     for (j, agent) in rule.agents.iter().enumerate() {
                         if !valid_name(agent) {
@@ -829,6 +794,33 @@ impl Config {
         let res = self.resources.get(resource)?;
         Some((res, res.permissions.get(permission)?))
     }
+}
+
+/// A `kind = "postgres"` resource without `host` or `database` is told so with the line of
+/// its table, as the typed parse did when those fields were required for every kind.
+fn check_postgres_fields(table: &toml::Table, text: &str) -> Result<(), String> {
+    let Some(resources) = table.get("resources").and_then(toml::Value::as_table) else {
+        return Ok(());
+    };
+    for (name, res) in resources {
+        let Some(res) = res.as_table() else { continue };
+        if res.get("kind").and_then(toml::Value::as_str) != Some("postgres") {
+            continue;
+        }
+        for field in ["host", "database"] {
+            if !res.contains_key(field) {
+                let header = format!("[resources.{name}]");
+                let line = text
+                    .lines()
+                    .position(|l| l.trim() == header)
+                    .map_or(1, |i| i + 1);
+                return Err(format!(
+                    "line {line}, column 1, field resources.{name}: missing field `{field}`"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks every `resources.R.permissions.P.rules[i].window`'s `start`, `end` and `days`
@@ -871,81 +863,6 @@ fn check_windows(table: &toml::Table) -> Result<(), (String, String)> {
         }
     }
     Ok(())
-}
-
-/// Checks a permission's `username` and `credential` together; the error is `(field,
-/// message)`.
-fn validate_credential(
-    perm: &Permission,
-    field: &dyn Fn(&str) -> String,
-) -> Result<(), (String, String)> {
-    let err = |f: &str, m: &str| Err((field(f), m.to_owned()));
-    match &perm.credential {
-        CredentialSource::Keyring { .. } if perm.username.is_empty() => {
-            err("username", "must not be empty")
-        }
-        CredentialSource::Keyring { .. } => Ok(()),
-        CredentialSource::Command {
-            argv,
-            timeout_seconds,
-        } => {
-            if argv.first().is_none_or(|a| a.is_empty()) {
-                return err(
-                    "credential.argv",
-                    "must name a program, e.g. [\"op\", \"read\", \"op://vault/db/password\"]",
-                );
-            }
-            if !(1..=300).contains(timeout_seconds) {
-                return err("credential.timeout_seconds", "must be between 1 and 300");
-            }
-            Ok(())
-        }
-        CredentialSource::Dynamic(d) => {
-            if !perm.username.is_empty() {
-                return err("username", "not used with source = \"dynamic\": each grant gets its own role (agentd_g_…); set credential.admin_username for the admin login");
-            }
-            if d.admin_username.is_empty() {
-                return err("credential.admin_username", "must not be empty");
-            }
-            if d.connection_limit < -1 {
-                return err(
-                    "credential.connection_limit",
-                    "must be -1 (no limit) or more",
-                );
-            }
-            if d.orphan_owner.is_empty() || d.orphan_owner.eq_ignore_ascii_case(&d.admin_username) {
-                return err(
-                    "credential.orphan_owner",
-                    "must name a role of its own (not the admin): it takes over what grants' roles leave behind",
-                );
-            }
-            for (i, role) in d.grant_roles.iter().enumerate() {
-                if role.is_empty() {
-                    return err(&format!("credential.grant_roles[{i}]"), "must not be empty");
-                }
-            }
-            if !d.creation_statements.is_empty()
-                && !d.creation_statements.iter().any(|s| s.contains("{{name}}"))
-            {
-                return err(
-                    "credential.creation_statements",
-                    "must use {{name}} (the generated role)",
-                );
-            }
-            if !d.revocation_statements.is_empty()
-                && !d
-                    .revocation_statements
-                    .iter()
-                    .any(|s| s.contains("{{name}}"))
-            {
-                return err(
-                    "credential.revocation_statements",
-                    "must use {{name}} (the role to drop)",
-                );
-            }
-            Ok(())
-        }
-    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -1003,318 +920,10 @@ pub fn default_config_path() -> PathBuf {
     agentd_proto::profile::active().config_path()
 }
 
+mod credential;
+pub mod http;
+
+pub use credential::{CredentialSource, DynamicRole};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[resources.app]
-kind = "postgres"
-host = "127.0.0.1"
-database = "app"
-tls = "require"
-[resources.app.permissions.ro]
-username = "agent_ro"
-policy = "auto"
-max_ttl = "1h"
-default_ttl = "2h"
-"#;
-
-    #[test]
-    fn parses_and_clamps_default_ttl() {
-        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
-        let (r, p) = c.permission("app", "ro").unwrap();
-        assert_eq!(r.port, 5432);
-        assert_eq!(p.effective_default_ttl(), Duration::from_secs(3600));
-        assert_eq!(p.credential, CredentialSource::Keyring { entry: None });
-    }
-
-    #[test]
-    fn error_names_file_line_and_field() {
-        let bad = GOOD.replace("host = \"127.0.0.1\"\n", "");
-        let err = Config::parse(&bad, Path::new("/etc/c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/etc/c.toml"), "{err}");
-        assert!(err.contains("line "), "{err}");
-        assert!(err.contains("host"), "{err}");
-
-        let bad = GOOD.replace("max_ttl = \"1h\"", "max_ttl = \"soon\"");
-        let err = Config::parse(&bad, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 10"), "{err}");
-        assert!(
-            err.contains("field resources.app.permissions.ro.max_ttl"),
-            "{err}"
-        );
-        assert!(err.contains("invalid duration"), "{err}");
-
-        let bad = GOOD.replace("tls = \"require\"", "tls = \"disable\"");
-        let err = Config::parse(&bad, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("resources.app.tls"), "{err}");
-        assert!(err.contains("allow_insecure"), "{err}");
-
-        let bad = GOOD.replace("policy = \"auto\"", "polcy = \"auto\"");
-        let err = Config::parse(&bad, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("polcy"), "{err}");
-    }
-
-    #[test]
-    fn new_settings_have_defaults() {
-        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
-        assert_eq!(c.daemon.pending_timeout, Duration::from_secs(600));
-        assert!(c.daemon.notify);
-        assert_eq!(c.daemon.data_dir, None);
-        assert!(
-            c.daemon.data_dir().ends_with("agentd") || c.daemon.data_dir().ends_with("agentd-data")
-        );
-        assert_eq!(c.audit, AuditSettings::default());
-        assert_eq!(c.audit.max_file_bytes, 64 * 1024 * 1024);
-        let (_, p) = c.permission("app", "ro").unwrap();
-        assert_eq!(p.over_max_ttl, OverMaxTtl::Clamp);
-        assert!(p.rules.is_empty());
-    }
-
-    #[test]
-    fn parses_daemon_audit_and_rules() {
-        let text = format!(
-            r#"
-[daemon]
-data_dir = "/srv/agentd"
-pending_timeout = "2m"
-notify = false
-[audit]
-statements = false
-max_file_bytes = 4096
-fsync = false
-{GOOD}
-over_max_ttl = "refuse"
-[[resources.app.permissions.ro.rules]]
-agents = ["claude-code", "Cursor"]
-window = {{ days = ["mon", "FRI", "sunday"], start = "22:00", end = "06:00" }}
-policy = "deny"
-max_ttl = "5m"
-[[resources.app.permissions.ro.rules]]
-policy = "approval"
-"#
-        );
-        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
-        assert_eq!(c.daemon.data_dir(), PathBuf::from("/srv/agentd"));
-        assert_eq!(c.audit_dir(), PathBuf::from("/srv/agentd/audit"));
-        assert_eq!(c.daemon.pending_timeout, Duration::from_secs(120));
-        assert!(!c.daemon.notify);
-        assert!(!c.audit.statements && !c.audit.fsync);
-        let (_, p) = c.permission("app", "ro").unwrap();
-        assert_eq!(p.over_max_ttl, OverMaxTtl::Refuse);
-        assert_eq!(p.rules.len(), 2);
-        let w = p.rules[0].window.as_ref().unwrap();
-        use chrono::Weekday::*;
-        assert_eq!(w.days, vec![Mon, Fri, Sun]);
-        assert!(w.is_overnight());
-        assert_eq!(w.start, chrono::NaiveTime::from_hms_opt(22, 0, 0).unwrap());
-        assert_eq!(p.rules[0].max_ttl, Some(Duration::from_secs(300)));
-        assert_eq!(p.rules[1].agents, Vec::<String>::new());
-        assert_eq!(p.rules[1].window, None);
-    }
-
-    #[test]
-    fn clock_times() {
-        for ok in ["00:00", "9:05", "23:59", "12:30"] {
-            assert!(parse_clock_time(ok).is_some(), "{ok}");
-        }
-        for bad in [
-            "25:00", "24:00", "12:60", "12", "12:5", "1200", "", ":30", "-1:00", "12:30:00", "9am",
-        ] {
-            assert!(parse_clock_time(bad).is_none(), "{bad}");
-        }
-    }
-
-    fn err_of(extra: &str) -> String {
-        Config::parse(&format!("{GOOD}{extra}"), Path::new("c.toml"))
-            .unwrap_err()
-            .to_string()
-    }
-
-    #[test]
-    fn rule_errors_name_the_field() {
-        let rule = |body: &str| format!("[[resources.app.permissions.ro.rules]]\n{body}\n");
-        let cases = [
-            (
-                rule("policy = \"auto\"\nwindow = { start = \"25:00\", end = \"06:00\" }"),
-                "resources.app.permissions.ro.rules[0].window.start: invalid time \"25:00\"",
-            ),
-            (
-                format!(
-                    "{}{}",
-                    rule("policy = \"auto\""),
-                    rule("policy = \"auto\"\nwindow = { start = \"09:00\", end = \"6pm\" }")
-                ),
-                "resources.app.permissions.ro.rules[1].window.end: invalid time \"6pm\"",
-            ),
-            (
-                rule("policy = \"auto\"\nwindow = { days = [\"mon\", \"funday\"], start = \"09:00\", end = \"17:00\" }"),
-                "resources.app.permissions.ro.rules[0].window.days[1]: invalid day \"funday\"",
-            ),
-            (
-                rule("policy = \"auto\"\nwindow = { start = \"09:00\", end = \"09:00\" }"),
-                "resources.app.permissions.ro.rules[0].window.end: start and end must differ",
-            ),
-            (
-                rule("policy = \"auto\"\nagents = [\"claude code\"]"),
-                "resources.app.permissions.ro.rules[0].agents[0]: invalid agent type \"claude code\"",
-            ),
-            (
-                rule("policy = \"auto\"\nmax_ttl = \"0s\""),
-                "resources.app.permissions.ro.rules[0].max_ttl: must be at least 1s",
-            ),
-            (
-                rule("policy = \"auto\"\nagent = [\"x\"]"),
-                "unknown field `agent`",
-            ),
-            (rule("agents = []"), "missing field `policy`"),
-            (
-                rule("policy = \"auto\"\nwindow = { start = \"09:00\", end = \"17:00\", tz = \"UTC\" }"),
-                "unknown field `tz`",
-            ),
-            (
-                "over_max_ttl = \"truncate\"\n".to_owned(),
-                "field resources.app.permissions.ro.over_max_ttl",
-            ),
-        ];
-        for (extra, want) in cases {
-            let err = err_of(&extra);
-            assert!(err.contains(want), "{extra}\n=> {err}\nwanted {want}");
-            assert!(err.contains("c.toml"), "{err}");
-        }
-    }
-
-    #[test]
-    fn credential_sources_parse_and_validate() {
-        let base = GOOD.replace("username = \"agent_ro\"\n", "");
-        let with = |cred: &str| {
-            Config::parse(
-                &base.replace("policy = \"auto\"", &format!("{cred}\npolicy = \"auto\"")),
-                Path::new("c.toml"),
-            )
-        };
-        let c = with(r#"credential = { source = "command", argv = ["op", "read", "op://v/db"] }"#)
-            .unwrap();
-        let (_, p) = c.permission("app", "ro").unwrap();
-        assert_eq!(
-            p.credential,
-            CredentialSource::Command {
-                argv: vec!["op".into(), "read".into(), "op://v/db".into()],
-                timeout_seconds: 10
-            }
-        );
-        assert_eq!(p.credential.keychain_entry("app", "ro"), None);
-        let c = with(
-            r#"credential = { source = "dynamic", admin_username = "adm", grant_roles = ["ro"] }"#,
-        )
-        .unwrap();
-        let (_, p) = c.permission("app", "ro").unwrap();
-        let CredentialSource::Dynamic(d) = &p.credential else {
-            panic!("{:?}", p.credential)
-        };
-        assert_eq!(
-            (d.connection_limit, d.admin_entry("app").as_str()),
-            (10, "app/admin")
-        );
-        assert_eq!(
-            p.credential.keychain_entry("app", "ro").as_deref(),
-            Some("app/admin")
-        );
-        let c = with("username = \"u\"\ncredential = { source = \"keychain\" }").unwrap();
-        assert_eq!(
-            c.permission("app", "ro")
-                .unwrap()
-                .1
-                .credential
-                .keychain_entry("app", "ro")
-                .as_deref(),
-            Some("app/ro")
-        );
-
-        for (cred, want) in [
-            (
-                "",
-                "resources.app.permissions.ro.username: must not be empty",
-            ),
-            (
-                r#"credential = { source = "command", argv = [] }"#,
-                "credential.argv: must name a program",
-            ),
-            (
-                r#"credential = { source = "command", argv = ["x"], timeout_seconds = 0 }"#,
-                "credential.timeout_seconds: must be between 1 and 300",
-            ),
-            (
-                r#"credential = { source = "command", argv = ["x"], shell = true }"#,
-                "unknown field `shell`",
-            ),
-            (
-                r#"username = "u"
-credential = { source = "dynamic", admin_username = "adm" }"#,
-                "username: not used with source = \"dynamic\"",
-            ),
-            (
-                r#"credential = { source = "dynamic", admin_username = "" }"#,
-                "credential.admin_username: must not be empty",
-            ),
-            (
-                r#"credential = { source = "dynamic", admin_username = "a", connection_limit = -2 }"#,
-                "credential.connection_limit",
-            ),
-            (
-                r#"credential = { source = "dynamic", admin_username = "a", creation_statements = ["CREATE ROLE x"] }"#,
-                "must use {{name}}",
-            ),
-            (
-                r#"credential = { source = "vault" }"#,
-                "unknown variant `vault`",
-            ),
-        ] {
-            let err = with(cred).unwrap_err().to_string();
-            assert!(err.contains(want), "{cred}\n=> {err}\nwanted {want}");
-        }
-    }
-
-    #[test]
-    fn daemon_and_audit_limits() {
-        let with = |head: &str| {
-            Config::parse(&format!("{head}\n{GOOD}"), Path::new("c.toml"))
-                .unwrap_err()
-                .to_string()
-        };
-        let err = with("[daemon]\npending_timeout = \"500ms\"");
-        assert!(
-            err.contains("daemon.pending_timeout: must be at least 1s"),
-            "{err}"
-        );
-        let err = with("[daemon]\ndata_dir = \"relative/dir\"");
-        assert!(
-            err.contains("daemon.data_dir: must be an absolute path"),
-            "{err}"
-        );
-        let err = with("[audit]\nmax_file_bytes = 4095");
-        assert!(
-            err.contains("audit.max_file_bytes: must be at least 4096"),
-            "{err}"
-        );
-        let err = with("[audit]\nrotate = true");
-        assert!(err.contains("unknown field `rotate`"), "{err}");
-        let bad = GOOD.replace("default_ttl = \"2h\"", "default_ttl = \"0s\"");
-        let err = Config::parse(&bad, Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("resources.app.permissions.ro.default_ttl: must be at least 1s"),
-            "{err}"
-        );
-    }
-}
+mod tests;

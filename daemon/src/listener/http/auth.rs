@@ -1,0 +1,297 @@
+//! The grant token on the way in, the real credential on the way out.
+//!
+//! The client sends the token where it would send the real credential for the resource's
+//! scheme (and `Authorization: Bearer <token>` always works): bearer → `Authorization:
+//! Bearer`; header → the configured header, in the value template; basic → the password of
+//! `Authorization: Basic`; query → the configured parameter. Every candidate must equal the
+//! token (compared in constant time); all of them are removed before the real credential is
+//! injected.
+
+use crate::config::http::HttpAuth;
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, PROXY_AUTHORIZATION};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Everything but RFC 3986 unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Why a request's token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// No token anywhere it may be.
+    Missing,
+    /// A token that is not this grant's.
+    Wrong,
+}
+
+/// One grant's token check and credential injection. `Debug` shows only the scheme.
+pub struct Injector {
+    scheme: HttpAuth,
+    token: SecretString,
+    /// The header the real credential goes in (bearer, header, basic), marked sensitive.
+    header: Option<(HeaderName, HeaderValue)>,
+    /// `param=secret`, percent-encoded (query).
+    query_pair: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector")
+            .field("scheme", &self.scheme.scheme())
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+fn sensitive(value: &str) -> Result<HeaderValue, String> {
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| "the credential holds characters not allowed in an HTTP header".to_owned())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+impl Injector {
+    /// Prepares injection of `secret` (with `username` for basic auth) and the check of
+    /// `token`.
+    ///
+    /// # Errors
+    /// Agent-safe text when the secret cannot go in a header.
+    pub fn new(
+        scheme: HttpAuth,
+        token: SecretString,
+        secret: &SecretString,
+        username: &str,
+    ) -> Result<Self, String> {
+        let s = secret.expose_secret();
+        let (header, query_pair) = match &scheme {
+            HttpAuth::Bearer => (
+                Some((
+                    AUTHORIZATION,
+                    sensitive(&Zeroizing::new(format!("Bearer {s}")))?,
+                )),
+                None,
+            ),
+            HttpAuth::Header { name, value } => {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| "auth.name is not a valid header name".to_owned())?;
+                let value = Zeroizing::new(value.replace("{{secret}}", s));
+                (Some((name, sensitive(&value)?)), None)
+            }
+            HttpAuth::Basic { .. } => {
+                let pair = Zeroizing::new(format!("{username}:{s}"));
+                let encoded =
+                    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*pair));
+                (
+                    Some((
+                        AUTHORIZATION,
+                        sensitive(&Zeroizing::new(format!("Basic {}", &*encoded)))?,
+                    )),
+                    None,
+                )
+            }
+            HttpAuth::Query { param } => (
+                None,
+                Some(Zeroizing::new(format!(
+                    "{}={}",
+                    utf8_percent_encode(param, COMPONENT),
+                    utf8_percent_encode(s, COMPONENT)
+                ))),
+            ),
+        };
+        Ok(Self {
+            scheme,
+            token,
+            header,
+            query_pair,
+        })
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> &HttpAuth {
+        &self.scheme
+    }
+
+    fn matches(&self, candidate: &[u8]) -> bool {
+        let token = self.token.expose_secret().as_bytes();
+        candidate.len() == token.len() && bool::from(candidate.ct_eq(token))
+    }
+
+    /// Checks every token candidate in `headers` and `query` (raw `key=value` pairs) and
+    /// removes them, with every `Authorization` / `Proxy-Authorization` header.
+    ///
+    /// # Errors
+    /// [`TokenError`]: none found, or one that is not the grant's.
+    pub fn take_token(
+        &self,
+        headers: &mut HeaderMap,
+        query: &mut Vec<String>,
+    ) -> Result<(), TokenError> {
+        let mut found = 0usize;
+        let mut wrong = false;
+        let mut check = |candidate: &[u8]| {
+            found += 1;
+            if !self.matches(candidate) {
+                wrong = true;
+            }
+        };
+        for value in headers.get_all(AUTHORIZATION) {
+            let v = value.as_bytes();
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+                check(v[7..].trim_ascii());
+            } else if v.len() > 6 && v[..6].eq_ignore_ascii_case(b"basic ") {
+                let decoded = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v[6..].trim_ascii())
+                        .unwrap_or_default(),
+                );
+                match decoded.iter().position(|&b| b == b':') {
+                    Some(i) => check(&decoded[i + 1..]),
+                    None => check(&decoded),
+                }
+            } else {
+                check(v);
+            }
+        }
+        headers.remove(AUTHORIZATION);
+        headers.remove(PROXY_AUTHORIZATION);
+        match &self.scheme {
+            HttpAuth::Header { name, value } => {
+                let (prefix, suffix) = value.split_once("{{secret}}").unwrap_or(("", ""));
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    for v in headers.get_all(&name) {
+                        let v = v.as_bytes();
+                        let inner = v
+                            .strip_prefix(prefix.as_bytes())
+                            .and_then(|r| r.strip_suffix(suffix.as_bytes()))
+                            .unwrap_or(v);
+                        check(inner);
+                    }
+                    headers.remove(&name);
+                }
+            }
+            HttpAuth::Query { param } => {
+                query.retain(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if percent_decode_str(k).decode_utf8_lossy() != param.as_str() {
+                        return true;
+                    }
+                    let v = Zeroizing::new(
+                        percent_decode_str(&v.replace('+', " ")).collect::<Vec<u8>>(),
+                    );
+                    check(&v);
+                    false
+                });
+            }
+            HttpAuth::Bearer | HttpAuth::Basic { .. } => {}
+        }
+        match (found, wrong) {
+            (0, _) => Err(TokenError::Missing),
+            (_, true) => Err(TokenError::Wrong),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts the real credential on the request.
+    pub fn inject(&self, headers: &mut HeaderMap, query: &mut Vec<String>) {
+        if let Some((name, value)) = &self.header {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(pair) = &self.query_pair {
+            query.push(pair.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injector(scheme: HttpAuth) -> Injector {
+        Injector::new(
+            scheme,
+            SecretString::from("tok123"),
+            &SecretString::from("real-secret"),
+            "bot",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn token_is_taken_from_each_place_and_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer tok123"));
+        let mut q = vec![];
+        let i = injector(HttpAuth::Bearer);
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        i.inject(&mut h, &mut q);
+        assert_eq!(h[AUTHORIZATION], "Bearer real-secret");
+
+        let i = injector(HttpAuth::Header {
+            name: "x-api-key".into(),
+            value: "key {{secret}}".into(),
+        });
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("key tok123"));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        i.inject(&mut h, &mut q);
+        assert_eq!(h["x-api-key"], "key real-secret");
+
+        let i = injector(HttpAuth::Basic {
+            username: String::new(),
+        });
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("anyone:tok123")
+            ))
+            .unwrap(),
+        );
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        i.inject(&mut h, &mut q);
+        assert_eq!(
+            h[AUTHORIZATION].to_str().unwrap(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("bot:real-secret")
+            )
+        );
+
+        let i = injector(HttpAuth::Query {
+            param: "api_key".into(),
+        });
+        let mut h = HeaderMap::new();
+        let mut q = vec!["a=1".to_owned(), "api_key=tok123".to_owned()];
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        i.inject(&mut h, &mut q);
+        assert_eq!(q, vec!["a=1".to_owned(), "api_key=real-secret".to_owned()]);
+    }
+
+    #[test]
+    fn missing_and_wrong_tokens_are_refused() {
+        let i = injector(HttpAuth::Bearer);
+        let mut q = vec![];
+        assert_eq!(
+            i.take_token(&mut HeaderMap::new(), &mut q),
+            Err(TokenError::Missing)
+        );
+        for bad in ["Bearer tok124", "Bearer tok1234", "tok123x", "Bearer "] {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(
+                i.take_token(&mut h, &mut q),
+                Err(TokenError::Wrong),
+                "{bad}"
+            );
+        }
+        assert!(!format!("{i:?}").contains("tok123"));
+    }
+}

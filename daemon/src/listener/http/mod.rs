@@ -1,0 +1,259 @@
+//! The HTTP listener a grant on a `kind = "http"` resource opens on loopback (and a Unix
+//! socket in the grant's private directory).
+//!
+//! Each request ([`proxy`]): the grant token is checked in constant time where the client
+//! would send the real credential ([`auth`]), then removed; absolute-form targets, CONNECT
+//! and upgrades are refused; the path is normalised ([`path`]) and matched against the
+//! permission's allow list (deny by default); the real credential is injected, `Host` set
+//! from the base URL, `Accept-Encoding: identity` asked for, and the request forwarded over
+//! a per-grant keep-alive pool (hyper-util + hyper-rustls, HTTP/1.1 or HTTP/2 by ALPN).
+//! Response headers and body stream back through [`scan`], which replaces any occurrence
+//! of the secret (or an encoded form) with `[REDACTED]`. One `http_request` audit record is
+//! written per request. Refusals get 403 (401 for a missing or wrong token) with a JSON body
+//! naming the rule and the next step.
+//!
+//! Compression: the proxy asks the upstream for `identity`. A response that arrives
+//! compressed anyway is refused (502): scanning it would need decompress + recompress on
+//! the hot path, and passing it unscanned would let an encoded secret through.
+
+pub mod auth;
+pub mod path;
+pub mod proxy;
+pub mod scan;
+
+use crate::audit::{AuditEvent, AuditLog, Durability};
+use crate::config::http::AllowRule;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// Limits on what one client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line + headers), bytes (hyper's read buffer).
+    pub max_head_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: u64,
+    /// Time a client has to send a complete request head.
+    pub header_timeout: Duration,
+    /// Most simultaneous client connections per listener.
+    pub max_connections: u32,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1 << 30,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything a grant's HTTP listener needs, shared by its connections.
+#[derive(Debug)]
+pub struct HttpGrantListener {
+    /// Grant id.
+    pub grant_id: String,
+    /// The uid of the grant's owner: the only uid served on the TCP listener (Linux,
+    /// [`crate::listener::peer`]) and the Unix socket.
+    pub owner_uid: u32,
+    /// How the client presents the token and how the secret is injected.
+    pub auth: auth::Injector,
+    /// The permission's allow list.
+    pub allow: Vec<AllowRule>,
+    /// The upstream and its connection pool.
+    pub upstream: proxy::Upstream,
+    /// The secret's forms, for response scanning.
+    pub scanner: scan::Scanner,
+    /// Client limits.
+    pub limits: Limits,
+    /// The wrong-token throttle (shared logic with the PostgreSQL listener; its handshake
+    /// slots are unused here).
+    pub admission: crate::listener::postgres::admission::Admission,
+    /// Fires when the grant ends: closes the listener and aborts in-flight requests.
+    pub cut: CancellationToken,
+    /// Why the grant ended.
+    pub cut_reason: OnceLock<String>,
+    /// Live client connections.
+    pub live_connections: AtomicU32,
+    /// Client connections so far.
+    pub total_connections: AtomicU64,
+    /// Requests so far.
+    pub total_requests: AtomicU64,
+    /// Where `http_request` records go.
+    pub audit: Arc<AuditLog>,
+    /// Every connection task; shutdown waits for them.
+    pub sessions: tokio_util::task::TaskTracker,
+}
+
+impl HttpGrantListener {
+    /// Ends the listener and every in-flight request with `reason`.
+    pub fn cut(&self, reason: String) {
+        let _ = self.cut_reason.set(reason);
+        self.cut.cancel();
+    }
+
+    /// Appends an `http_request` record (one write, no fsync, like connection records).
+    pub(crate) fn record(&self, event: &AuditEvent) {
+        if let Err(e) = self.audit.append(event, Durability::Write) {
+            tracing::error!(error = %e, "audit log write failed for an http request");
+        }
+    }
+}
+
+/// Binds `host:0` and serves the grant until it is cut. Returns the bound address.
+///
+/// # Errors
+/// The bind error.
+pub async fn spawn(grant: Arc<HttpGrantListener>, host: IpAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind((host, 0)).await?;
+    let addr = listener.local_addr()?;
+    let span = tracing::info_span!(parent: None, "http_listener", grant = %grant.grant_id, %addr);
+    tokio::spawn(accept_loop(listener, grant).instrument(span));
+    Ok(addr)
+}
+
+/// Whether the peer of an accepted TCP connection may use this grant's listener: a
+/// loopback peer whose socket belongs to the grant owner's uid (Linux `sock_diag`).
+fn admit_peer(stream: &TcpStream, peer: &SocketAddr, grant: &HttpGrantListener) -> bool {
+    peer.ip().is_loopback()
+        && crate::listener::peer::check_tcp_owner(stream, *peer, grant.owner_uid, &grant.grant_id)
+            .is_ok()
+}
+
+async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = grant.cut.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !admit_peer(&stream, &peer, &grant) {
+            warn!(%peer, "refused peer");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        spawn_connection(&grant, stream, peer.to_string());
+    }
+    info!("listener closed");
+}
+
+fn spawn_connection<S>(grant: &Arc<HttpGrantListener>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let live = grant.live_connections.fetch_add(1, Ordering::Relaxed);
+    if live >= grant.limits.max_connections {
+        grant.live_connections.fetch_sub(1, Ordering::Relaxed);
+        warn!(%peer, limit = grant.limits.max_connections, "refused connection: too many");
+        return;
+    }
+    let session = grant.total_connections.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = tracing::info_span!("http_session", %peer, session);
+    let grant = grant.clone();
+    grant
+        .sessions
+        .clone()
+        .spawn(serve_connection(stream, grant, session).instrument(span));
+}
+
+async fn serve_connection<S>(stream: S, grant: Arc<HttpGrantListener>, session: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(proxy::Activity::default());
+    let service = {
+        let (grant, activity) = (grant.clone(), activity.clone());
+        hyper::service::service_fn(move |req| {
+            proxy::handle(grant.clone(), session, activity.clone(), req)
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(grant.limits.header_timeout)
+        .max_buf_size(grant.limits.max_head_bytes)
+        .max_headers(grant.limits.max_headers)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            info!(error = %e, "client connection ended with an error");
+        },
+        // Dropping the connection closes the socket and aborts any in-flight request.
+        _ = grant.cut.cancelled() => {}
+        _ = activity.idle(grant.limits.idle_timeout) => info!("idle keep-alive connection closed"),
+    }
+    grant.live_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Opens `DIR/http.sock` (0600, in a 0700 directory) for the grant; peers must have the
+/// daemon's uid. Returns the socket path.
+///
+/// # Errors
+/// Creating the directory or binding the socket.
+#[cfg(unix)]
+pub fn spawn_unix(
+    grant: Arc<HttpGrantListener>,
+    dir: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    crate::fsutil::create_private_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join("http.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let span = tracing::info_span!(parent: None, "http_unix_listener", grant = %grant.grant_id);
+    let (dir, socket) = (dir.to_path_buf(), path.clone());
+    tokio::spawn(
+        async move {
+            let uid = grant.owner_uid;
+            loop {
+                let stream = tokio::select! {
+                    _ = grant.cut.cancelled() => break,
+                    r = listener.accept() => match r {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                if stream.peer_cred().ok().map(|c| c.uid()) != Some(uid) {
+                    warn!(
+                        owner_uid = uid,
+                        "refused Unix-socket peer: not the grant owner's uid"
+                    );
+                    continue;
+                }
+                spawn_connection(&grant, stream, "unix".to_owned());
+            }
+            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        .instrument(span),
+    );
+    Ok(path)
+}

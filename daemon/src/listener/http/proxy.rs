@@ -1,0 +1,672 @@
+//! One request through the listener: checks, forwarding, streaming the response back
+//! through the secret scanner, and the audit record.
+
+use super::auth::TokenError;
+use super::scan::{Scanner, StreamScan};
+use super::HttpGrantListener;
+use crate::audit::AuditEvent;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// Errors inside bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What the listener answers with.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The upstream: scheme + authority + path prefix of the base URL, and the grant's pool.
+pub struct Upstream {
+    authority: http::uri::Authority,
+    prefix: String,
+    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("authority", &self.authority)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// The pool for `resource` (`base_url`, `ca_file`), HTTP/1.1 and HTTP/2 by ALPN.
+    ///
+    /// # Errors
+    /// Agent-safe text.
+    pub fn new(
+        resource: &crate::config::Resource,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let base: Uri = resource
+            .base_url
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| format!("base_url: {e}"))?;
+        let authority = base
+            .authority()
+            .cloned()
+            .ok_or_else(|| "base_url has no host".to_owned())?;
+        let prefix = base.path().trim_end_matches('/').to_owned();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .with_root_certificates(crate::listener::postgres::upstream::root_store(resource)?)
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Self {
+            authority,
+            prefix,
+            client,
+        })
+    }
+}
+
+/// The client's request body on its way upstream: counted, capped, aborted on a cut.
+pub struct RequestBody {
+    inner: Incoming,
+    sent: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = self.sent.fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if n > self.limit {
+                        return Poll::Ready(Some(Err("request body over the limit".into())));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection's requests in flight and when the last one ended, for the idle
+/// timeout (hyper closes slow request heads itself, not idle keep-alive connections).
+#[derive(Debug)]
+pub struct Activity {
+    inflight: AtomicU64,
+    last: std::sync::Mutex<Instant>,
+    changed: tokio::sync::Notify,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            inflight: AtomicU64::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl Activity {
+    fn begin(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    fn end(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once no request has been in flight for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            if self.inflight.load(Ordering::Relaxed) > 0 {
+                changed.await;
+                continue;
+            }
+            let last = self
+                .last
+                .lock()
+                .map(|l| *l)
+                .unwrap_or_else(|_| Instant::now());
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+        }
+    }
+}
+
+/// One request's audit record, written when it is dropped (the end of the response body,
+/// or of the request when nothing streams).
+struct Exchange {
+    grant: Arc<HttpGrantListener>,
+    session: u64,
+    method: String,
+    path: String,
+    query: Vec<String>,
+    status: u16,
+    rule: Option<String>,
+    refused: Option<String>,
+    started: Instant,
+    bytes_up: Arc<AtomicU64>,
+    bytes_down: u64,
+    reflected: u64,
+    end: &'static str,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.activity.end();
+        if self.end == "client" && self.grant.cut.is_cancelled() {
+            // The connection was dropped by the cut before the body finished.
+            self.end = "revoked";
+        }
+        self.grant.record(&AuditEvent::HttpRequest {
+            grant_id: self.grant.grant_id.clone(),
+            session: self.session,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            query: std::mem::take(&mut self.query),
+            status: self.status,
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            rule: self.rule.take(),
+            refused: self.refused.take(),
+            secret_reflected: self.reflected,
+            end: self.end.to_owned(),
+        });
+    }
+}
+
+/// The upstream's response body on its way to the client: scanned, counted, cut on revoke.
+struct ScannedBody {
+    inner: Incoming,
+    scan: StreamScan,
+    exchange: Exchange,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+    /// Occurrences already replaced in the response headers.
+    in_headers: u64,
+}
+
+impl ScannedBody {
+    fn scanner(&self) -> &Scanner {
+        &self.exchange.grant.scanner
+    }
+}
+
+impl Body for ScannedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.cut.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            this.exchange.end = "revoked";
+            return Poll::Ready(Some(Err("the grant ended".into())));
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    this.exchange.end = "upstream error";
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.exchange.end = "complete";
+                    let grant = this.exchange.grant.clone();
+                    let tail = this.scan.finish(&grant.scanner);
+                    this.exchange.reflected = this.in_headers + this.scan.found as u64;
+                    if tail.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    this.exchange.bytes_down += tail.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let grant = this.exchange.grant.clone();
+                        let out = this.scan.push(&grant.scanner, data);
+                        this.exchange.reflected = this.in_headers + this.scan.found as u64;
+                        if out.is_empty() {
+                            continue;
+                        }
+                        this.exchange.bytes_down += out.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    Err(frame) => {
+                        // Trailers: scanned like headers.
+                        let frame = match frame.into_trailers() {
+                            Ok(mut trailers) => {
+                                let n = redact_headers(this.scanner(), &mut trailers);
+                                this.in_headers += n;
+                                this.exchange.reflected += n;
+                                Frame::trailers(trailers)
+                            }
+                            Err(other) => other,
+                        };
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Replaces occurrences of the secret in header values; returns how many.
+fn redact_headers(scanner: &Scanner, headers: &mut HeaderMap) -> u64 {
+    let mut total = 0;
+    for value in headers.values_mut() {
+        if let Some((clean, n)) = scanner.redact(value.as_bytes()) {
+            total += n as u64;
+            *value = HeaderValue::from_bytes(&clean)
+                .unwrap_or_else(|_| HeaderValue::from_static("[REDACTED]"));
+        }
+    }
+    total
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Query parameter names whose values the audit log does not keep.
+fn sensitive_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "token",
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "signature",
+        "sig",
+        "auth",
+        "credential",
+        "code",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+fn audit_query(pairs: &[String]) -> Vec<String> {
+    pairs
+        .iter()
+        .take(64)
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k: String = k.chars().take(128).collect();
+            if sensitive_key(&percent_encoding::percent_decode_str(&k).decode_utf8_lossy()) {
+                format!("{k}=[REDACTED]")
+            } else {
+                format!("{k}={}", v.chars().take(256).collect::<String>())
+            }
+        })
+        .collect()
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A refusal by agentd: status, `rule` (what refused it), message and the next step.
+fn refusal(status: StatusCode, rule: &str, message: &str, next: &str) -> Response<ResponseBody> {
+    json_response(
+        status,
+        serde_json::json!({
+            "error": {
+                "type": "agentd_refused",
+                "rule": rule,
+                "message": message,
+                "next_step": next,
+            }
+        }),
+    )
+}
+
+/// Serves one request (hyper's service function). Never fails: errors become responses.
+pub async fn handle(
+    grant: Arc<HttpGrantListener>,
+    session: u64,
+    activity: Arc<Activity>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    grant.total_requests.fetch_add(1, Ordering::Relaxed);
+    activity.begin();
+    let bytes_up = Arc::new(AtomicU64::new(0));
+    let raw_path: String = req.uri().path().chars().take(512).collect();
+    let mut exchange = Exchange {
+        grant: grant.clone(),
+        session,
+        method: req.method().as_str().chars().take(32).collect(),
+        path: raw_path,
+        query: Vec::new(),
+        status: 0,
+        rule: None,
+        refused: None,
+        started: Instant::now(),
+        bytes_up: bytes_up.clone(),
+        bytes_down: 0,
+        reflected: 0,
+        end: "refused",
+        activity,
+    };
+    let refuse =
+        |exchange: &mut Exchange, status: StatusCode, rule: &str, msg: &str, next: &str| {
+            exchange.status = status.as_u16();
+            exchange.refused = Some(format!("{rule}: {msg}"));
+            refusal(status, rule, msg, next)
+        };
+    let (mut parts, body) = req.into_parts();
+    let mut query: Vec<String> = parts
+        .uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+
+    // The token first: an unauthenticated client learns nothing about the allow list.
+    if let Err(e) = grant.auth.take_token(&mut parts.headers, &mut query) {
+        exchange.query = audit_query(&query);
+        let msg = match e {
+            TokenError::Missing => "no grant token on the request",
+            TokenError::Wrong => "the grant token is wrong",
+        };
+        if e == TokenError::Wrong {
+            // After a few wrong tokens a minute, answers are held back (as on the
+            // PostgreSQL listener); the connection keeps its slot meanwhile.
+            let t = grant.admission.record_failure(Instant::now());
+            if !t.delay.is_zero() {
+                tracing::warn!(
+                    failures = t.failures,
+                    delay_ms = t.delay.as_millis() as u64,
+                    "wrong grant token; answer delayed"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(t.delay) => {}
+                    _ = grant.cut.cancelled() => {}
+                }
+            }
+        }
+        let placement = crate::config::http::HttpAuth::token_placement(grant.auth.scheme());
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::UNAUTHORIZED,
+            "token",
+            msg,
+            &format!("send the token from your agentd handle as {placement}; if the grant expired, request access again"),
+        ));
+    }
+    exchange.query = audit_query(&query);
+    let head_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + parts.uri.to_string().len();
+    if head_bytes > grant.limits.max_head_bytes {
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers",
+            &format!(
+                "the request head is over {} bytes",
+                grant.limits.max_head_bytes
+            ),
+            "send fewer or smaller headers",
+        ));
+    }
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::FORBIDDEN,
+            "method",
+            "CONNECT and TRACE are never proxied",
+            "call the API's paths directly on the handle's base_url",
+        ));
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::FORBIDDEN,
+            "target",
+            "absolute-form request targets are refused (this is not a forward proxy)",
+            "send the path only, with the handle's base_url as the server",
+        ));
+    }
+    if parts.headers.contains_key(header::UPGRADE) {
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::FORBIDDEN,
+            "upgrade",
+            "protocol upgrades (WebSocket, h2c) are refused",
+            "use plain HTTP requests",
+        ));
+    }
+    let path = match super::path::normalise(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(refuse(
+                &mut exchange,
+                StatusCode::FORBIDDEN,
+                "path",
+                &e.to_string(),
+                "send the plain path, without encoded separators or dot segments",
+            ))
+        }
+    };
+    exchange.path = path.chars().take(512).collect();
+    let method = parts.method.as_str();
+    let Some(rule) = grant.allow.iter().find(|r| r.allows(method, &path)) else {
+        let allowed: Vec<String> = grant.allow.iter().map(|r| r.describe()).collect();
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::FORBIDDEN,
+            "allow_list",
+            &format!("{method} {path} is not allowed by this grant's permission"),
+            &format!(
+                "this grant allows only: {}; do not retry, request a permission that allows it (describe_resource lists them)",
+                allowed.join("; ")
+            ),
+        ));
+    };
+    exchange.rule = Some(rule.describe());
+
+    // Forward.
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    grant.auth.inject(&mut parts.headers, &mut query);
+    let mut target = format!("{}{}", grant.upstream.prefix, path);
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query.join("&"));
+    }
+    let uri = Uri::builder()
+        .scheme("https")
+        .authority(grant.upstream.authority.clone())
+        .path_and_query(target)
+        .build();
+    let Ok(uri) = uri else {
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::FORBIDDEN,
+            "target",
+            "the request target could not be rebuilt",
+            "send a plain path and query",
+        ));
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let body = RequestBody {
+        inner: body,
+        sent: bytes_up,
+        limit: grant.limits.max_body_bytes,
+    };
+    let upstream_req = Request::from_parts(parts, body);
+    let sent = tokio::select! {
+        r = grant.upstream.client.request(upstream_req) => r,
+        _ = grant.cut.cancelled() => {
+            exchange.end = "revoked";
+            exchange.status = 503;
+            return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE, "grant", "the grant ended", "request access again if still needed"));
+        }
+    };
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream request failed");
+            exchange.end = "upstream error";
+            exchange.status = 502;
+            return Ok(json_response(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({"error": {"type": "agentd_upstream", "message": "the upstream could not be reached or the request failed", "next_step": "retry later; `agentd status` shows the grant"}}),
+            ));
+        }
+    };
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    if rparts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        exchange.end = "refused";
+        return Ok(refuse(
+            &mut exchange,
+            StatusCode::BAD_GATEWAY,
+            "compression",
+            "the upstream sent a compressed response although agentd asked for identity; agentd cannot scan it for the secret",
+            "ask the upstream's owner to honour Accept-Encoding: identity",
+        ));
+    }
+    exchange.reflected = redact_headers(&grant.scanner, &mut rparts.headers);
+    let exchange_reflected = exchange.reflected;
+    if exchange.reflected > 0 {
+        // The body length may change with redaction.
+        rparts.headers.remove(header::CONTENT_LENGTH);
+    }
+    exchange.status = rparts.status.as_u16();
+    exchange.end = "client";
+    let body = ScannedBody {
+        inner: rbody,
+        scan: StreamScan::default(),
+        exchange,
+        cut: Box::pin(grant.cut.clone().cancelled_owned()),
+        done: false,
+        in_headers: exchange_reflected,
+    };
+    // Redaction can change the length, so the body goes out chunked (204 and 304 keep
+    // their headers: they have no body to change).
+    if !(rparts.status == StatusCode::NO_CONTENT || rparts.status == StatusCode::NOT_MODIFIED) {
+        rparts.headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(Response::from_parts(rparts, body.boxed_unsync()))
+}
