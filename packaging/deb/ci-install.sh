@@ -143,6 +143,8 @@ exec 3<&-
 
 if [ -f tests/tests/redteam.rs ]; then
   say "red team against the installed layout"
-  AGENTD_REDTEAM_INSTALLED=1 cargo test -p agentd-tests --test redteam
+  # One test at a time: each starts the installed daemon on the one /run/agentd socket with
+  # its own /etc/agentd/config.toml.
+  AGENTD_REDTEAM_INSTALLED=1 cargo test -p agentd-tests --test redteam -- --test-threads=1
 fi
 say "ok"

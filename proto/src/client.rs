@@ -126,9 +126,17 @@ pub fn socket_name(path: &Path) -> std::io::Result<interprocess::local_socket::N
 #[cfg(unix)]
 pub fn expected_server_uid(path: &Path) -> u32 {
     use std::os::unix::fs::MetadataExt as _;
-    if path.starts_with(crate::system::RUN_DIR) {
-        if let Ok(meta) = std::fs::metadata(crate::system::RUN_DIR) {
-            return meta.uid();
+    // The system run directory in force: the fixed one, or the same under a root-owned
+    // `AGENTD_SYSTEM_ROOT` prefix (a prefix that fails its checks is not honoured).
+    let run_dirs = [
+        Some(std::path::PathBuf::from(crate::system::RUN_DIR)),
+        crate::system::Layout::current().ok().map(|l| l.run_dir),
+    ];
+    for run_dir in run_dirs.into_iter().flatten() {
+        if path.starts_with(&run_dir) {
+            if let Ok(meta) = std::fs::metadata(&run_dir) {
+                return meta.uid();
+            }
         }
     }
     crate::socket::current_uid()

@@ -496,9 +496,9 @@ impl Broker {
             Some(r) if caller.owns(&r.owner) => {
                 Response::AccessRequest(Box::new(views::view_request(&state, r, true)))
             }
-            Some(r) if caller.is_admin() => {
-                Response::AccessRequest(Box::new(views::view_request(&state, r, false)))
-            }
+            // Admins read requests through `ListRequests` (never a handle); for everyone
+            // else, including a same-uid admin in user mode, someone else's request does not
+            // exist.
             _ => no_such_request(request_id),
         }
     }

@@ -604,7 +604,7 @@ async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantLi
                     wire::refuse(
                         &mut stream,
                         "28000",
-                        "agentd: this grant's socket serves only the user who requested the grant",
+                        "agentd: this socket serves only the OS user that owns the grant",
                     )
                     .await;
                     return;
