@@ -84,21 +84,7 @@ impl EchoUpstream {
     /// # Errors
     /// Certificate generation, the temp dir or the bind.
     pub async fn start() -> anyhow::Result<Self> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "agentd throwaway HTTP CA");
-        let ca = ca_params.self_signed(&ca_key)?;
-        let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let (ca, cert, key) = crate::pgcluster::localhost_ca_and_cert("agentd throwaway HTTP CA")?;
         let dir = tempfile::Builder::new()
             .prefix("agentd-upstream-")
             .tempdir()?;

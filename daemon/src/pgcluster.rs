@@ -212,24 +212,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// A CA and a server certificate for `localhost` / `127.0.0.1`, written as `ca.crt`
+    /// A CA and a server certificate ([`localhost_ca_and_cert`]), written as `ca.crt`
     /// (outside the data dir) and `server.crt` / `server.key` (0600, owned by the server user).
     fn write_tls_files(&self, data_dir: &Path) -> anyhow::Result<()> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "agentd throwaway CA");
-        let ca = ca_params.self_signed(&ca_key)?;
-        let key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let (ca, cert, key) = localhost_ca_and_cert("agentd throwaway CA")?;
         std::fs::write(&self.ca_file, ca.pem())?;
         let crt = data_dir.join("server.crt");
         let key_file = data_dir.join("server.key");
@@ -340,6 +326,32 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"], None);
     }
+}
+
+/// A throwaway CA named `ca_name` and a server certificate it signed for `localhost` and
+/// `127.0.0.1`: `(ca, server certificate, server key)`. Shared by the test clusters and the
+/// demo's HTTPS echo upstream.
+///
+/// # Errors
+/// Key generation or signing (rcgen).
+pub(crate) fn localhost_ca_and_cert(
+    ca_name: &str,
+) -> anyhow::Result<(rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    Ok((ca, cert, key))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -7,6 +7,34 @@ pub mod postgres;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Pause after a failed accept (e.g. out of file descriptors), so a burst of errors cannot
+/// spin the accept loop.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// The next connection `accept` yields, or `None` once `cut` fires: the accept step of every
+/// listener's loop (TCP and Unix, both kinds). A failed accept is logged and retried after
+/// [`ACCEPT_RETRY`].
+pub(crate) async fn next_accepted<T, F, Fut>(cut: &CancellationToken, mut accept: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    loop {
+        tokio::select! {
+            _ = cut.cancelled() => return None,
+            r = accept() => match r {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            },
+        }
+    }
+}
 
 /// A grant's listener, of either kind.
 #[derive(Debug, Clone)]

@@ -137,16 +137,9 @@ fn admit_peer(stream: &TcpStream, peer: &SocketAddr, grant: &HttpGrantListener) 
 
 async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = grant.cut.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = super::next_accepted(&grant.cut, || listener.accept()).await
+        else {
+            break;
         };
         if !admit_peer(&stream, &peer, &grant) {
             warn!(%peer, "refused peer");
@@ -230,16 +223,10 @@ pub fn spawn_unix(
         async move {
             let uid = grant.owner_uid;
             loop {
-                let stream = tokio::select! {
-                    _ = grant.cut.cancelled() => break,
-                    r = listener.accept() => match r {
-                        Ok((stream, _)) => stream,
-                        Err(e) => {
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                let Some((stream, _)) =
+                    super::next_accepted(&grant.cut, || listener.accept()).await
+                else {
+                    break;
                 };
                 if stream.peer_cred().ok().map(|c| c.uid()) != Some(uid) {
                     warn!(

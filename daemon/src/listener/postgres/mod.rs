@@ -94,16 +94,9 @@ pub async fn spawn(grant: Arc<GrantListener>, host: IpAddr) -> std::io::Result<S
 
 async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = grant.cut.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = super::next_accepted(&grant.cut, || listener.accept()).await
+        else {
+            break;
         };
         let span = tracing::info_span!("session", %peer);
         let Some(slot) = admit(&grant, &peer.to_string()) else {
@@ -574,16 +567,9 @@ pub fn write_service_file(
 async fn unix_accept_loop(listener: tokio::net::UnixListener, grant: Arc<GrantListener>) {
     let uid = grant.owner_uid;
     loop {
-        let mut stream = tokio::select! {
-            _ = grant.cut.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((mut stream, _)) = super::next_accepted(&grant.cut, || listener.accept()).await
+        else {
+            break;
         };
         let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
         let Some(slot) = admit(&grant, "unix") else {
