@@ -233,6 +233,13 @@ username = "{ROLE}"
 credential = {{ source = "keyring" }}
 policy = "{policy}"
 max_ttl = "1h"
+
+# Auto-approves the agent type the red team's client claims, but only for another OS user:
+# the daemon matches `users` against the peer's uid, so the agent's claim must not match.
+[[resources.{RESOURCE}.permissions.{PERMISSION}.rules]]
+users = ["{OTHER}"]
+agents = ["redteam"]
+policy = "auto"
 "#,
         ca = ca.display()
     )
@@ -534,8 +541,16 @@ async fn attacks(
     let _ = rival.wait().await;
     out.push(rival_outcome);
 
-    // 6. Approve its own request: a raw Approve frame, then through script(1).
+    // 6. Claim the agent type an auto rule trusts (the rule lists another OS user):
+    //    `agent_request` fails unless the request is left pending for a human.
     let req = agent_request(target, script).await?;
+    out.push(outcome(
+        "claim the agent type of an `auto` rule meant for another OS user",
+        true,
+        format!("pending: the rule auto-approves `redteam` only for OS user {OTHER}, and the daemon reads the requester's uid"),
+    ));
+
+    // 7. Approve its own request: a raw Approve frame, then through script(1).
     let frame = format!(
         r#"{{"op":"approve","request_id":"{}","presence":{{"tty":"/dev/pts/0","user":"root"}}}}"#,
         req.id
@@ -556,7 +571,7 @@ async fn attacks(
     ));
     seen.push(r.stdout);
 
-    // 7. The other user, on the control socket.
+    // 8. The other user, on the control socket.
     let r = run(target.cli(OTHER, &["status"]), None).await?;
     out.push(outcome(
         "a non-client user uses the control socket",

@@ -5,6 +5,7 @@
 
 use agentd::demo::SandboxOptions;
 use agentd_tests::*;
+use anyhow::Context as _;
 use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 
@@ -551,6 +552,52 @@ async fn sigkill_mid_traffic_leaves_a_verifiable_log_and_restart_records_the_gra
     assert!(!ok, "the old handle must not work after the restart");
     assert!(!err.is_empty());
     audit_verifies(&sandbox).await?;
+    daemon.stop().await?;
+    Ok(())
+}
+
+/// A rule's `users` is matched against the OS user the daemon reads for the peer's uid: a
+/// rule for another user is skipped even when the claimed agent type matches, and the rule
+/// for the user the test runs as decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_rule_matches_the_os_user_the_daemon_sees() -> anyhow::Result<()> {
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())?
+        .context("the test's uid has no user name")?
+        .name;
+    let rule = |users: &str, max: &str| {
+        format!(
+            "\n[[resources.{RESOURCE}.permissions.{PERMISSION}.rules]]\n\
+             users = [\"{users}\"]\nagents = [\"e2e-test\"]\npolicy = \"auto\"\nmax_ttl = \"{max}\"\n"
+        )
+    };
+    let sandbox = sandbox(SandboxOptions {
+        policy: "approval".to_owned(),
+        extra_permission_toml: format!("{}{}", rule("nobody-agentd-e2e", "5m"), rule(&me, "7m")),
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let text = agentd_cli(&sandbox, &["config", "check"]).await?.stdout;
+    assert!(
+        text.contains(&format!(
+            "OS user {me}, e2e-test (claimed) at any time: auto, max 7m"
+        )) && text.contains("no OS user \"nobody-agentd-e2e\"")
+            && !text.contains("trusts only the agent type"),
+        "{text}"
+    );
+
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    let mcp = McpSession::start(&sandbox, &[]).await?;
+    let auto = mcp
+        .call(
+            "request_access",
+            json!({"resource": RESOURCE, "permission": PERMISSION, "duration": "1h",
+                   "justification": "users rule test"}),
+        )
+        .await?;
+    assert_eq!(auto.value["state"], "approved", "{}", auto.raw);
+    assert_eq!(auto.value["decided_by"], "policy rule 1", "{}", auto.raw);
+    assert_eq!(auto.value["duration_seconds"], 420);
+    mcp.close().await?;
     daemon.stop().await?;
     Ok(())
 }

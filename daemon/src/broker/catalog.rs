@@ -9,7 +9,7 @@ use agentd_proto::{GrantState, HeldGrant, PermissionInfo, ResourceInfo, Response
 impl Broker {
     /// The configured resources for [`agentd_proto::Request::ListResources`]. With
     /// `agent_type`, each permission carries `policy_now` / `max_ttl_now_seconds` (the policy
-    /// decision for that agent type at the current local time) and the ids of `caller`'s
+    /// decision for that agent type and `caller`'s OS user at the current local time) and the ids of `caller`'s
     /// active grants on it.
     pub fn list_resources(&self, agent_type: Option<&str>, caller: &Principal) -> Response {
         let now_local = chrono::Local::now().naive_local();
@@ -35,8 +35,13 @@ impl Broker {
                     .permissions
                     .iter()
                     .map(|(pname, p)| {
-                        let now =
-                            agent_type.and_then(|a| policy::decide(p, a, None, now_local).ok());
+                        let now = agent_type.and_then(|agent_type| {
+                            let who = policy::Requester {
+                                agent_type,
+                                user: Some(&caller.user),
+                            };
+                            policy::decide(p, &who, None, now_local).ok()
+                        });
                         PermissionInfo {
                             name: pname.clone(),
                             description: p.description.clone(),

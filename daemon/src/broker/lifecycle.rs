@@ -44,11 +44,14 @@ impl Broker {
         }
         let requested = spec.duration_seconds.map(Duration::from_secs);
         let now_local = chrono::Local::now().naive_local();
-        let decision =
-            match policy::decide(permission, &spec.agent.agent_type, requested, now_local) {
-                Ok(d) => d,
-                Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
-            };
+        let who = policy::Requester {
+            agent_type: &spec.agent.agent_type,
+            user: Some(&caller.user),
+        };
+        let decision = match policy::decide(permission, &who, requested, now_local) {
+            Ok(d) => d,
+            Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+        };
         let now = SystemTime::now();
         let mut record = RequestRecord {
             id: super::ids::request_id(),

@@ -295,9 +295,29 @@ fn permission_report(
             ));
         }
     }
+    for (i, rule) in perm.rules.iter().enumerate() {
+        if policy::auto_on_claim_only(rule) {
+            let fix = match config.daemon.mode {
+                crate::principal::Mode::System => "add `users = [\"<OS user>\"]` (checked by the daemon from the peer's uid) or use policy = \"approval\"",
+                crate::principal::Mode::User => "in user mode every requester runs as you, so `users` cannot tell an agent from you either: use policy = \"approval\", or system mode with `users`",
+            };
+            warnings.push(format!(
+                "{field}.rules[{i}]: policy = \"auto\" trusts only the agent type ({}), which the client claims: any local process that says it is {} gets this access with no human in the loop; {fix}",
+                rule.agents.join(", "),
+                rule.agents.first().map(String::as_str).unwrap_or("that agent")
+            ));
+        }
+        for user in &rule.users {
+            if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+                warnings.push(format!(
+                    "{field}.rules[{i}].users: no OS user {user:?} on this machine; the rule matches nobody until it exists"
+                ));
+            }
+        }
+    }
     for (shadowed, by) in policy::shadowed_rules(perm) {
         warnings.push(format!(
-            "{field}.rules[{shadowed}]: can never match: rules[{by}] ({}) has no window and covers the same agents, so it always decides first",
+            "{field}.rules[{shadowed}]: can never match: rules[{by}] ({}) has no window and covers the same users and agents, so it always decides first",
             policy::describe_rule(&perm.rules[by])
         ));
     }
@@ -617,6 +637,29 @@ credential = { source = "keyring", entry = "custom" }
     }
 
     #[test]
+    fn rules_for_verified_users_are_not_claim_only_and_unknown_users_are_named() {
+        let config = CONFIG.replace(
+            "agents = [\"Cursor\"]\n",
+            "agents = [\"Cursor\"]\nusers = [\"root\", \"no-such-user-agentd\"]\n",
+        );
+        let (_dir, path) = write(&config);
+        let report = check(&path, &mut fake);
+        let w = report.warnings.join("\n");
+        assert!(!w.contains("trusts only the agent type"), "{w}");
+        assert!(
+            w.contains(
+                "resources.app.permissions.ro.rules[1].users: no OS user \"no-such-user-agentd\""
+            ),
+            "{w}"
+        );
+        assert!(!w.contains("no OS user \"root\""), "{w}");
+        assert_eq!(
+            report.resources[0].permissions[0].explain[1],
+            "OS users root, no-such-user-agentd, Cursor (claimed) on Mon 09:00–10:00: auto, max 12h"
+        );
+    }
+
+    #[test]
     fn reports_resources_permissions_and_warnings() {
         let (_dir, path) = write(CONFIG);
         let report = check(&path, &mut fake);
@@ -630,7 +673,7 @@ credential = { source = "keyring", entry = "custom" }
         let ro = &r.permissions[0];
         assert_eq!(ro.secret, SecretStatus::Present);
         assert_eq!(ro.explain.len(), 3);
-        assert_eq!(ro.explain[0], "cursor at any time: deny");
+        assert_eq!(ro.explain[0], "cursor (claimed) at any time: deny");
         let rw = &r.permissions[1];
         assert_eq!(
             rw.credential,
@@ -646,13 +689,14 @@ credential = { source = "keyring", entry = "custom" }
             "resources.app.permissions.rw.credential: a fixed login; if this permission can write, prefer source = \"dynamic\"",
             "resources.app.tls: \"require\" encrypts but does not check",
             "resources.app.permissions.ro: policy = \"auto\" with max_ttl 12h (over 8h)",
-            "resources.app.permissions.ro.rules[1]: can never match: rules[0] (cursor at any time: deny)",
+            "resources.app.permissions.ro.rules[1]: can never match: rules[0] (cursor (claimed) at any time: deny)",
+            "resources.app.permissions.ro.rules[1]: policy = \"auto\" trusts only the agent type (Cursor), which the client claims",
             "resources.app.permissions.ro.default_ttl: 13h is above max_ttl 12h",
             "resources.app.permissions.rw: no secret stored; run `agentd secret set app rw`",
         ] {
             assert!(w.contains(want), "missing {want:?} in\n{w}");
         }
-        assert_eq!(report.warnings.len(), 7, "{w}");
+        assert_eq!(report.warnings.len(), 8, "{w}");
 
         let text = render_text(&report);
         for want in [
@@ -661,7 +705,7 @@ credential = { source = "keyring", entry = "custom" }
             "    secret:     missing — run `agentd secret set app rw`",
             "    warning: rules[1]: can never match",
             "      otherwise: auto, max 12h; longer requests are clamped",
-            "7 warnings",
+            "8 warnings",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
@@ -678,7 +722,7 @@ credential = { source = "keyring", entry = "custom" }
             json["resources"][0]["permissions"][0]["max_ttl_seconds"],
             43200
         );
-        assert_eq!(json["warnings"].as_array().unwrap().len(), 7);
+        assert_eq!(json["warnings"].as_array().unwrap().len(), 8);
         assert!(json.get("error").is_none());
     }
 

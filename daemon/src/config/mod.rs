@@ -37,9 +37,10 @@
 //! max_ttl = "2h"
 //! over_max_ttl = "clamp"                 # clamp | refuse requests longer than max_ttl
 //!
-//! # Rules are tried in order; the first whose agents and window both match decides.
+//! # Rules are tried in order; the first whose users, agents and window all match decides.
 //! [[resources.app-db.permissions.read_only.rules]]
-//! agents = ["claude-code", "cursor"]     # agent types; empty or absent = any agent
+//! users = ["alice"]                      # OS users, verified by the daemon; absent = anyone
+//! agents = ["claude-code", "cursor"]     # agent types (claimed by the client); absent = any
 //! window = { days = ["mon", "tue", "wed", "thu", "fri"], start = "09:00", end = "18:00" }
 //! policy = "auto"
 //! max_ttl = "30m"                        # overrides the permission's max_ttl
@@ -442,13 +443,22 @@ pub enum OverMaxTtl {
     Refuse,
 }
 
-/// One policy rule of a permission. A rule matches when the agent type is in `agents` (or
-/// `agents` is empty) and the local time is inside `window` (or there is none).
+/// One policy rule of a permission. A rule matches when the requester's OS user is in
+/// `users` (or `users` is empty), the agent type is in `agents` (or `agents` is empty) and
+/// the local time is inside `window` (or there is none).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// OS user names the rule applies to, e.g. `alice`; compared exactly against the user
+    /// name the daemon looks up for the requesting process's uid (`SO_PEERCRED`, then the
+    /// password database), so a client cannot claim one. Empty (or absent) means any user.
+    /// Letters, digits, `-`, `_` and `.`.
+    #[serde(default)]
+    pub users: Vec<String>,
     /// Agent types the rule applies to, e.g. `claude-code`, `cursor`; compared exactly but
     /// case-insensitively. Empty (or absent) means any agent. Letters, digits, `-`, `_`.
+    /// The agent type is what the client says it is (the MCP client's name): any local
+    /// process can claim any type, so it selects a policy but authenticates nothing.
     #[serde(default)]
     pub agents: Vec<String>,
     /// When the rule applies (local time); `None` means always.
@@ -756,6 +766,14 @@ impl Config {
                     ResourceKind::Postgres => {}
                 }
                 for (i, rule) in perm.rules.iter().enumerate() {
+                    for (j, user) in rule.users.iter().enumerate() {
+                        if !valid_user_name(user) {
+                            return Err(invalid(
+                                field(&format!("rules[{i}].users[{j}]")),
+                                &format!("invalid OS user name {user:?}; user names may use letters, digits, '-', '_' and '.' only"),
+                            ));
+                        }
+                    }
                     for (j, agent) in rule.agents.iter().enumerate() {
                         if !valid_name(agent) {
                             return Err(invalid(
@@ -863,6 +881,17 @@ fn check_windows(table: &toml::Table) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// An OS user name as `useradd` accepts it (portable subset): letters, digits, `-`, `_`,
+/// `.`, not starting with `-`, at most 256 bytes.
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 fn valid_name(name: &str) -> bool {

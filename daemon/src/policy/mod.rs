@@ -1,13 +1,15 @@
-//! The policy decision: which (permission, agent type, duration, local time) is
+//! The policy decision: which (permission, requester, duration, local time) is
 //! auto-approved, needs a human's approval, or is denied, and for how long.
 //!
 //! Pure and clock-free: [`decide`] takes the local time as a parameter; the caller reads
 //! `chrono::Local::now().naive_local()`.
 //!
 //! How a decision is made:
-//! 1. The permission's `rules` are tried in order. A rule matches when its `agents` list is
-//!    empty or holds the agent type (exact, case-insensitive), and its `window` is absent or
-//!    contains the local time. The first match decides the policy and the `max_ttl` (the
+//! 1. The permission's `rules` are tried in order. A rule matches when its `users` list is
+//!    empty or holds the requester's OS user name (exact; the daemon's lookup of the peer
+//!    uid, see [`Requester`]), its `agents` list is empty or holds the agent type (exact,
+//!    case-insensitive; claimed by the client), and its `window` is absent or contains the
+//!    local time. The first match decides the policy and the `max_ttl` (the
 //!    rule's own, else the permission's).
 //! 2. No match: the permission's own `policy` and `max_ttl`.
 //! 3. Duration: the requested one, else the permission's default TTL capped at the deciding
@@ -26,6 +28,27 @@ use std::time::Duration;
 
 /// Requests for `auto` access longer than this draw a warning from `agentd config check`.
 pub const LONG_AUTO_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// Who asks, as far as the policy is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester<'a> {
+    /// The agent type the client *claims* (`claude-code`); anything local can say anything.
+    pub agent_type: &'a str,
+    /// The requesting process's OS user name as the daemon looked it up (peer uid →
+    /// password database, [`crate::principal::Principal::user`]); `None` when unknown, which
+    /// matches no rule that lists `users`.
+    pub user: Option<&'a str>,
+}
+
+impl<'a> Requester<'a> {
+    /// A requester known only by its claimed agent type (no verified user).
+    pub fn claiming(agent_type: &'a str) -> Self {
+        Requester {
+            agent_type,
+            user: None,
+        }
+    }
+}
 
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +84,9 @@ pub enum PolicyError {
     ZeroDuration,
 }
 
-/// Decides a request for `permission` by an agent of type `agent_type` (e.g.
-/// `claude-code`; any string, matched case-insensitively) for `requested` (or the default
-/// TTL when `None`) at local time `now`. See the module docs for the rules.
+/// Decides a request for `permission` by `who` (claimed agent type, verified OS user) for
+/// `requested` (or the default TTL when `None`) at local time `now`. See the module docs
+/// for the rules.
 ///
 /// # Errors
 /// [`PolicyError::ZeroDuration`] for a zero duration; [`PolicyError::OverMaxTtl`] when the
@@ -71,14 +94,14 @@ pub enum PolicyError {
 /// and the decision is not `deny`.
 pub fn decide(
     permission: &Permission,
-    agent_type: &str,
+    who: &Requester<'_>,
     requested: Option<Duration>,
     now: NaiveDateTime,
 ) -> Result<Decision, PolicyError> {
     let matched = permission
         .rules
         .iter()
-        .position(|r| rule_matches(r, agent_type, now));
+        .position(|r| rule_matches(r, who, now));
     let (policy, max_ttl) = match matched.map(|i| &permission.rules[i]) {
         Some(rule) => (rule.policy, rule.max_ttl.unwrap_or(permission.max_ttl)),
         None => (permission.policy, permission.max_ttl),
@@ -103,14 +126,26 @@ pub fn decide(
     })
 }
 
-/// Whether `rule` applies to `agent_type` at local time `now`.
-pub fn rule_matches(rule: &Rule, agent_type: &str, now: NaiveDateTime) -> bool {
+/// Whether `rule` applies to `who` at local time `now`.
+pub fn rule_matches(rule: &Rule, who: &Requester<'_>, now: NaiveDateTime) -> bool {
+    let user_ok = rule.users.is_empty()
+        || who
+            .user
+            .is_some_and(|user| rule.users.iter().any(|u| u == user));
     let agent_ok = rule.agents.is_empty()
         || rule
             .agents
             .iter()
-            .any(|a| a.eq_ignore_ascii_case(agent_type));
-    agent_ok && rule.window.as_ref().is_none_or(|w| window_contains(w, now))
+            .any(|a| a.eq_ignore_ascii_case(who.agent_type));
+    user_ok && agent_ok && rule.window.as_ref().is_none_or(|w| window_contains(w, now))
+}
+
+/// Whether `rule` auto-approves on a claimed agent type alone: `policy = "auto"`, an
+/// `agents` list, and no `users` list the daemon verifies. Any local process that names
+/// one of those agent types gets the access without a human, so `agentd config check`
+/// warns about it.
+pub fn auto_on_claim_only(rule: &Rule) -> bool {
+    rule.policy == PolicyDecision::Auto && !rule.agents.is_empty() && rule.users.is_empty()
 }
 
 /// Whether local time `now` is inside `window` (see [`TimeWindow`] for overnight windows).
@@ -125,16 +160,21 @@ pub fn window_contains(window: &TimeWindow, now: NaiveDateTime) -> bool {
 }
 
 /// Pairs `(shadowed, by)`: rule `shadowed` can never match because the earlier rule `by`
-/// has no window and its agents cover all of `shadowed`'s (empty = any agent).
+/// has no window and its users and agents cover all of `shadowed`'s (empty = any).
 pub fn shadowed_rules(permission: &Permission) -> Vec<(usize, usize)> {
+    let list_covers = |earlier: &[String], later: &[String], same: fn(&str, &str) -> bool| {
+        earlier.is_empty()
+            || (!later.is_empty()
+                && later
+                    .iter()
+                    .all(|l| earlier.iter().any(|e| same(e.as_str(), l.as_str()))))
+    };
     let covers = |earlier: &Rule, later: &Rule| {
         earlier.window.is_none()
-            && (earlier.agents.is_empty()
-                || (!later.agents.is_empty()
-                    && later
-                        .agents
-                        .iter()
-                        .all(|a| earlier.agents.iter().any(|e| e.eq_ignore_ascii_case(a)))))
+            && list_covers(&earlier.users, &later.users, |a, b| a == b)
+            && list_covers(&earlier.agents, &later.agents, |a, b| {
+                a.eq_ignore_ascii_case(b)
+            })
     };
     let rules = &permission.rules;
     (0..rules.len())
@@ -147,8 +187,8 @@ pub fn shadowed_rules(permission: &Permission) -> Vec<(usize, usize)> {
 }
 
 /// One plain-English line for a rule, without the permission's fallback `max_ttl` (a rule
-/// without its own `max_ttl` says "max as permission"), e.g. `claude-code, cursor on
-/// Mon–Fri 09:00–18:00: auto, max 30m`.
+/// without its own `max_ttl` says "max as permission"), e.g. `OS user alice, agent
+/// claude-code, cursor (claimed) on Mon–Fri 09:00–18:00: auto, max 30m`.
 pub fn describe_rule(rule: &Rule) -> String {
     let max = match rule.max_ttl {
         Some(d) => fmt(d),
@@ -183,10 +223,20 @@ pub fn explain(permission: &Permission) -> Vec<String> {
 }
 
 fn describe(rule: &Rule, max: &str) -> String {
-    let who = if rule.agents.is_empty() {
+    let agents = if rule.agents.is_empty() {
         "any agent".to_owned()
     } else {
-        rule.agents.join(", ")
+        format!("{} (claimed)", rule.agents.join(", "))
+    };
+    let who = if rule.users.is_empty() {
+        agents
+    } else {
+        let noun = if rule.users.len() == 1 {
+            "user"
+        } else {
+            "users"
+        };
+        format!("OS {noun} {}, {agents}", rule.users.join(", "))
     };
     let when = match &rule.window {
         None => "at any time".to_owned(),

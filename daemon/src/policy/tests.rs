@@ -145,8 +145,13 @@ policy = "auto"
 fn decisions() {
     for (what, config, agent, requested, time, want) in cases() {
         let p = perm(&config);
-        let got = decide(&p, agent, requested.map(mins), at(time))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = decide(
+            &p,
+            &Requester::claiming(agent),
+            requested.map(mins),
+            at(time),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
         let (policy, rule, max, duration, clamped) = want;
         let want = Decision {
             policy,
@@ -164,16 +169,32 @@ fn refusals() {
     let refuse = |rules: &str| perm(&format!("over_max_ttl = \"refuse\"\n{rules}"));
     let p = refuse(WORK_HOURS);
     assert_eq!(
-        decide(&p, "cursor", Some(mins(31)), at("wed 12:00")),
+        decide(
+            &p,
+            &Requester::claiming("cursor"),
+            Some(mins(31)),
+            at("wed 12:00")
+        ),
         Err(PolicyError::OverMaxTtl {
             requested: mins(31),
             max_ttl: mins(30)
         })
     );
     // Outside the rule, the permission's 1h applies.
-    assert!(decide(&p, "cursor", Some(mins(31)), at("sat 12:00")).is_ok());
+    assert!(decide(
+        &p,
+        &Requester::claiming("cursor"),
+        Some(mins(31)),
+        at("sat 12:00")
+    )
+    .is_ok());
     assert_eq!(
-        decide(&p, "cursor", Some(mins(61)), at("sat 12:00")),
+        decide(
+            &p,
+            &Requester::claiming("cursor"),
+            Some(mins(61)),
+            at("sat 12:00")
+        ),
         Err(PolicyError::OverMaxTtl {
             requested: mins(61),
             max_ttl: mins(60)
@@ -181,7 +202,7 @@ fn refusals() {
     );
     // The default is capped, so it is never refused.
     let p = refuse(&format!("default_ttl = \"45m\"\n{WORK_HOURS}"));
-    let d = decide(&p, "cursor", None, at("wed 12:00")).unwrap();
+    let d = decide(&p, &Requester::claiming("cursor"), None, at("wed 12:00")).unwrap();
     assert_eq!((d.duration, d.clamped), (mins(30), false));
 
     let msg = PolicyError::OverMaxTtl {
@@ -197,13 +218,23 @@ fn zero_duration() {
     let p = perm(WORK_HOURS);
     for agent in ["cursor", "other"] {
         assert_eq!(
-            decide(&p, agent, Some(Duration::ZERO), at("wed 12:00")),
+            decide(
+                &p,
+                &Requester::claiming(agent),
+                Some(Duration::ZERO),
+                at("wed 12:00")
+            ),
             Err(PolicyError::ZeroDuration)
         );
     }
     let p = perm(NIGHT_DENY);
     assert_eq!(
-        decide(&p, "x", Some(Duration::ZERO), at("fri 23:00")),
+        decide(
+            &p,
+            &Requester::claiming("x"),
+            Some(Duration::ZERO),
+            at("fri 23:00")
+        ),
         Err(PolicyError::ZeroDuration)
     );
 }
@@ -216,7 +247,7 @@ fn explains() {
     assert_eq!(
         explain(&p),
         vec![
-            "claude-code, cursor on Mon–Fri 09:00–18:00: auto, max 30m",
+            "claude-code, cursor (claimed) on Mon–Fri 09:00–18:00: auto, max 30m",
             "any agent on Fri 22:00–06:00 (overnight): deny",
             "any agent every day 22:00–06:00 (overnight): auto, max 1h",
             "any agent at any time: auto, max 2h",
@@ -229,7 +260,7 @@ fn explains() {
     );
     assert_eq!(
         describe_rule(&p.rules[0]),
-        "claude-code, cursor on Mon–Fri 09:00–18:00: auto, max 30m"
+        "claude-code, cursor (claimed) on Mon–Fri 09:00–18:00: auto, max 30m"
     );
 }
 
@@ -288,4 +319,59 @@ fn shadowing() {
     assert_eq!(pairs(&[&wider, CURSOR_DENY]), vec![(1, 0)]);
     // A specific rule never shadows a catch-all.
     assert_eq!(pairs(&[CURSOR_DENY, ANY_AUTO_2H]), vec![]);
+}
+
+const ALICE_AUTO: &str = r#"
+[[resources.app.permissions.p.rules]]
+users = ["alice"]
+agents = ["claude-code"]
+policy = "auto"
+"#;
+
+#[test]
+fn users_are_matched_against_the_verified_user_only() {
+    let p = perm(ALICE_AUTO);
+    let decide_for = |agent: &str, user: Option<&str>| {
+        let who = Requester {
+            agent_type: agent,
+            user,
+        };
+        decide(&p, &who, None, at("wed 12:00")).unwrap().policy
+    };
+    assert_eq!(decide_for("claude-code", Some("alice")), Auto);
+    // Another OS user claiming the same agent type, an unknown user, a user name that
+    // differs only in case: the rule does not match, the permission's approval applies.
+    assert_eq!(decide_for("claude-code", Some("mallory")), Approval);
+    assert_eq!(decide_for("claude-code", None), Approval);
+    assert_eq!(decide_for("claude-code", Some("Alice")), Approval);
+    // The right user with another agent type: still the agent list decides.
+    assert_eq!(decide_for("cursor", Some("alice")), Approval);
+    assert_eq!(
+        describe_rule(&p.rules[0]),
+        "OS user alice, claude-code (claimed) at any time: auto, max as permission"
+    );
+}
+
+#[test]
+fn auto_on_a_claimed_agent_type_alone_is_flagged() {
+    assert!(auto_on_claim_only(
+        &perm(CURSOR_DENY.replace("deny", "auto").as_str()).rules[0]
+    ));
+    assert!(!auto_on_claim_only(&perm(ALICE_AUTO).rules[0]));
+    assert!(!auto_on_claim_only(&perm(CURSOR_DENY).rules[0]));
+    // Auto for any agent is not a trust in a claim (it is its own decision).
+    assert!(!auto_on_claim_only(&perm(ANY_AUTO_2H).rules[0]));
+}
+
+#[test]
+fn users_take_part_in_shadowing() {
+    let pairs = |rules: &[&str]| shadowed_rules(&perm(&rules.join("\n")));
+    let anyone_claude = ALICE_AUTO.replace("users = [\"alice\"]\n", "");
+    let bob = ALICE_AUTO.replace("alice", "bob");
+    // A rule for alice does not shadow the same rule for bob or for anyone…
+    assert_eq!(pairs(&[ALICE_AUTO, &bob]), vec![]);
+    assert_eq!(pairs(&[ALICE_AUTO, &anyone_claude]), vec![]);
+    // …but a rule for anyone shadows the one for alice, and alice's shadows alice's.
+    assert_eq!(pairs(&[&anyone_claude, ALICE_AUTO]), vec![(1, 0)]);
+    assert_eq!(pairs(&[ALICE_AUTO, ALICE_AUTO]), vec![(1, 0)]);
 }
