@@ -423,6 +423,9 @@ pub enum ErrorCode {
     PresenceRequired,
     /// The audit log cannot be written; the daemon refuses to grant unaudited access.
     AuditUnavailable,
+    /// The caller's OS user already has as many pending requests or active grants as the
+    /// daemon allows (`[daemon] max_pending_per_user`, `max_grants_per_user`).
+    LimitReached,
     /// Something failed inside the daemon; details are in its log.
     Internal,
 }

@@ -578,6 +578,37 @@ async fn attacks(
         r.code != 0,
         r.stderr.trim().to_owned(),
     ));
+
+    // 9. Bury the approver in requests (one connection each, as a looping agent would).
+    let frame = format!(
+        r#"{{"op":"request_access","resource":"{RESOURCE}","permission":"{PERMISSION}","justification":"flood","agent":{{"agent_type":"flood"}}}}"#
+    );
+    let (mut accepted, mut refusal) = (0, None);
+    for _ in 0..32 {
+        let r = run(target.py(AGENT, script, &["send", &socket, &frame]), None).await?;
+        let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or_default();
+        if v["state"] == "pending" {
+            accepted += 1;
+        } else {
+            refusal = Some(v);
+            break;
+        }
+    }
+    let limited = refusal
+        .as_ref()
+        .is_some_and(|v| v["code"] == "limit_reached");
+    out.push(outcome(
+        "flood the approver with pending requests",
+        limited,
+        match &refusal {
+            Some(v) if limited => format!(
+                "{accepted} more accepted as pending, then limit_reached: {}",
+                v["message"].as_str().unwrap_or_default()
+            ),
+            Some(v) => format!("{accepted} accepted, then {v}"),
+            None => format!("{accepted} accepted and still accepting"),
+        },
+    ));
     Ok((out, req))
 }
 

@@ -556,6 +556,66 @@ async fn sigkill_mid_traffic_leaves_a_verifiable_log_and_restart_records_the_gra
     Ok(())
 }
 
+/// One OS user cannot bury the approver in requests or hold unbounded grants: past
+/// `max_pending_per_user` requests that need approval, and past `max_grants_per_user`
+/// auto-approved ones, are refused with `limit_reached` and advice; releasing a grant makes
+/// room again, and the daemon keeps serving throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_limits_on_pending_requests_and_grants() -> anyhow::Result<()> {
+    let sandbox = sandbox(SandboxOptions {
+        policy: "approval".to_owned(),
+        extra_daemon_toml: "max_pending_per_user = 2\nmax_grants_per_user = 1\n".to_owned(),
+        extra_permission_toml: format!(
+            "\n[[resources.{RESOURCE}.permissions.{PERMISSION}.rules]]\n\
+             agents = [\"e2e-test\"]\npolicy = \"auto\"\n"
+        ),
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let daemon = DaemonProcess::start(&sandbox).await?;
+    let request = ["request", RESOURCE, "--permission", PERMISSION, "--json"];
+    for _ in 0..2 {
+        let pending = agentd_cli(&sandbox, &request).await?;
+        assert_eq!(pending.json()?["state"], "pending", "{}", pending.stdout);
+    }
+    let third = agentd_cli(&sandbox, &request).await?;
+    let said = format!("{}{}", third.stdout, third.stderr);
+    assert_ne!(third.code, 0, "{said}");
+    assert!(
+        said.contains("already has 2 pending requests")
+            && said.contains("max_pending_per_user = 2"),
+        "{said}"
+    );
+
+    let mcp = McpSession::start(&sandbox, &[]).await?;
+    let ask = json!({"resource": RESOURCE, "permission": PERMISSION,
+                     "justification": "limit test"});
+    let first = mcp.call("request_access", ask.clone()).await?;
+    assert_eq!(first.value["state"], "approved", "{}", first.raw);
+    let over = mcp.call("request_access", ask.clone()).await?;
+    assert!(
+        over.is_error
+            && over.raw.contains("already has 1 active grants")
+            && over.raw.contains("release_access"),
+        "{}",
+        over.raw
+    );
+    let released = mcp
+        .call(
+            "release_access",
+            json!({"grant_id": grant_id(&first.value)}),
+        )
+        .await?;
+    assert!(!released.is_error, "{}", released.raw);
+    let again = mcp.call("request_access", ask).await?;
+    assert_eq!(again.value["state"], "approved", "{}", again.raw);
+    let status = agentd_cli(&sandbox, &["status", "--json"]).await?;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    mcp.close().await?;
+    daemon.stop().await?;
+    Ok(())
+}
+
 /// A rule's `users` is matched against the OS user the daemon reads for the peer's uid: a
 /// rule for another user is skipped even when the claimed agent type matches, and the rule
 /// for the user the test runs as decides.

@@ -10,9 +10,10 @@ use super::views::view_request;
 use super::{error, no_such_request, notify, Broker, RequestRecord, MIN_TTL};
 use crate::audit::AuditEvent;
 use crate::policy;
-use crate::principal::Principal;
+use crate::principal::{Owner, Principal};
 use agentd_proto::{
-    AccessRequestSpec, ErrorCode, PolicyDecision, RequestState, Response, MAX_AWAIT_SECONDS,
+    AccessRequestSpec, ErrorCode, GrantState, PolicyDecision, RequestState, Response,
+    MAX_AWAIT_SECONDS,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -52,6 +53,9 @@ impl Broker {
             Ok(d) => d,
             Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
         };
+        if let Some(refusal) = self.refuse_over_user_limit(&owner, decision.policy) {
+            return refusal;
+        }
         let now = SystemTime::now();
         let mut record = RequestRecord {
             id: super::ids::request_id(),
@@ -159,6 +163,49 @@ impl Broker {
         self.persist();
         self.announce_change();
         response
+    }
+
+    /// The refusal for a request by `owner` that would take its OS user past
+    /// `max_pending_per_user` (a request that waits for approval) or `max_grants_per_user`
+    /// (an auto-approved one); `None` when within both. Checked on arrival: requests that
+    /// arrive at the same instant may overshoot by the number in flight.
+    fn refuse_over_user_limit(&self, owner: &Owner, policy: PolicyDecision) -> Option<Response> {
+        let settings = &self.config().daemon;
+        let state = self.state();
+        let (count, limit, what, next) = match policy {
+            PolicyDecision::Deny => return None,
+            PolicyDecision::Approval => (
+                state
+                    .requests
+                    .values()
+                    .filter(|r| r.state == RequestState::Pending && r.owner.uid == owner.uid)
+                    .count(),
+                settings.max_pending_per_user,
+                "pending requests",
+                "wait for the human's decision on those (await_approval) or cancel one you no longer need, then ask again",
+            ),
+            PolicyDecision::Auto => (
+                state
+                    .grants
+                    .values()
+                    .filter(|g| g.state == GrantState::Active && g.owner.uid == owner.uid)
+                    .count(),
+                settings.max_grants_per_user,
+                "active grants",
+                "release grants you no longer use (release_access), then ask again",
+            ),
+        };
+        (count >= limit).then(|| {
+            info!(uid = owner.uid, count, limit, what, "request refused: per-user limit");
+            error(
+                ErrorCode::LimitReached,
+                format!(
+                    "OS user {} already has {count} {what}, the most this daemon allows ([daemon] max_{}_per_user = {limit}); {next}",
+                    agentd_proto::text::terminal_safe(&owner.user, 64),
+                    if policy == PolicyDecision::Auto { "grants" } else { "pending" },
+                ),
+            )
+        })
     }
 
     /// A human approves a pending request (the control server checked user presence).

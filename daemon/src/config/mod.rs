@@ -10,6 +10,8 @@
 //! pending_timeout = "10m"          # pending access requests expire after this
 //! retention = "1h"                 # ended grants / decided requests are forgotten after this
 //! notify = true                    # desktop notification on a new pending request
+//! max_pending_per_user = 8         # pending requests one OS user may have at once
+//! max_grants_per_user = 64         # active grants one OS user may hold at once
 //!
 //! [audit]
 //! statements = true                # record SQL statements, not only connections
@@ -134,6 +136,17 @@ pub struct DaemonSettings {
     /// Show a desktop notification when a new access request starts pending (default `true`).
     #[serde(default = "default_true")]
     pub notify: bool,
+    /// Most access requests one OS user (peer uid) may have pending at once (default 8, at
+    /// least 1). Further requests that need approval are refused with `limit_reached`, so an
+    /// agent cannot bury the approver's queue or the desktop in requests. In user mode every
+    /// requester is the same uid, so this bounds the whole queue.
+    #[serde(default = "default_max_pending_per_user")]
+    pub max_pending_per_user: usize,
+    /// Most active grants one OS user may hold at once (default 64, at least 1). Each grant
+    /// has its own listeners (ports, sockets, tasks); further auto-approved requests are
+    /// refused with `limit_reached`. A human's `approve` is not limited.
+    #[serde(default = "default_max_grants_per_user")]
+    pub max_grants_per_user: usize,
     /// Time a client of a grant listener has to finish startup and authentication
     /// (StartupMessage through the SCRAM exchange; humantime, default `10s`, at least `1s`).
     /// A client still handshaking then gets `FATAL 08006` and is closed (slow-loris defence).
@@ -180,6 +193,8 @@ impl Default for DaemonSettings {
             data_dir: None,
             pending_timeout: default_pending_timeout(),
             notify: true,
+            max_pending_per_user: default_max_pending_per_user(),
+            max_grants_per_user: default_max_grants_per_user(),
             handshake_timeout: default_handshake_timeout(),
             max_handshakes: default_max_handshakes(),
             mode: crate::principal::Mode::User,
@@ -266,6 +281,12 @@ fn default_true() -> bool {
 }
 fn default_retention() -> Duration {
     Duration::from_secs(60 * 60)
+}
+fn default_max_pending_per_user() -> usize {
+    8
+}
+fn default_max_grants_per_user() -> usize {
+    64
 }
 fn default_pending_timeout() -> Duration {
     Duration::from_secs(10 * 60)
@@ -638,6 +659,18 @@ impl Config {
             return Err(invalid(
                 "daemon.pending_timeout".to_owned(),
                 "must be at least 1s",
+            ));
+        }
+        if self.daemon.max_pending_per_user == 0 {
+            return Err(invalid(
+                "daemon.max_pending_per_user".to_owned(),
+                "must be at least 1",
+            ));
+        }
+        if self.daemon.max_grants_per_user == 0 {
+            return Err(invalid(
+                "daemon.max_grants_per_user".to_owned(),
+                "must be at least 1",
             ));
         }
         if self.daemon.handshake_timeout < Duration::from_secs(1) {
