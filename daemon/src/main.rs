@@ -34,12 +34,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs go to stderr; `AGENTD_LOG` takes a `tracing` filter (default `default_level`).
+/// Logs go to stderr, plain text, one line per event through
+/// [`agentd_proto::text::SafeLines`] (a client's text cannot forge a line or reach the
+/// reader's terminal as escape sequences); `AGENTD_LOG` takes a `tracing` filter (default
+/// `default_level`).
 fn init_logging(default_level: &str) {
     let filter =
         EnvFilter::try_from_env("AGENTD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| agentd_proto::text::SafeLines(std::io::stderr()))
+        .with_ansi(false)
         .init();
 }

@@ -133,6 +133,39 @@ pub const MAX_CLIENT_NAME_CHARS: usize = 200;
 /// Longest deny reason the daemon accepts, in characters.
 pub const MAX_REASON_CHARS: usize = 1_000;
 
+/// A log sink that renders what it is given through [`terminal_safe`] (uncut), line by
+/// line: `tracing-subscriber`'s fmt layer writes one formatted event per `write` call, so a
+/// value that came from a client (an agent type, a client name, a protocol error that
+/// quotes input) can neither forge a log line with an embedded newline nor send escape
+/// sequences to the terminal of whoever tails the log. The newline that ends each write is
+/// kept; every other unsafe character becomes a visible escape. Invalid UTF-8 is replaced
+/// (U+FFFD). Use it with ANSI colours off: colour codes would be escaped too.
+///
+/// Shape: `SafeLines(std::io::stderr())`, or `Mutex::new(SafeLines(file))` as a
+/// `MakeWriter`.
+#[derive(Debug)]
+pub struct SafeLines<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for SafeLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let (body, newline) = match text.strip_suffix('\n') {
+            Some(body) => (body, true),
+            None => (text.as_ref(), false),
+        };
+        let mut line = terminal_safe(body, usize::MAX);
+        if newline {
+            line.push('\n');
+        }
+        self.0.write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +218,19 @@ mod tests {
         );
         assert_eq!(terminal_safe("abc", 3), "abc");
         assert_eq!(terminal_safe("abcd", 3), "abc…[cut, 1 more chars]");
+    }
+
+    #[test]
+    fn safe_lines_keep_one_line_per_write_and_escape_the_rest() {
+        use std::io::Write as _;
+        let mut sink = SafeLines(Vec::new());
+        sink.write_all(b"INFO agent=evil\n2026 FORGED line \x1b[2J\xe2\x80\xae\n")
+            .unwrap();
+        sink.write_all(b"next\n").unwrap();
+        let out = String::from_utf8(sink.0).unwrap();
+        assert_eq!(
+            out,
+            "INFO agent=evil\\n2026 FORGED line \\x1b[2J\\u{202e}\nnext\n"
+        );
     }
 }

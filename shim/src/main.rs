@@ -103,7 +103,9 @@ fn main() -> std::process::ExitCode {
 
 /// Logs never go to stdout (the stdio transport). Default: stderr (MCP clients keep it) at
 /// `AGENTD_LOG` or `info`. `--debug` / `--log-file`: appended to the log file at `debug`
-/// for agentd-mcp (rmcp stays at `info`, so no message bodies are logged).
+/// for agentd-mcp (rmcp stays at `info`, so no message bodies are logged). Every line goes
+/// through [`agentd_proto::text::SafeLines`]: client text cannot forge lines or send
+/// escape sequences to whoever reads the log.
 fn init_logging(args: &Args) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let log_file = args.log_file.clone().or_else(|| {
@@ -115,7 +117,7 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
             EnvFilter::try_from_env("AGENTD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
         tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(|| agentd_proto::text::SafeLines(std::io::stderr()))
             .with_ansi(false)
             .init();
         return Ok(());
@@ -147,7 +149,7 @@ fn init_logging(args: &Args) -> anyhow::Result<()> {
         .unwrap_or_else(|_| EnvFilter::new("info,agentd_mcp=debug"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::sync::Mutex::new(file))
+        .with_writer(std::sync::Mutex::new(agentd_proto::text::SafeLines(file)))
         .with_ansi(false)
         .init();
     tracing::info!(log = %path.display(), pid = std::process::id(), "agentd-mcp debug log");

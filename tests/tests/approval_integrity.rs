@@ -106,6 +106,8 @@ fn notes(dir: &Path) -> Vec<String> {
 async fn hostile_text_reaches_no_human_surface_raw() -> anyhow::Result<()> {
     let sandbox = sandbox(SandboxOptions {
         policy: "approval".to_owned(),
+        // One pending request per hostile string, all from this uid.
+        extra_daemon_toml: "max_pending_per_user = 64\n".to_owned(),
         ..SandboxOptions::default()
     })
     .await?;
@@ -287,9 +289,44 @@ async fn hostile_text_reaches_no_human_surface_raw() -> anyhow::Result<()> {
         .all(|r| r["requester"]["uid"] == 0 && r["requester"]["pid"].as_u64().is_some()));
     outputs.push(("audit".into(), audit.stdout));
 
+    // 6. The logs a human tails (the daemon's stderr, the shim's log): no forged lines, no
+    //    escape sequences — including from an agent type (which the daemon logs) that
+    //    holds a newline and a fake log line.
+    let forged = raw_call(
+        &sandbox,
+        agentd_proto::Request::RequestAccess(agentd_proto::AccessRequestSpec {
+            resource: RESOURCE.to_owned(),
+            permission: PERMISSION.to_owned(),
+            duration_seconds: Some(60),
+            justification: "log forgery".to_owned(),
+            agent: agentd_proto::AgentInfo {
+                agent_type: "x\n2026-11-30T00:00:00Z  INFO agentd: FORGED\x1b[2J".to_owned(),
+                ..agentd_proto::AgentInfo::default()
+            },
+        }),
+    )
+    .await?;
+    assert!(
+        matches!(forged, agentd_proto::Response::AccessRequest(_)),
+        "{forged:?}"
+    );
     let closed = mcp.close().await?;
-    outputs.push(("shim log".into(), closed));
+    let daemon_log = daemon.log();
     daemon.stop().await?;
+    assert_terminal_safe("shim log", &closed, false)?;
+    assert_terminal_safe("daemon log", &daemon_log, false)?;
+    assert!(
+        daemon_log.contains("x\\n2026-11-30T00:00:00Z  INFO agentd: FORGED\\x1b[2J"),
+        "{daemon_log}"
+    );
+    assert!(
+        !daemon_log
+            .lines()
+            .any(|l| l.starts_with("2026-11-30T00:00:00Z")),
+        "{daemon_log}"
+    );
+    outputs.push(("shim log".into(), closed));
+    outputs.push(("daemon log".into(), daemon_log));
     assert_sandbox_clean(&sandbox, &outputs)?;
     Ok(())
 }
