@@ -135,3 +135,34 @@ async fn maintainer_scripts_parse() {
         assert!(ok, "{script}: {err}");
     }
 }
+
+/// A reader that has gone (`agentd completions bash | head -1`) ends the command quietly
+/// with exit status 0: no panic, no backtrace on stderr. The pipe's read end is closed
+/// before the command starts, so its first write fails with EPIPE.
+#[tokio::test]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"][..],
+        &["config", "check", "--help"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = tokio::time::timeout(
+            STEP_TIMEOUT,
+            tokio::process::Command::new(bin("agentd"))
+                .args(args)
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(Stdio::piped())
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -32,11 +32,11 @@ pub async fn requests(socket: &Path, args: &RequestsArgs) -> anyhow::Result<()> 
         bail!("unexpected reply from the daemon: {response:?}")
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&requests)?);
+        outln!("{}", serde_json::to_string_pretty(&requests)?);
         return Ok(());
     }
     if requests.is_empty() {
-        println!(
+        outln!(
             "{}",
             if args.all {
                 "no access requests"
@@ -69,9 +69,9 @@ pub async fn requests(socket: &Path, args: &RequestsArgs) -> anyhow::Result<()> 
             terminal_safe(&r.justification, TABLE_TEXT_MAX_CHARS),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     if requests.iter().any(|r| r.state == RequestState::Pending) {
-        println!("\ndecide with: agentd approve ID [--ttl 30m] | agentd deny ID [--reason …]");
+        outln!("\ndecide with: agentd approve ID [--ttl 30m] | agentd deny ID [--reason …]");
     }
     Ok(())
 }
@@ -102,7 +102,7 @@ pub async fn approve(socket: &Path, args: &ApproveArgs) -> anyhow::Result<()> {
     )
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
     match &view.grant {
@@ -112,7 +112,7 @@ pub async fn approve(socket: &Path, args: &ApproveArgs) -> anyhow::Result<()> {
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "approved {} → grant {} on {}/{} for {}{clamped}; the agent can connect now",
                 view.id,
                 g.id,
@@ -121,7 +121,7 @@ pub async fn approve(socket: &Path, args: &ApproveArgs) -> anyhow::Result<()> {
                 humantime::format_duration(Duration::from_secs(view.duration_seconds))
             );
         }
-        None => println!("approved {}", view.id),
+        None => outln!("approved {}", view.id),
     }
     Ok(())
 }
@@ -144,9 +144,9 @@ pub async fn deny(socket: &Path, args: &DenyArgs) -> anyhow::Result<()> {
     )
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
     } else {
-        println!("denied {}", view.id);
+        outln!("denied {}", view.id);
     }
     Ok(())
 }

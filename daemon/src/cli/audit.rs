@@ -100,26 +100,27 @@ pub async fn run_remote(args: &AuditArgs, socket: &Path) -> anyhow::Result<i32> 
             anyhow::bail!("unexpected answer from the daemon");
         };
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            outln!("{}", serde_json::to_string_pretty(&view)?);
         } else {
             for p in &view.problems {
-                println!("{p}");
+                outln!("{p}");
             }
             let plural = if view.files == 1 { "" } else { "s" };
             if view.ok {
-                println!(
+                outln!(
                     "audit log OK: {} records in {} file{plural} (verified by the daemon)",
-                    view.records, view.files
+                    view.records,
+                    view.files
                 );
             } else {
-                println!(
+                outln!(
                     "audit log FAILED: {} problem(s) in {} records, {} file{plural}",
                     view.problems.len(),
                     view.records,
                     view.files
                 );
             }
-            println!("{}", keyed_line(view.keyed_from));
+            outln!("{}", keyed_line(view.keyed_from));
         }
         return Ok(if view.ok { 0 } else { 1 });
     }

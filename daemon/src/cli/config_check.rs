@@ -46,11 +46,11 @@ pub fn run(config_path: &Path, args: &ConfigCheckArgs) -> anyhow::Result<i32> {
     let report = check(config_path, &mut probe_keychain());
     let code = if report.ok { 0 } else { 1 };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else if let Some(error) = &report.error {
         eprintln!("agentd: {error}");
     } else {
-        print!("{}", render_text(&report));
+        out!("{}", render_text(&report));
     }
     Ok(code)
 }

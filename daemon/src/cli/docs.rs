@@ -34,7 +34,9 @@ pub struct ManArgs {
 /// None in practice; the signature matches the other subcommands.
 pub fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
     let mut cmd = Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "agentd", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "agentd", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
     Ok(())
 }
 

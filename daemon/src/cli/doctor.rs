@@ -170,9 +170,9 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<i32> {
     let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     let report = diagnose(&root, &cli.socket_path(), &cli.config_path()).await;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     Ok(i32::from(report.exposures > 0))
 }

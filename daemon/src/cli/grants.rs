@@ -23,12 +23,12 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         }
         Err(_) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"daemon": "down", "socket": socket})
                 );
             } else {
-                println!("agentd daemon: not running (socket {})", socket.display());
+                outln!("agentd daemon: not running (socket {})", socket.display());
             }
             bail!("daemon not running; start it with `agentd daemon`");
         }
@@ -54,10 +54,10 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         if let Some(note) = &note {
             value["user_mode_note"] = note.clone().into();
         }
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "agentd daemon: up (pid {}, version {}, uptime {}s)\nmode: {mode}\nsocket: {}\nconfig: {}",
         status.pid,
         status.daemon_version,
@@ -66,10 +66,10 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         status.config_path
     );
     if let Some(note) = &note {
-        println!("note: {note} (`agentd doctor` lists what is exposed)");
+        outln!("note: {note} (`agentd doctor` lists what is exposed)");
     }
     if status.grants.is_empty() {
-        println!("\nno active grants");
+        outln!("\nno active grants");
     } else {
         let mut table = Table::new();
         table.load_preset(UTF8_BORDERS_ONLY).set_header([
@@ -93,18 +93,18 @@ pub async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                 g.connections.to_string(),
             ]);
         }
-        println!("\n{table}");
+        outln!("\n{table}");
     }
     for t in &status.tampered {
-        println!(
+        outln!(
             "\nWARNING: {}/{}: the stored login no longer authenticates (found after grant {}: {}). New grants on it are refused. Set the secret again with `agentd secret set {} {}` (and reset the role's password on the server if it was changed).",
             t.resource, t.permission, t.grant_id, t.error, t.resource, t.permission
         );
     }
     if !status.pending_requests.is_empty() {
-        println!("\npending requests:");
+        outln!("\npending requests:");
         for r in &status.pending_requests {
-            println!(
+            outln!(
                 "  {} {}/{} by {}: {}",
                 r.id,
                 terminal_safe(&r.resource, 100),
@@ -134,12 +134,12 @@ pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
         bail!("unexpected reply from the daemon: {response:?}")
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    println!("request {}: {}", view.id, view.state.as_str());
+    outln!("request {}: {}", view.id, view.state.as_str());
     if let Some(message) = &view.message {
-        println!("{message}");
+        outln!("{message}");
     }
     if let (Some(grant), Some(handle)) = (&view.grant, &view.handle) {
         let clamped = if view.clamped {
@@ -147,13 +147,13 @@ pub async fn request(socket: &Path, args: &RequestArgs) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!("grant {} for {}s{clamped}", grant.id, view.duration_seconds);
-        println!("\npsql: {}", handle.psql);
-        println!("env (for any libpq tool or driver):");
+        outln!("grant {} for {}s{clamped}", grant.id, view.duration_seconds);
+        outln!("\npsql: {}", handle.psql);
+        outln!("env (for any libpq tool or driver):");
         for (k, v) in &handle.env {
-            println!("  export {k}={v}");
+            outln!("  export {k}={v}");
         }
-        println!(
+        outln!(
             "DSN (for drivers that need a URL; keep it off command lines): {}",
             handle.dsn
         );
@@ -201,12 +201,12 @@ fn print_ended(response: Response, json: bool, verb: &str, none: &str) -> anyhow
         bail!("unexpected reply from the daemon: {response:?}")
     };
     if json {
-        println!("{}", serde_json::json!({ verb: grant_ids }));
+        outln!("{}", serde_json::json!({ verb: grant_ids }));
     } else if grant_ids.is_empty() {
-        println!("{none}");
+        outln!("{none}");
     } else {
         for id in &grant_ids {
-            println!("{verb} {id}");
+            outln!("{verb} {id}");
         }
     }
     Ok(())

@@ -198,7 +198,7 @@ pub fn run(cmd: &McpCommand) -> anyhow::Result<()> {
         _ => None,
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "client": args.client.agent_type(),
@@ -221,28 +221,28 @@ pub fn run(cmd: &McpCommand) -> anyhow::Result<()> {
             } else {
                 "updated in"
             };
-            println!(
+            outln!(
                 "MCP server {name:?} {would}{verb} {file}:\n{}",
                 serde_json::to_string_pretty(&entry)?
             );
             if let Some(b) = &backup {
-                println!("backup of the previous file: {}", b.display());
+                outln!("backup of the previous file: {}", b.display());
             }
             if !args.dry_run {
-                println!("Restart {} to pick it up.", client_label(args.client));
+                outln!("Restart {} to pick it up.", client_label(args.client));
             }
         }
         Outcome::AlreadyInstalled => {
-            println!("MCP server {name:?} is already installed in {file}; nothing changed")
+            outln!("MCP server {name:?} is already installed in {file}; nothing changed")
         }
         Outcome::Removed => {
-            println!("MCP server {name:?} {would}removed from {file}");
+            outln!("MCP server {name:?} {would}removed from {file}");
             if let Some(b) = &backup {
-                println!("backup of the previous file: {}", b.display());
+                outln!("backup of the previous file: {}", b.display());
             }
         }
         Outcome::NotInstalled => {
-            println!("MCP server {name:?} is not installed in {file}; nothing changed")
+            outln!("MCP server {name:?} is not installed in {file}; nothing changed")
         }
     }
     Ok(())

@@ -1,5 +1,24 @@
 //! The `agentd` command line: argument parsing (clap) and the subcommands.
 
+/// `print!` for command output, through [`write_stdout`]: a closed stdout ends the command
+/// quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for command output, through [`write_stdout`]: `agentd audit | head` ends the
+/// command quietly (exit 0) when `head` closes the pipe, instead of a panic.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod approvals;
 pub mod audit;
 mod config_check;
@@ -15,6 +34,21 @@ use agentd_proto::{Client, Request, Response};
 use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+
+/// Writes command output to stdout. When the reader has gone (`EPIPE`: `agentd audit |
+/// head`), the command stops at once with exit status 0, as Unix filters do; any other
+/// write error ends it with status 1 and the error on stderr. Never panics.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("agentd: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// agentd keeps database credentials away from AI agents: a local daemon holds the secrets
 /// and opens authenticated loopback listeners; agents only ever get short-lived handles.
@@ -340,7 +374,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Response::Done { message } =
                 call(&cli.socket_path(), Request::ReloadConfig).await?
             {
-                println!("{message}");
+                outln!("{message}");
             }
             Ok(0)
         }

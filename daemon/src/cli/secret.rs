@@ -64,9 +64,9 @@ pub async fn run(config_path: &Path, cmd: &SecretCommand) -> anyhow::Result<()> 
             };
             let listing = list(&config).await;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&listing)?);
+                outln!("{}", serde_json::to_string_pretty(&listing)?);
             } else {
-                print!("{}", render(&listing));
+                out!("{}", render(&listing));
             }
         }
     }
@@ -117,16 +117,16 @@ pub async fn run_remote(socket: &Path, cmd: &SecretCommand) -> anyhow::Result<()
                 bail!("unexpected answer from the daemon");
             };
             if *json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &serde_json::json!({"store": store, "entries": entries})
                     )?
                 );
             } else {
-                println!("{store}");
+                outln!("{store}");
                 for e in &entries {
-                    println!(
+                    outln!(
                         "  {:<32} {:<6} {:<8} used by {}{}",
                         e.entry,
                         e.kind,

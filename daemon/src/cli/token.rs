@@ -120,12 +120,12 @@ fn create(args: &CreateArgs) -> anyhow::Result<()> {
         .save(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"name": name, "token": token.as_str(), "store": path})
         );
     } else {
-        println!("{}", token.as_str());
+        outln!("{}", token.as_str());
         eprintln!(
             "created MCP token {name:?}; it is shown only this once (its SHA-256 is in {}).\n\
              Use it as the header `Authorization: Bearer <token>` for agentd-mcp --http.",
@@ -143,11 +143,11 @@ fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|t| serde_json::json!({"name": t.name, "created_at": t.created_at}))
             .collect();
-        println!("{}", serde_json::json!({"store": path, "tokens": tokens}));
+        outln!("{}", serde_json::json!({"store": path, "tokens": tokens}));
         return Ok(());
     }
     if store.tokens.is_empty() {
-        println!("no MCP tokens (create one with `agentd token create`)");
+        outln!("no MCP tokens (create one with `agentd token create`)");
         return Ok(());
     }
     let mut table = Table::new();
@@ -160,7 +160,7 @@ fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .unwrap_or_default();
         table.add_row([t.name.clone(), created]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(())
 }
 
@@ -179,9 +179,9 @@ fn revoke(args: &RevokeArgs) -> anyhow::Result<()> {
         .save(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     if args.json {
-        println!("{}", serde_json::json!({"revoked": args.name}));
+        outln!("{}", serde_json::json!({"revoked": args.name}));
     } else {
-        println!("revoked MCP token {:?}", args.name);
+        outln!("revoked MCP token {:?}", args.name);
     }
     Ok(())
 }
