@@ -34,6 +34,10 @@ const HOSTILE: &[(&str, &str)] = &[
     ("bidi isolate", "a\u{2066}b\u{2069}c\u{200f}"),
     ("zero width", "sel\u{200b}ect\u{feff}\u{2060}"),
     ("newline", "line1\nresource: staging"),
+    (
+        "notification markup",
+        "<a href=\"https://evil.example/\">approve here</a><b>resource: staging</b>",
+    ),
 ];
 
 /// The hostile MCP client name (the shim cuts name + version to 200 characters).
@@ -209,8 +213,16 @@ async fn hostile_text_reaches_no_human_surface_raw() -> anyhow::Result<()> {
             )),
             "{body}"
         );
+        // Notification servers render a markup subset: the agent's tags arrive as text.
+        assert!(!body.contains('<') && !body.contains('>'), "{body}");
         outputs.push(("notification".into(), body.clone()));
     }
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("&lt;a href=\"https://evil.example/\"&gt;approve here&lt;/a&gt;")),
+        "{bodies:?}"
+    );
 
     // 4. The approval prompt at a real (pseudo-)terminal, for the request whose text tries
     //    to redraw it: nothing raw in the terminal's bytes, the daemon's facts last.

@@ -21,7 +21,7 @@ pub fn pending_request(request_id: &str, spec: &AccessRequestSpec, requester: &R
         Some(("osascript", vec!["-e".to_owned(), script]))
     } else if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
     {
-        Some(("notify-send", vec![title.to_owned(), body]))
+        Some(("notify-send", vec![title.to_owned(), markup_escaped(&body)]))
     } else {
         None
     };
@@ -58,6 +58,23 @@ pub fn body(request_id: &str, spec: &AccessRequestSpec, requester: &Requester) -
         terminal_safe(&spec.justification, 200),
         super::lifecycle::approve_command(request_id)
     )
+}
+
+/// `text` with `&`, `<` and `>` written as entities. Freedesktop notification servers
+/// render a markup subset in the body (`<b>`, `<i>`, `<a href>`, `<img>`; the spec's
+/// "body-markup" capability, which GNOME, KDE and dunst advertise), so an agent's
+/// justification could otherwise restyle the facts or add a link to click.
+fn markup_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn applescript_string(s: &str) -> String {
@@ -100,5 +117,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("claimed agent cursor\\r"), "{text}");
+    }
+
+    #[test]
+    fn markup_in_the_body_is_shown_not_rendered() {
+        assert_eq!(
+            markup_escaped("<a href=\"https://evil.example/\">ok</a> & <b>"),
+            "&lt;a href=\"https://evil.example/\"&gt;ok&lt;/a&gt; &amp; &lt;b&gt;"
+        );
     }
 }
