@@ -121,9 +121,20 @@ pub fn decide(text: &[u8]) -> Verdict {
 
 /// Whether `text` holds the ASCII bytes `password` in any case. Keywords cannot be quoted or
 /// escaped, so a statement without these bytes cannot use the keyword `PASSWORD`.
+/// One ASCII-case-insensitive searcher (aho-corasick's SIMD prefilter), built once.
 fn has_keyword(text: &[u8]) -> bool {
-    const KEY: &[u8] = b"password";
-    text.windows(KEY.len()).any(|w| w.eq_ignore_ascii_case(KEY))
+    static KEYWORD: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::LazyLock::new(|| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["password"])
+                .ok()
+        });
+    match KEYWORD.as_ref() {
+        Some(searcher) => searcher.is_match(text),
+        // Building a one-pattern searcher does not fail; if it ever did, inspect everything.
+        None => true,
+    }
 }
 
 fn changes_password(result: &pg_query::ParseResult) -> bool {

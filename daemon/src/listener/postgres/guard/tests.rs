@@ -226,3 +226,21 @@ async fn guarded_stream_rewrites_reads_and_passes_writes() {
     drop(guarded);
     assert_eq!(refusals.len(), 1);
 }
+
+#[test]
+fn the_keyword_is_found_in_any_case_and_only_whole() {
+    for text in [
+        "alter role x PASSWORD 'y'",
+        "alter role x pAsSwOrD 'y'",
+        "/* password */ select 1",
+    ] {
+        assert!(has_keyword(text.as_bytes()), "{text}");
+    }
+    for text in ["select 1", "select 'passw' || 'ord'", "pass word", ""] {
+        assert!(!has_keyword(text.as_bytes()), "{text}");
+    }
+    let mut big = vec![b'x'; 1 << 20];
+    assert!(!has_keyword(&big));
+    big[(1 << 20) - 8..].copy_from_slice(b"PASSWORD");
+    assert!(has_keyword(&big));
+}
