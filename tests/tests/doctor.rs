@@ -193,6 +193,18 @@ async fn doctor_sees_a_writable_config_and_a_readable_store_as_a_client_user() {
     ] {
         assert_eq!(check(&report, id)["status"], "ok", "{id}: {report:#}");
     }
+    // Terminal injection follows the kernel's sysctl (absent before Linux 6.2: exposed).
+    let tiocsti = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").ok();
+    let want = if tiocsti.as_deref().map(str::trim) == Some("0") {
+        "ok"
+    } else {
+        "exposed"
+    };
+    assert_eq!(
+        check(&report, "terminal_injection")["status"],
+        want,
+        "{report:#}"
+    );
     // Exit code: 1 exactly when something is exposed (ptrace_scope depends on the kernel).
     let exposures = report["exposures"].as_u64().unwrap();
     assert_eq!(code, i32::from(exposures > 0), "{report:#}");

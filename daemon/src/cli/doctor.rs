@@ -4,7 +4,8 @@
 //! Everything is read from the OS as the user running `doctor`: the two control sockets are
 //! pinged, path permissions are tested with `access(2)` (so ACLs, groups and read-only
 //! mounts count), sudo is asked non-interactively (`sudo -n -l`), the Yama ptrace setting
-//! is read from `/proc/sys/kernel/yama/ptrace_scope`. Nothing is changed and no secret is
+//! is read from `/proc/sys/kernel/yama/ptrace_scope`, terminal injection from
+//! `/proc/sys/dev/tty/legacy_tiocsti`. Nothing is changed and no secret is
 //! read: keychain entries are reported by the names the config gives them.
 //!
 //! Exit code: 0 when no check is `exposed`, 1 otherwise (and 1 on an error).
@@ -17,7 +18,7 @@
 //!   "exposures": N, "user_mode_note"?}`.
 //! Check ids: `user_mode_daemon`, `keychain_secrets`, `store_readable`, `config_writable`,
 //! `daemon_dirs_writable`, `sudo_passwordless`, `sudo_global_timestamp`, `ptrace_scope`,
-//! `socket_fallback_dir`.
+//! `terminal_injection`, `socket_fallback_dir`.
 
 use super::Cli;
 use crate::config::Config;
@@ -222,6 +223,9 @@ pub async fn diagnose(root: &Path, user_socket: &Path, user_config: &Path) -> Re
     checks.push(sudo_passwordless(is_root).await);
     checks.push(sudo_global_timestamp(root));
     checks.push(ptrace_scope());
+    checks.push(terminal_injection(
+        std::fs::read_to_string(LEGACY_TIOCSTI).ok().as_deref(),
+    ));
     checks.push(socket_fallback_dir(user_socket));
     let exposures = checks.iter().filter(|c| c.status == "exposed").count();
     Report {
@@ -680,6 +684,38 @@ fn ptrace_scope() -> Check {
     }
 }
 
+/// The sysctl that lets a process push characters into its controlling terminal's input
+/// queue (`ioctl(TIOCSTI)`); Linux 6.2 and later, `0` turns it off for unprivileged callers.
+const LEGACY_TIOCSTI: &str = "/proc/sys/dev/tty/legacy_tiocsti";
+
+/// `terminal_injection` from the content of [`LEGACY_TIOCSTI`] (`None`: the file is absent,
+/// a kernel before 6.2, where TIOCSTI is always allowed).
+fn terminal_injection(legacy_tiocsti: Option<&str>) -> Check {
+    const ID: &str = "terminal_injection";
+    const HOW: &str = "a process that shares your terminal (an agent you started there, or its shell) can type into it with TIOCSTI: a `sudo agentd approve ID` and the `yes` while your sudo timestamp is fresh, or the `yes` to an approval prompt you opened";
+    if !cfg!(target_os = "linux") {
+        return Check::skipped(ID, "not Linux");
+    }
+    match legacy_tiocsti.map(str::trim) {
+        Some("0") => Check::ok(
+            ID,
+            "dev.tty.legacy_tiocsti = 0: processes cannot type into their terminal",
+        ),
+        Some(v) => Check::exposed(
+            ID,
+            format!("dev.tty.legacy_tiocsti = {v}: {HOW}"),
+            "echo dev.tty.legacy_tiocsti=0 | sudo tee /etc/sysctl.d/10-tiocsti.conf && sudo sysctl --system; and approve from a terminal no agent runs in",
+            vec![LEGACY_TIOCSTI.to_owned()],
+        ),
+        None => Check::exposed(
+            ID,
+            format!("this kernel (before Linux 6.2) always allows TIOCSTI: {HOW}"),
+            "approve from a terminal no agent runs in (agents started with `setsid` have no terminal to type into), or upgrade to Linux 6.2+ and set dev.tty.legacy_tiocsti=0",
+            vec![LEGACY_TIOCSTI.to_owned()],
+        ),
+    }
+}
+
 fn socket_fallback_dir(user_socket: &Path) -> Check {
     const ID: &str = "socket_fallback_dir";
     #[cfg(unix)]
@@ -780,6 +816,18 @@ mod tests {
         assert!(!sets_global_timestamp("# Defaults timestamp_type=global"));
         assert!(!sets_global_timestamp("Defaults timestamp_type=tty"));
         assert!(!sets_global_timestamp("alice ALL=(ALL) ALL"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn terminal_injection_reads_the_sysctl() {
+        assert_eq!(terminal_injection(Some("0\n")).status, "ok");
+        let on = terminal_injection(Some("1\n"));
+        assert_eq!(on.status, "exposed");
+        assert!(on.summary.contains("legacy_tiocsti = 1"), "{}", on.summary);
+        let old = terminal_injection(None);
+        assert_eq!(old.status, "exposed");
+        assert!(old.summary.contains("before Linux 6.2"), "{}", old.summary);
     }
 
     #[test]
