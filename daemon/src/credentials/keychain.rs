@@ -44,10 +44,25 @@ fn use_keyutils() -> bool {
 }
 
 /// Picks the platform backend once per process (see the module docs).
+///
+/// With keyutils, it first makes sure the process has a session keyring of its own:
+/// keyring-rs reads the session keyring's id and only then asks for the persistent keyring,
+/// and that request creates a session keyring for a process that had none. The first entry
+/// of such a process (a container, CI, a service without PAM) then went to the shared
+/// user-session keyring, where this process — no longer possessing it — could not delete
+/// it: every `agentd demo` left its secret there. With the session keyring made first,
+/// an entry is one key linked into the session and the persistent keyring, and one delete
+/// removes it.
 fn select_backend() {
     BACKEND.call_once(|| {
         #[cfg(target_os = "linux")]
-        if !use_keyutils() {
+        if use_keyutils() {
+            let _ = keyring::keyutils::KeyutilsCredential::new_with_target(
+                None,
+                "agentd",
+                "session-keyring",
+            );
+        } else {
             keyring::set_default_credential_builder(
                 keyring::secret_service::default_credential_builder(),
             );
@@ -120,10 +135,51 @@ pub fn set(service: &str, name: &str, secret: &SecretString) -> Result<(), Keych
     with_entry(service, name, |e| e.set_password(secret.expose_secret()))
 }
 
-/// Deletes a secret. Blocking.
+/// Deletes a secret: every copy of it. Blocking.
+///
+/// With keyutils a secret may be stored twice: [`with_entry`]'s retry stores it in the
+/// persistent keyring when the session copy was added but could not be linked there, and
+/// one delete finds only the session copy. So this deletes until none is found (at most
+/// four rounds); otherwise the persistent copy would outlive the delete and still be read.
 ///
 /// # Errors
 /// [`KeychainError::NotFound`] when there was none, [`KeychainError::Store`] otherwise.
 pub fn delete(service: &str, name: &str) -> Result<(), KeychainError> {
-    with_entry(service, name, |e| e.delete_credential())
+    let mut deleted = false;
+    for _ in 0..4 {
+        match with_entry(service, name, |e| e.delete_credential()) {
+            Ok(()) => deleted = true,
+            Err(KeychainError::NotFound) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if deleted {
+        Ok(())
+    } else {
+        Err(KeychainError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against this machine's real keychain: after `delete`, the secret can no longer be
+    /// read, and a second `delete` says there is none.
+    #[test]
+    fn delete_removes_every_copy() {
+        let service = format!("agentd-test-{}", std::process::id());
+        let secret = SecretString::from("keychain-delete-canary".to_owned());
+        if let Err(e) = set(&service, "r/p", &secret) {
+            eprintln!("SKIPPED: no usable keychain here: {e}");
+            return;
+        }
+        assert!(get(&service, "r/p").is_ok());
+        delete(&service, "r/p").unwrap();
+        assert!(matches!(get(&service, "r/p"), Err(KeychainError::NotFound)));
+        assert!(matches!(
+            delete(&service, "r/p"),
+            Err(KeychainError::NotFound)
+        ));
+    }
 }
