@@ -44,25 +44,10 @@ fn use_keyutils() -> bool {
 }
 
 /// Picks the platform backend once per process (see the module docs).
-///
-/// With keyutils, it first makes sure the process has a session keyring of its own:
-/// keyring-rs reads the session keyring's id and only then asks for the persistent keyring,
-/// and that request creates a session keyring for a process that had none. The first entry
-/// of such a process (a container, CI, a service without PAM) then went to the shared
-/// user-session keyring, where this process — no longer possessing it — could not delete
-/// it: every `agentd demo` left its secret there. With the session keyring made first,
-/// an entry is one key linked into the session and the persistent keyring, and one delete
-/// removes it.
 fn select_backend() {
     BACKEND.call_once(|| {
         #[cfg(target_os = "linux")]
-        if use_keyutils() {
-            let _ = keyring::keyutils::KeyutilsCredential::new_with_target(
-                None,
-                "agentd",
-                "session-keyring",
-            );
-        } else {
+        if !use_keyutils() {
             keyring::set_default_credential_builder(
                 keyring::secret_service::default_credential_builder(),
             );
@@ -76,6 +61,16 @@ fn select_backend() {
 /// the session keyring; where the persistent keyring exists but cannot be linked to
 /// (containers, some sandboxes) that fails with ENOKEY. We then retry on the session
 /// keyring alone, which is what the daemon started from the same session reads.
+///
+/// Before that, the calling thread gets a session keyring of its own (session keyrings
+/// belong to a thread's credentials): keyring-rs reads the session keyring's id and only
+/// then asks for the persistent keyring, and that request creates a session keyring for a
+/// thread that had none. On such a thread (containers, CI, services without PAM) an entry
+/// then went to the shared user-session keyring, which the thread no longer possessed, so
+/// no later delete could reach it: every `agentd demo` left its secret there. Building the
+/// credential twice makes the first build create the session keyring and the second use
+/// it: an entry is then one key, linked into the session and the persistent keyring, and
+/// one delete removes it.
 fn with_entry<T>(
     service: &str,
     name: &str,
@@ -85,6 +80,7 @@ fn with_entry<T>(
     #[cfg(target_os = "linux")]
     if use_keyutils() {
         use keyring::keyutils::KeyutilsCredential;
+        let _ = KeyutilsCredential::new_with_target(None, service, name);
         let credential =
             KeyutilsCredential::new_with_target(None, service, name).map_err(store_error)?;
         let persistent = credential.persistent;
@@ -164,22 +160,47 @@ pub fn delete(service: &str, name: &str) -> Result<(), KeychainError> {
 mod tests {
     use super::*;
 
-    /// Against this machine's real keychain: after `delete`, the secret can no longer be
-    /// read, and a second `delete` says there is none.
+    /// Live keys in the kernel's key store whose description names `service` (Linux
+    /// `/proc/keys`; invalidated, revoked or dead keys do not count).
+    fn live_keys(service: &str) -> Vec<String> {
+        std::fs::read_to_string("/proc/keys")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("@{service}:")))
+            .filter(|l| {
+                let flags = l.split_whitespace().nth(1).unwrap_or_default();
+                !flags.contains(['i', 'R', 'D'])
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Against this machine's real keychain: a secret set on one fresh thread and deleted
+    /// on another can no longer be read, a second `delete` says there is none, and (with
+    /// keyutils) no copy of it is left in any keyring.
     #[test]
     fn delete_removes_every_copy() {
         let service = format!("agentd-test-{}", std::process::id());
         let secret = SecretString::from("keychain-delete-canary".to_owned());
-        if let Err(e) = set(&service, "r/p", &secret) {
+        let s = service.clone();
+        let stored = std::thread::spawn(move || set(&s, "r/p", &secret))
+            .join()
+            .unwrap();
+        if let Err(e) = stored {
             eprintln!("SKIPPED: no usable keychain here: {e}");
             return;
         }
         assert!(get(&service, "r/p").is_ok());
-        delete(&service, "r/p").unwrap();
+        let s = service.clone();
+        std::thread::spawn(move || delete(&s, "r/p"))
+            .join()
+            .unwrap()
+            .unwrap();
         assert!(matches!(get(&service, "r/p"), Err(KeychainError::NotFound)));
         assert!(matches!(
             delete(&service, "r/p"),
             Err(KeychainError::NotFound)
         ));
+        assert_eq!(live_keys(&service), Vec::<String>::new());
     }
 }
