@@ -313,6 +313,41 @@ async fn demo_serve_sighup_leaves_nothing() -> anyhow::Result<()> {
     serve_then_signal("HUP", &[]).await
 }
 
+/// SIGTERM while the cluster is being made (sent as soon as the demo says it starts one;
+/// initdb alone takes longer): set-up finishes, is undone, and the demo says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sigterm_during_setup_leaves_nothing() -> anyhow::Result<()> {
+    let tmp = private_tmpdir()?;
+    let mut child = demo_command(tmp.path(), &[], &[]).spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(STEP_TIMEOUT, lines.next_line())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("demo ended early: {seen:?}"))?;
+        let starting = line.contains("starting a throwaway PostgreSQL cluster");
+        seen.push(line);
+        if starting {
+            break;
+        }
+    }
+    send_signal(pid, "TERM").await?;
+    while let Some(line) = tokio::time::timeout(STEP_TIMEOUT, lines.next_line()).await?? {
+        seen.push(line);
+    }
+    let status = tokio::time::timeout(STEP_TIMEOUT, child.wait()).await??;
+    let text = seen.join("\n");
+    assert_ne!(status.code(), Some(0), "{text}");
+    assert!(text.contains("SIGTERM received"), "{text}");
+    assert_nothing_left(tmp.path(), None, &[]);
+    Ok(())
+}
+
 /// A second and third signal while the first one's cleanup runs are reported, not obeyed:
 /// the cleanup still completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
