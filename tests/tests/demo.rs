@@ -104,7 +104,20 @@ fn assert_nothing_left(tmp: &Path, service: Option<&str>, entries: &[&str]) {
     assert!(left.is_empty(), "left in {}: {left:?}", tmp.display());
 }
 
-/// Runs `agentd demo ARGS` to the end; returns (exit code, stdout, stderr).
+/// The demo's secrets never reach its output: the upstream password (`demo-` + 48 hex),
+/// the cluster superuser's (48 hex) and the HTTP demo's API key (`demo-api-key-` + 32
+/// hex) all hold a run of 32 or more hex digits, and nothing the demo prints does.
+fn assert_no_secret_shaped(text: &str) {
+    assert!(!text.contains("demo-api-key-"), "the API key was printed");
+    let mut run = 0usize;
+    for c in text.chars() {
+        run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+        assert!(run < 32, "a secret-shaped run of hex digits was printed");
+    }
+}
+
+/// Runs `agentd demo ARGS` to the end; returns (exit code, stdout, stderr), checked with
+/// [`assert_no_secret_shaped`].
 async fn run_to_end(
     tmp: &Path,
     args: &[&str],
@@ -112,11 +125,13 @@ async fn run_to_end(
 ) -> anyhow::Result<(Option<i32>, String, String)> {
     let out =
         tokio::time::timeout(STEP_TIMEOUT * 2, demo_command(tmp, args, env).output()).await??;
-    Ok((
-        out.status.code(),
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    );
+    assert_no_secret_shaped(&stdout);
+    assert_no_secret_shaped(&stderr);
+    Ok((out.status.code(), stdout, stderr))
 }
 
 /// A running `agentd demo --serve` and what its JSON line says.
@@ -256,6 +271,7 @@ async fn serve_then_signal(signal: &str, more: &[&str]) -> anyhow::Result<()> {
     }
     let status = tokio::time::timeout(STEP_TIMEOUT, s.child.wait()).await??;
     assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_no_secret_shaped(&stderr);
     assert!(
         stderr.contains(&format!("SIG{signal} received")),
         "{stderr}"
@@ -342,6 +358,7 @@ async fn demo_sigterm_during_setup_leaves_nothing() -> anyhow::Result<()> {
     }
     let status = tokio::time::timeout(STEP_TIMEOUT, child.wait()).await??;
     let text = seen.join("\n");
+    assert_no_secret_shaped(&text);
     assert_ne!(status.code(), Some(0), "{text}");
     assert!(text.contains("SIGTERM received"), "{text}");
     assert_nothing_left(tmp.path(), None, &[]);
