@@ -5,19 +5,18 @@
 //! at it (`verify-full` against the cluster's CA) and stores the password in the OS keychain
 //! under a one-off keychain service. [`run`] then starts the daemon in-process on a private
 //! socket, requests a grant over the control protocol, runs the real `psql` through the
-//! grant's listener, prints the rows and the handle, and cleans everything up. The end-to-end
-//! tests build on the same [`Sandbox`].
+//! grant's listener, prints the rows and the handle, and cleans everything up — on every way
+//! out, signals included (see [`run`] and [`crate::demo_cleanup`]). The end-to-end tests
+//! build on the same [`Sandbox`].
 
-use crate::broker::Broker;
 use crate::config::Config;
 use crate::credentials::keychain;
+use crate::demo_cleanup::{self, random_hex, DemoDir, InProcessDaemon, Signals};
 use crate::pgcluster::{psql_path, Cluster};
-use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Handle, Request, Response, RevokeTarget};
+use agentd_proto::{Client, Handle};
 use anyhow::{bail, Context as _};
-use rand::RngCore as _;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
-use tokio_util::sync::CancellationToken;
 
 /// Name of the demo resource in the generated config.
 pub const RESOURCE: &str = "demo";
@@ -49,12 +48,16 @@ pub enum SandboxCredential {
     },
 }
 
-/// A throwaway cluster plus everything agentd needs to proxy to it.
+/// A throwaway cluster plus everything agentd needs to proxy to it. It owns its cleanup:
+/// dropping it (normal end, `?`, panic) stops the cluster and removes its directory, then
+/// deletes the keychain entry and removes [`Sandbox::dir`]; [`Sandbox::cleanup`] does the
+/// same with a graceful stop and reports failures. Both are safe to run again.
 pub struct Sandbox {
-    /// The running cluster.
+    /// The running cluster. Declared before [`Sandbox::dir`]: dropped (stopped) first.
     pub cluster: Cluster,
-    /// Private (0700) directory holding the config and the control socket.
-    pub dir: tempfile::TempDir,
+    /// Private (0700) directory holding the config, the control socket and the cleanup
+    /// record; owns the keychain entry (see [`DemoDir`]).
+    pub dir: DemoDir,
     /// The generated config file.
     pub config_path: PathBuf,
     /// Control socket path inside [`Sandbox::dir`].
@@ -116,25 +119,26 @@ impl Default for SandboxOptions {
     }
 }
 
-/// 24 random bytes as 48 hex characters.
-fn random_hex() -> String {
-    let mut bytes = [0u8; 24];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Sandbox {
-    /// Starts the cluster, creates the role, database and table, writes the config and
-    /// stores the secret. Blocking (a few seconds): call from `spawn_blocking` in async code.
+    /// Makes the directory and its cleanup record, starts the cluster (recorded first),
+    /// creates the role, database and table, writes the config and stores the secret (last,
+    /// once the sandbox owns its cleanup). Blocking (a few seconds): call from
+    /// `spawn_blocking` in async code. On any failure what was made is undone.
     ///
     /// # Errors
     /// Missing PostgreSQL binaries (the message names the package), cluster or keychain
     /// failures.
     pub fn create(options: SandboxOptions) -> anyhow::Result<Self> {
-        let cluster = Cluster::start()?;
+        let keychain_entry = match &options.credential {
+            SandboxCredential::Keychain => Some(keychain::entry_name(RESOURCE, PERMISSION)),
+            SandboxCredential::Dynamic => Some(format!("{RESOURCE}/admin")),
+            SandboxCredential::Command { .. } => None,
+        };
+        let mut dir = DemoDir::create(keychain_entry.iter().cloned().collect())?;
+        let cluster = Cluster::start_noting(|cluster_dir| dir.note_cluster_dir(cluster_dir))?;
         let password = options
             .password
-            .unwrap_or_else(|| SecretString::from(format!("demo-{}", random_hex())));
+            .unwrap_or_else(|| SecretString::from(format!("demo-{}", random_hex(24))));
         seed_database(&cluster, &password, &options.credential)?;
         if options.role_owns_database {
             cluster.psql(
@@ -142,15 +146,9 @@ impl Sandbox {
                 &format!("ALTER DATABASE {DATABASE} OWNER TO {ROLE};\nALTER SCHEMA public OWNER TO {ROLE};\n"),
             )?;
         }
-        let dir = tempfile::Builder::new().prefix("agentd-demo-").tempdir()?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-        }
         let config_path = dir.path().join("config.toml");
         let socket_path = dir.path().join("agentd.sock");
-        let keyring_service = format!("agentd-demo-{}", &random_hex()[..12]);
+        let keyring_service = dir.keyring_service().to_owned();
         let listen_host = options
             .listen_host
             .map(|h| format!("listen_host = \"{h}\"\n"))
@@ -187,16 +185,7 @@ max_ttl = "{max_ttl}"
             credential = credential_toml(&options.credential),
         );
         std::fs::write(&config_path, config)?;
-        let keychain_entry = match &options.credential {
-            SandboxCredential::Keychain => Some(keychain::entry_name(RESOURCE, PERMISSION)),
-            SandboxCredential::Dynamic => Some(format!("{RESOURCE}/admin")),
-            SandboxCredential::Command { .. } => None,
-        };
-        if let Some(entry) = &keychain_entry {
-            keychain::set(&keyring_service, entry, &password)
-                .context("storing the demo secret in the OS keychain")?;
-        }
-        Ok(Self {
+        let sandbox = Self {
             cluster,
             dir,
             config_path,
@@ -204,7 +193,25 @@ max_ttl = "{max_ttl}"
             keyring_service,
             keychain_entry,
             upstream_password: password,
-        })
+        };
+        if let Some(entry) = &sandbox.keychain_entry {
+            keychain::set(&sandbox.keyring_service, entry, &sandbox.upstream_password)
+                .context("storing the demo secret in the OS keychain")?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Stops the cluster (fast shutdown) and removes its directory, deletes the keychain
+    /// entry and removes [`Sandbox::dir`], in that order. Safe to call again (dropping the
+    /// sandbox afterwards finds nothing left).
+    ///
+    /// # Errors
+    /// What could not be undone (never a secret).
+    pub fn cleanup(&self) -> anyhow::Result<()> {
+        let stopped = self.cluster.stop_and_remove();
+        let cleaned = self.dir.cleanup();
+        stopped.context("stopping the demo cluster")?;
+        cleaned
     }
 
     /// The loaded config.
@@ -213,14 +220,6 @@ max_ttl = "{max_ttl}"
     /// Config errors (should not happen for the generated file).
     pub fn config(&self) -> anyhow::Result<Config> {
         Ok(Config::load(&self.config_path)?)
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Some(entry) = &self.keychain_entry {
-            let _ = keychain::delete(&self.keyring_service, entry);
-        }
     }
 }
 
@@ -297,6 +296,7 @@ pub async fn psql_through(
         .envs(&handle.env)
         .env("PGAPPNAME", "agentd-demo")
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .context("running psql")?;
@@ -310,14 +310,22 @@ pub async fn psql_through(
 }
 
 /// Runs `agentd demo` (see the module docs). With `serve`, prints one JSON line
-/// `{"dsn","socket","config"}` and keeps running until Ctrl-C. With `dynamic`, the grant
-/// logs in as its own PostgreSQL role (`agentd_g_…`), created at grant and dropped at
-/// revoke; the demo shows `pg_roles` before, during and after.
+/// `{"dsn","socket","config","dir","cluster_dir","keyring_service"}` and keeps running
+/// until SIGINT (Ctrl-C), SIGTERM or SIGHUP. With `dynamic`, the grant logs in as its own
+/// PostgreSQL role (`agentd_g_…`), created at grant and dropped at revoke; the demo shows
+/// `pg_roles` before, during and after.
+///
+/// Every way out cleans up (cluster, keychain entry, directories): the signals are caught
+/// from the start, a signal during set-up or cleanup lets that step finish first, and what
+/// an earlier run killed with SIGKILL left is swept first ([`demo_cleanup::sweep_stale`]).
 ///
 /// # Errors
-/// Any step's failure, with what to do about it.
+/// Any step's failure, with what to do about it; a signal outside `serve`.
 pub async fn run(serve: bool, dynamic: bool) -> anyhow::Result<()> {
-    eprintln!("agentd demo: starting a throwaway PostgreSQL cluster (SCRAM-SHA-256, TLS on)…");
+    const LABEL: &str = "agentd demo";
+    let mut signals = Signals::install()?;
+    demo_cleanup::sweep_and_report(LABEL).await;
+    eprintln!("{LABEL}: starting a throwaway PostgreSQL cluster (SCRAM-SHA-256, TLS on)…");
     let options = SandboxOptions {
         credential: if dynamic {
             SandboxCredential::Dynamic
@@ -326,38 +334,62 @@ pub async fn run(serve: bool, dynamic: bool) -> anyhow::Result<()> {
         },
         ..SandboxOptions::default()
     };
-    let sandbox = tokio::task::spawn_blocking(|| Sandbox::create(options)).await??;
-    let result = run_in(&sandbox, serve).await;
-    let stop = tokio::task::spawn_blocking(move || {
-        let stopped = sandbox.cluster.stop();
-        drop(sandbox);
-        stopped
-    })
-    .await?;
+    let mut create = tokio::task::spawn_blocking(|| Sandbox::create(options));
+    let sandbox = tokio::select! {
+        created = &mut create => created.context("setting up the demo panicked")??,
+        name = signals.recv() => {
+            demo_cleanup::say(&format!("{LABEL}: {name} received; cleaning up"));
+            // Set-up has no cancellation point: let it finish, then undo what it made.
+            if let Ok(sandbox) = demo_cleanup::finish(create, &mut signals, LABEL).await? {
+                demo_cleanup::finish(
+                    tokio::task::spawn_blocking(move || sandbox.cleanup()),
+                    &mut signals,
+                    LABEL,
+                )
+                .await??;
+            }
+            bail!("stopped by {name} during set-up; cleaned up");
+        }
+    };
+    eprintln!(
+        "{LABEL}: files in {} and {}, keychain service {}; all removed when the demo ends",
+        sandbox.dir.path().display(),
+        sandbox.cluster.dir().display(),
+        sandbox.keyring_service
+    );
+    let result = run_in(&sandbox, serve, &mut signals).await;
+    demo_cleanup::say(&format!("{LABEL}: cleaning up"));
+    let cleaned = demo_cleanup::finish(
+        tokio::task::spawn_blocking(move || sandbox.cleanup()),
+        &mut signals,
+        LABEL,
+    )
+    .await;
     result?;
-    stop?;
+    cleaned??;
     Ok(())
 }
 
-async fn run_in(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
-    let listener = crate::control::bind(&sandbox.socket_path, 0o600)
-        .with_context(|| format!("binding {}", sandbox.socket_path.display()))?;
-    let broker = Broker::open(
+async fn run_in(sandbox: &Sandbox, serve: bool, signals: &mut Signals) -> anyhow::Result<()> {
+    let daemon = InProcessDaemon::start(
         sandbox.config()?,
         sandbox.config_path.clone(),
-        Some(sandbox.dir.path().join("pg")),
+        &sandbox.socket_path,
+        sandbox.dir.path().join("pg"),
     )?;
-    broker.sweep_dynamic_roles().await;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(crate::control::serve(
-        listener,
-        broker.clone(),
-        stop.clone(),
-    ));
-    let result = demo_session(sandbox, serve).await;
-    stop.cancel();
-    broker.shutdown().await;
-    let _ = server.await;
+    daemon.broker.sweep_dynamic_roles().await;
+    let result = tokio::select! {
+        done = demo_session(sandbox, serve) => done,
+        name = signals.recv() => {
+            demo_cleanup::say(&format!("agentd demo: {name} received; stopping"));
+            if serve {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("stopped by {name}"))
+            }
+        }
+    };
+    daemon.stop().await;
     result
 }
 
@@ -384,19 +416,29 @@ async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     if dynamic && !serve {
         print_agentd_roles(sandbox, "before the grant").await?;
     }
-    let handle = request_grant(&mut client).await?;
+    let handle = demo_cleanup::request_grant(
+        &mut client,
+        RESOURCE,
+        PERMISSION,
+        "agentd demo: read the sample orders",
+    )
+    .await?;
     if serve {
         let line = serde_json::json!({
             "dsn": handle.dsn,
             "socket": sandbox.socket_path,
             "config": sandbox.config_path,
+            "dir": sandbox.dir.path(),
+            "cluster_dir": sandbox.cluster.dir(),
+            "keyring_service": sandbox.keyring_service,
         });
         println!("{line}");
         eprintln!(
-            "agentd demo: serving; try `AGENTD_SOCKET={} agentd status`. Ctrl-C to stop and clean up.",
+            "agentd demo: serving; try `AGENTD_SOCKET={} agentd status`. Ctrl-C (or SIGTERM, SIGHUP) to stop and clean up.",
             sandbox.socket_path.display()
         );
-        tokio::signal::ctrl_c().await?;
+        // Until a signal: `run_in` selects on them.
+        std::future::pending::<()>().await;
         return Ok(());
     }
     eprintln!(
@@ -413,22 +455,11 @@ async fn demo_session(sandbox: &Sandbox, serve: bool) -> anyhow::Result<()> {
     println!("handle (what an agent receives; the upstream password never leaves the daemon):");
     println!("  dsn:  {}", handle.dsn);
     println!("  psql: {}", handle.psql);
-    match client
-        .call(Request::Revoke {
-            target: RevokeTarget::All,
-        })
-        .await?
-    {
-        Response::Revoked { grant_ids } => {
-            eprintln!("agentd demo: revoked {}", grant_ids.join(", "))
-        }
-        other => bail!("unexpected reply to revoke: {other:?}"),
-    }
+    demo_cleanup::revoke_all(&mut client, "agentd demo").await?;
     if dynamic {
         print_agentd_roles(sandbox, "after revoke").await?;
     }
     print_audit_trail(sandbox)?;
-    eprintln!("agentd demo: cleaning up");
     Ok(())
 }
 
@@ -451,26 +482,4 @@ fn print_audit_trail(sandbox: &Sandbox) -> anyhow::Result<()> {
         report.records
     );
     Ok(())
-}
-
-async fn request_grant(client: &mut Client) -> anyhow::Result<Handle> {
-    let spec = AccessRequestSpec {
-        resource: RESOURCE.to_owned(),
-        permission: PERMISSION.to_owned(),
-        duration_seconds: Some(600),
-        justification: "agentd demo: read the sample orders".to_owned(),
-        agent: AgentInfo {
-            agent_type: "agentd-demo".to_owned(),
-            ..AgentInfo::default()
-        },
-    };
-    match client.call(Request::RequestAccess(spec)).await? {
-        Response::AccessRequest(view) => {
-            let view = *view;
-            let message = view.message.unwrap_or_default();
-            view.handle.with_context(|| format!("no grant: {message}"))
-        }
-        Response::Error { code, message } => bail!("request refused ({code:?}): {message}"),
-        other => bail!("unexpected reply: {other:?}"),
-    }
 }

@@ -3,58 +3,68 @@
 //! `kind = "http"` resource with a random API key in the OS keychain, a grant, and curl
 //! through the proxy: the upstream sees the injected key, curl only ever has the grant
 //! token, and the echoed key comes back as `[REDACTED]`.
+//!
+//! Cleanup as in `agentd demo` ([`crate::demo_cleanup`]): one [`DemoDir`] owns the keychain
+//! entry and the files, on every way out (end, error, SIGINT, SIGTERM, SIGHUP).
 
-use crate::broker::Broker;
 use crate::config::Config;
 use crate::credentials::keychain;
+use crate::demo_cleanup::{self, random_hex, DemoDir, InProcessDaemon, Signals};
 use crate::echo_upstream::EchoUpstream;
-use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Handle, Request, Response, RevokeTarget};
+use agentd_proto::Client;
 use anyhow::{bail, Context as _};
-use rand::RngCore as _;
 use secrecy::{ExposeSecret, SecretString};
-use tokio_util::sync::CancellationToken;
 
 const RESOURCE: &str = "demo-api";
 const PERMISSION: &str = "reader";
+const LABEL: &str = "agentd demo --http";
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Runs the demo and cleans up (keychain entry, temp dirs, upstream).
+/// Runs the demo and cleans up (keychain entry, temp dirs, upstream) on every way out.
 ///
 /// # Errors
-/// Any step failing (curl missing, keychain unavailable, …).
+/// Any step failing (curl missing, keychain unavailable, …), or a signal.
 pub async fn run() -> anyhow::Result<()> {
-    eprintln!("agentd demo --http: starting a local HTTPS upstream (throwaway CA)…");
-    let upstream = EchoUpstream::start().await?;
-    let dir = tempfile::Builder::new()
-        .prefix("agentd-demo-http-")
-        .tempdir()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    }
-    let service = format!("agentd-demo-{}", random_hex(6));
+    let mut signals = Signals::install()?;
+    demo_cleanup::sweep_and_report(LABEL).await;
+    eprintln!("{LABEL}: starting a local HTTPS upstream (throwaway CA)…");
     let entry = keychain::entry_name(RESOURCE, PERMISSION);
+    let mut dir = DemoDir::create(vec![entry.clone()])?;
+    let upstream = EchoUpstream::start().await?;
+    dir.note_other_dir(upstream.dir())?;
+    eprintln!(
+        "{LABEL}: files in {} and {}, keychain service {}; all removed when the demo ends",
+        dir.path().display(),
+        upstream.dir().display(),
+        dir.keyring_service()
+    );
     let secret = SecretString::from(format!("demo-api-key-{}", random_hex(16)));
-    keychain::set(&service, &entry, &secret)
-        .context("storing the demo API key in the OS keychain")?;
-    let result = run_in(&upstream, dir.path(), &service, &secret).await;
-    let _ = keychain::delete(&service, &entry);
-    eprintln!("agentd demo --http: cleaning up");
-    result
+    let result = match keychain::set(dir.keyring_service(), &entry, &secret)
+        .context("storing the demo API key in the OS keychain")
+    {
+        Ok(()) => run_in(&upstream, &dir, &secret, &mut signals).await,
+        Err(e) => Err(e),
+    };
+    demo_cleanup::say(&format!("{LABEL}: cleaning up"));
+    drop(upstream);
+    let cleaned = demo_cleanup::finish(
+        tokio::task::spawn_blocking(move || dir.cleanup()),
+        &mut signals,
+        LABEL,
+    )
+    .await;
+    result?;
+    cleaned??;
+    Ok(())
 }
 
 async fn run_in(
     upstream: &EchoUpstream,
-    dir: &std::path::Path,
-    service: &str,
+    demo_dir: &DemoDir,
     secret: &SecretString,
+    signals: &mut Signals,
 ) -> anyhow::Result<()> {
+    let dir = demo_dir.path();
+    let service = demo_dir.keyring_service();
     let config_path = dir.join("config.toml");
     let socket_path = dir.join("agentd.sock");
     std::fs::write(
@@ -86,18 +96,12 @@ allow = [{{ methods = ["GET", "HEAD"], paths = ["/echo/**"] }}]
     )?;
     let config = Config::load(&config_path)?;
     let audit_dir = config.audit_dir();
-    let listener = crate::control::bind(&socket_path, 0o600)?;
-    let broker = Broker::open(config, config_path.clone(), Some(dir.join("sock")))?;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(crate::control::serve(
-        listener,
-        broker.clone(),
-        stop.clone(),
-    ));
-    let outcome = session(upstream, &socket_path, secret).await;
-    stop.cancel();
-    broker.shutdown().await;
-    let _ = server.await;
+    let daemon = InProcessDaemon::start(config, config_path, &socket_path, dir.join("sock"))?;
+    let outcome = tokio::select! {
+        done = session(upstream, &socket_path, secret) => done,
+        name = signals.recv() => Err(anyhow::anyhow!("stopped by {name}")),
+    };
+    daemon.stop().await;
     outcome?;
     println!("\naudit log ({}):", audit_dir.display());
     for record in crate::audit::read_records(&audit_dir)? {
@@ -110,6 +114,7 @@ async fn curl(args: &[&str]) -> anyhow::Result<String> {
     let out = tokio::process::Command::new("curl")
         .arg("-sS")
         .args(args)
+        .kill_on_drop(true)
         .output()
         .await
         .context("running curl (is it installed?)")?;
@@ -122,7 +127,13 @@ async fn session(
     secret: &SecretString,
 ) -> anyhow::Result<()> {
     let mut client = Client::connect(socket).await?;
-    let handle = request_grant(&mut client).await?;
+    let handle = demo_cleanup::request_grant(
+        &mut client,
+        RESOURCE,
+        PERMISSION,
+        "agentd demo --http: call the echo API",
+    )
+    .await?;
     let Some(http) = &handle.http else {
         bail!("the grant has no HTTP handle");
     };
@@ -155,41 +166,9 @@ async fn session(
     let denied = format!("{}/admin", http.base_url);
     println!("\n$ curl -X DELETE -H 'Authorization: Bearer <grant token>' {denied}");
     println!("{}", curl(&["-X", "DELETE", "-H", &auth, &denied]).await?);
-    match client
-        .call(Request::Revoke {
-            target: RevokeTarget::All,
-        })
-        .await?
-    {
-        Response::Revoked { grant_ids } => {
-            eprintln!("agentd demo --http: revoked {}", grant_ids.join(", "))
-        }
-        other => bail!("unexpected reply to revoke: {other:?}"),
-    }
+    demo_cleanup::revoke_all(&mut client, LABEL).await?;
     if !injected {
         bail!("the upstream did not receive the injected credential");
     }
     Ok(())
-}
-
-async fn request_grant(client: &mut Client) -> anyhow::Result<Handle> {
-    let spec = AccessRequestSpec {
-        resource: RESOURCE.to_owned(),
-        permission: PERMISSION.to_owned(),
-        duration_seconds: Some(600),
-        justification: "agentd demo --http: call the echo API".to_owned(),
-        agent: AgentInfo {
-            agent_type: "agentd-demo".to_owned(),
-            ..AgentInfo::default()
-        },
-    };
-    match client.call(Request::RequestAccess(spec)).await? {
-        Response::AccessRequest(view) => {
-            let view = *view;
-            let message = view.message.unwrap_or_default();
-            view.handle.with_context(|| format!("no grant: {message}"))
-        }
-        Response::Error { code, message } => bail!("request refused ({code:?}): {message}"),
-        other => bail!("unexpected reply: {other:?}"),
-    }
 }

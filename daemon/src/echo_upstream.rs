@@ -79,6 +79,11 @@ impl Drop for EchoUpstream {
 }
 
 impl EchoUpstream {
+    /// Its temporary directory (the CA file); removed when it is dropped.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime).
     ///
     /// # Errors

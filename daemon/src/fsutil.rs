@@ -18,3 +18,19 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
     builder.create(dir)
 }
+
+/// Writes `bytes` to `path`, created with mode 0600 on Unix (an existing file keeps its
+/// mode) and truncated.
+///
+/// # Errors
+/// The I/O error from opening or writing.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    std::io::Write::write_all(&mut opts.open(path)?, bytes)
+}

@@ -15,6 +15,7 @@ pub mod control;
 pub mod credentials;
 pub mod daemon;
 pub mod demo;
+pub mod demo_cleanup;
 pub mod demo_http;
 pub mod echo_upstream;
 pub mod fsutil;

@@ -3,11 +3,15 @@
 //! [`Cluster::start`] finds the machine's PostgreSQL server binaries, runs `initdb` in a
 //! temporary directory (as the `postgres` OS user when we are root, since PostgreSQL refuses
 //! to run as root), turns on `ssl` with a freshly generated CA and server certificate,
-//! requires `scram-sha-256` for TCP logins, and starts the server on a free loopback port.
-//! Local (Unix-socket) logins are `trust` so the harness can administer it. Dropping the
-//! [`Cluster`] stops the server and deletes the directory.
+//! requires `scram-sha-256` for every login — TCP and local (Unix-socket) alike, no `trust`
+//! line — and starts the server on a free loopback port. The superuser `postgres` gets a
+//! random password ([`Cluster::superuser_password`], given to `initdb` through a 0600
+//! `--pwfile` removed right after); the cluster's own `psql` calls pass it in the child's
+//! `PGPASSWORD`, never in argv. Dropping the [`Cluster`] stops the server and deletes the
+//! directory.
 
 use anyhow::{anyhow, bail, Context as _};
+use secrecy::{ExposeSecret as _, SecretString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -18,12 +22,13 @@ pub struct Cluster {
     run_as: Option<String>,
     /// Loopback TCP port the server listens on.
     pub port: u16,
-    /// Directory of the server's Unix socket (trust auth for the superuser).
+    /// Directory of the server's Unix socket (SCRAM, like TCP).
     pub socket_dir: PathBuf,
     /// PEM file of the CA that signed the server certificate (for `verify-full`).
     pub ca_file: PathBuf,
     /// The server log file.
     pub log_file: PathBuf,
+    superuser_password: SecretString,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -123,8 +128,18 @@ impl Cluster {
     /// # Errors
     /// Missing binaries, `initdb`/`pg_ctl` failures (with their output), or file errors.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_noting(|_| Ok(()))
+    }
+
+    /// Like [`Cluster::start`], calling `note(dir)` with the cluster's directory as soon as
+    /// it exists, before anything runs in it (the demo records it for a later sweep).
+    ///
+    /// # Errors
+    /// As [`Cluster::start`], or `note`'s error (the directory is removed then).
+    pub fn start_noting(note: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<Self> {
         let bin_dir = find_bin_dir()?;
         let dir = tempfile::Builder::new().prefix("agentd-pg-").tempdir()?;
+        note(dir.path())?;
         let run_as = is_root().then(|| "postgres".to_owned());
         let data_dir = dir.path().join("data");
         let socket_dir = dir.path().join("sock");
@@ -140,6 +155,7 @@ impl Cluster {
             bin_dir,
             run_as,
             dir,
+            superuser_password: SecretString::from(random_hex(24)),
         };
         cluster.initdb(&data_dir)?;
         cluster.write_tls_files(&data_dir)?;
@@ -165,15 +181,31 @@ impl Cluster {
         }
     }
 
+    /// The superuser's password (user `postgres`, Unix socket or TCP).
+    pub fn superuser_password(&self) -> &SecretString {
+        &self.superuser_password
+    }
+
+    /// `initdb` with SCRAM for local and host logins; the superuser password goes through
+    /// a 0600 file owned by the server user, removed when initdb is done.
     fn initdb(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let pwfile = self.dir.path().join("superuser.pw");
+        crate::fsutil::write_private_file(
+            &pwfile,
+            self.superuser_password.expose_secret().as_bytes(),
+        )?;
+        if let Some(user) = &self.run_as {
+            chown_tree(&pwfile, user)?;
+        }
         let out = self
             .server_command("initdb")
             .arg("-D")
             .arg(data_dir)
+            .arg(format!("--pwfile={}", pwfile.display()))
             .args([
                 "-U",
                 "postgres",
-                "--auth-local=trust",
+                "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
@@ -182,8 +214,9 @@ impl Cluster {
             ])
             .stdin(Stdio::null())
             .output()
-            .context("running initdb")?;
-        check(out, "initdb")?;
+            .context("running initdb");
+        let _ = std::fs::remove_file(&pwfile);
+        check(out?, "initdb")?;
         Ok(())
     }
 
@@ -220,7 +253,7 @@ impl Cluster {
         let crt = data_dir.join("server.crt");
         let key_file = data_dir.join("server.key");
         std::fs::write(&crt, cert.pem())?;
-        write_private(&key_file, key.serialize_pem().as_bytes())?;
+        crate::fsutil::write_private_file(&key_file, key.serialize_pem().as_bytes())?;
         if let Some(user) = &self.run_as {
             chown_tree(&crt, user)?;
             chown_tree(&key_file, user)?;
@@ -240,13 +273,14 @@ impl Cluster {
         let mut text = std::fs::read_to_string(data_dir.join("postgresql.conf"))?;
         text.push_str(&conf);
         std::fs::write(data_dir.join("postgresql.conf"), text)?;
-        let hba = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
+        let hba = "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n";
         std::fs::write(data_dir.join("pg_hba.conf"), hba)?;
         Ok(())
     }
 
     /// A `psql -X -q -v ON_ERROR_STOP=1` command connected as the superuser to `database`
-    /// over the cluster's Unix socket (no password; `PGPASSWORD` removed). Callers add the
+    /// over the cluster's Unix socket, its password in the child's `PGPASSWORD` (not argv;
+    /// std keeps a copy of the environment until the command is dropped). Callers add the
     /// output flags and the SQL (`-c` or `-f -`).
     pub fn superuser_psql(&self, database: &str) -> Command {
         let mut cmd = Command::new(psql_path());
@@ -261,7 +295,7 @@ impl Cluster {
                 database,
             ])
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            .env_remove("PGPASSWORD");
+            .env("PGPASSWORD", self.superuser_password.expose_secret());
         cmd
     }
 
@@ -312,6 +346,23 @@ impl Cluster {
         self.pg_ctl(&["stop", "-m", "fast", "-w"], None)
     }
 
+    /// Stops the server if it runs (fast shutdown; `postmaster.pid` present) and removes
+    /// the cluster's directory. Safe to call again.
+    ///
+    /// # Errors
+    /// pg_ctl's failure, or the directory cannot be removed.
+    pub fn stop_and_remove(&self) -> anyhow::Result<()> {
+        if self.data_dir().join("postmaster.pid").exists() {
+            self.stop()?;
+        }
+        match std::fs::remove_dir_all(self.dir.path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.dir.path().display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Starts the server again after [`Cluster::stop`] (same data, port and certificates);
     /// waits until it accepts connections.
     ///
@@ -324,8 +375,55 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"], None);
+        if self.data_dir().join("postmaster.pid").exists() {
+            let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"], None);
+        }
     }
+}
+
+/// Stops the server of a cluster directory a dead process left (`DIR/data`, immediate
+/// shutdown, as `postgres` when we are root). Only when `postmaster.pid` names a live
+/// process whose working directory is that data directory (Linux `/proc`), so a stale pid
+/// file after a reboot never signals an unrelated process; otherwise nothing runs and
+/// that is success.
+///
+/// # Errors
+/// No server binaries, or pg_ctl's failure.
+pub fn stop_stale(dir: &Path) -> anyhow::Result<()> {
+    let data = dir.join("data");
+    let Ok(pid_file) = std::fs::read_to_string(data.join("postmaster.pid")) else {
+        return Ok(());
+    };
+    let pid = pid_file.lines().next().unwrap_or_default().trim();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let data_real = std::fs::canonicalize(&data).ok();
+    if pid.is_empty() || cwd.is_none() || cwd != data_real {
+        return Ok(());
+    }
+    let pg_ctl = find_bin_dir()?.join("pg_ctl");
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_ctl);
+        c
+    } else {
+        Command::new(pg_ctl)
+    };
+    let out = cmd
+        .args(["stop", "-m", "immediate", "-w", "-D"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .context("running pg_ctl")?;
+    check(out, "pg_ctl stop")?;
+    Ok(())
+}
+
+/// `bytes` random bytes as lowercase hex.
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A throwaway CA named `ca_name` and a server certificate it signed for `localhost` and
@@ -352,17 +450,6 @@ pub(crate) fn localhost_ca_and_cert(
         .push(DnType::CommonName, "localhost");
     let cert = params.signed_by(&key, &ca, &ca_key)?;
     Ok((ca, cert, key))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    std::io::Write::write_all(&mut opts.open(path)?, bytes)
 }
 
 /// `chown -R user:user path`.

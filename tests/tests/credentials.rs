@@ -455,6 +455,16 @@ async fn command_logins_are_renewed_per_session_after_they_expire() -> anyhow::R
     })
     .await?;
     let psql_bin = agentd::pgcluster::psql_path();
+    // The superuser's password for the script's psql, in a 0600 pgpass file (not argv).
+    let pgpass = dir.join("pgpass");
+    agentd::fsutil::write_private_file(
+        &pgpass,
+        format!(
+            "*:*:*:postgres:{}\n",
+            secrecy::ExposeSecret::expose_secret(sandbox.cluster.superuser_password())
+        )
+        .as_bytes(),
+    )?;
     script(
         dir,
         "rotating.sh",
@@ -463,11 +473,12 @@ async fn command_logins_are_renewed_per_session_after_they_expire() -> anyhow::R
              pw=\"rotating-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \\n')\"\n\
              exp=\"$(date -u -d '+2 seconds' +%Y-%m-%dT%H:%M:%SZ)\"\n\
              echo \"$pw\" >> '{runs}'\n\
-             echo \"ALTER ROLE {role} PASSWORD '$pw' VALID UNTIL '$exp'\" | '{psql}' -h '{socket}' -p {port} -U postgres -d postgres -X -q -v ON_ERROR_STOP=1 >/dev/null\n\
+             echo \"ALTER ROLE {role} PASSWORD '$pw' VALID UNTIL '$exp'\" | PGPASSFILE='{pgpass}' '{psql}' -h '{socket}' -p {port} -U postgres -d postgres -X -q -v ON_ERROR_STOP=1 >/dev/null\n\
              printf '{{\"username\":\"{role}\",\"password\":\"%s\",\"expires_at\":\"%s\"}}' \"$pw\" \"$exp\"",
             runs = runs.display(),
             role = agentd::demo::ROLE,
             psql = psql_bin.display(),
+            pgpass = pgpass.display(),
             socket = sandbox.cluster.socket_dir.display(),
             port = sandbox.cluster.port,
         ),

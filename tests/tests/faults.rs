@@ -9,12 +9,15 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
-/// A direct superuser connection to the sandbox's cluster (Unix socket, trust).
+/// A direct superuser connection to the sandbox's cluster (Unix socket, SCRAM).
 async fn direct(target: &Granted) -> anyhow::Result<tokio_postgres::Client> {
     let mut c = tokio_postgres::Config::new();
     c.host_path(&target.sandbox.cluster.socket_dir)
         .port(target.sandbox.cluster.port)
         .user("postgres")
+        .password(secrecy::ExposeSecret::expose_secret(
+            target.sandbox.cluster.superuser_password(),
+        ))
         .dbname(DATABASE);
     let (client, conn) = c.connect(NoTls).await?;
     tokio::spawn(conn);

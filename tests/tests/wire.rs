@@ -58,12 +58,16 @@ impl Proxy {
         c
     }
 
-    /// tokio-postgres config for a direct superuser connection over the Unix socket.
+    /// tokio-postgres config for a direct superuser connection over the Unix socket
+    /// (SCRAM with the cluster's superuser password).
     fn direct_config(&self) -> Config {
         let mut c = Config::new();
         c.host_path(&self.sandbox.cluster.socket_dir)
             .port(self.sandbox.cluster.port)
             .user("postgres")
+            .password(secrecy::ExposeSecret::expose_secret(
+                self.sandbox.cluster.superuser_password(),
+            ))
             .dbname(DATABASE);
         c
     }
@@ -616,6 +620,13 @@ async fn psycopg3_gets_the_same_results_as_direct() -> anyhow::Result<()> {
             tokio::process::Command::new("python3")
                 .arg(&script)
                 .arg(dsn)
+                // The direct DSN's superuser password (the proxy's DSN carries its own).
+                .env(
+                    "PGPASSWORD",
+                    secrecy::ExposeSecret::expose_secret(
+                        proxy.sandbox.cluster.superuser_password(),
+                    ),
+                )
                 .output(),
         )
         .await??;
@@ -741,6 +752,11 @@ async fn psql_scripts_with_copy_and_many_statements_match_direct() -> anyhow::Re
         ),
         ("PGPORT".to_owned(), proxy.sandbox.cluster.port.to_string()),
         ("PGUSER".to_owned(), "postgres".to_owned()),
+        (
+            "PGPASSWORD".to_owned(),
+            secrecy::ExposeSecret::expose_secret(proxy.sandbox.cluster.superuser_password())
+                .to_owned(),
+        ),
         ("PGDATABASE".to_owned(), DATABASE.to_owned()),
     ];
     let direct = run(direct_env).await??;

@@ -289,8 +289,9 @@ pub enum SecretCommand {
 /// `agentd demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep everything running; print one JSON line `{"dsn","socket","config"}` first, and
-    /// clean up on Ctrl-C.
+    /// Keep everything running; print one JSON line
+    /// `{"dsn","socket","config","dir","cluster_dir","keyring_service"}` first, and clean up
+    /// on Ctrl-C, SIGTERM or SIGHUP.
     #[arg(long)]
     pub serve: bool,
     /// Use a dynamic credential: each grant gets its own PostgreSQL role (agentd_g_…),

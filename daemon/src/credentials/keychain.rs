@@ -61,6 +61,16 @@ fn select_backend() {
 /// the session keyring; where the persistent keyring exists but cannot be linked to
 /// (containers, some sandboxes) that fails with ENOKEY. We then retry on the session
 /// keyring alone, which is what the daemon started from the same session reads.
+///
+/// Before that, the calling thread gets a session keyring of its own (session keyrings
+/// belong to a thread's credentials): keyring-rs reads the session keyring's id and only
+/// then asks for the persistent keyring, and that request creates a session keyring for a
+/// thread that had none. On such a thread (containers, CI, services without PAM) an entry
+/// then went to the shared user-session keyring, which the thread no longer possessed, so
+/// no later delete could reach it: every `agentd demo` left its secret there. Building the
+/// credential twice makes the first build create the session keyring and the second use
+/// it: an entry is then one key, linked into the session and the persistent keyring, and
+/// one delete removes it.
 fn with_entry<T>(
     service: &str,
     name: &str,
@@ -70,6 +80,7 @@ fn with_entry<T>(
     #[cfg(target_os = "linux")]
     if use_keyutils() {
         use keyring::keyutils::KeyutilsCredential;
+        let _ = KeyutilsCredential::new_with_target(None, service, name);
         let credential =
             KeyutilsCredential::new_with_target(None, service, name).map_err(store_error)?;
         let persistent = credential.persistent;
@@ -120,10 +131,76 @@ pub fn set(service: &str, name: &str, secret: &SecretString) -> Result<(), Keych
     with_entry(service, name, |e| e.set_password(secret.expose_secret()))
 }
 
-/// Deletes a secret. Blocking.
+/// Deletes a secret: every copy of it. Blocking.
+///
+/// With keyutils a secret may be stored twice: [`with_entry`]'s retry stores it in the
+/// persistent keyring when the session copy was added but could not be linked there, and
+/// one delete finds only the session copy. So this deletes until none is found (at most
+/// four rounds); otherwise the persistent copy would outlive the delete and still be read.
 ///
 /// # Errors
 /// [`KeychainError::NotFound`] when there was none, [`KeychainError::Store`] otherwise.
 pub fn delete(service: &str, name: &str) -> Result<(), KeychainError> {
-    with_entry(service, name, |e| e.delete_credential())
+    let mut deleted = false;
+    for _ in 0..4 {
+        match with_entry(service, name, |e| e.delete_credential()) {
+            Ok(()) => deleted = true,
+            Err(KeychainError::NotFound) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if deleted {
+        Ok(())
+    } else {
+        Err(KeychainError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Live keys in the kernel's key store whose description names `service` (Linux
+    /// `/proc/keys`; invalidated, revoked or dead keys do not count).
+    fn live_keys(service: &str) -> Vec<String> {
+        std::fs::read_to_string("/proc/keys")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("@{service}:")))
+            .filter(|l| {
+                let flags = l.split_whitespace().nth(1).unwrap_or_default();
+                !flags.contains(['i', 'R', 'D'])
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Against this machine's real keychain: a secret set on one fresh thread and deleted
+    /// on another can no longer be read, a second `delete` says there is none, and (with
+    /// keyutils) no copy of it is left in any keyring.
+    #[test]
+    fn delete_removes_every_copy() {
+        let service = format!("agentd-test-{}", std::process::id());
+        let secret = SecretString::from("keychain-delete-canary".to_owned());
+        let s = service.clone();
+        let stored = std::thread::spawn(move || set(&s, "r/p", &secret))
+            .join()
+            .unwrap();
+        if let Err(e) = stored {
+            eprintln!("SKIPPED: no usable keychain here: {e}");
+            return;
+        }
+        assert!(get(&service, "r/p").is_ok());
+        let s = service.clone();
+        std::thread::spawn(move || delete(&s, "r/p"))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(get(&service, "r/p"), Err(KeychainError::NotFound)));
+        assert!(matches!(
+            delete(&service, "r/p"),
+            Err(KeychainError::NotFound)
+        ));
+        assert_eq!(live_keys(&service), Vec::<String>::new());
+    }
 }
