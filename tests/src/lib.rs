@@ -334,17 +334,34 @@ async fn output_of(mut cmd: tokio::process::Command) -> anyhow::Result<CliOutput
     })
 }
 
+/// What to type at `agentd approve`'s prompt to approve: [`agentd_cli_at_terminal`]
+/// replaces it with the confirmation code the prompt shows.
+pub const APPROVE_CODE: &str = "{code}\n";
+
+/// The confirmation code in an approval prompt (`… Type 1234 to approve …`), if shown.
+pub fn shown_code(screen: &str) -> Option<String> {
+    let at = screen.find("? Type ")? + "? Type ".len();
+    let code = screen.get(at..at + 4)?;
+    (code.bytes().all(|b| b.is_ascii_digit()) && screen[at + 4..].starts_with(" to approve"))
+        .then(|| code.to_owned())
+}
+
 /// Runs `agentd … ARGS` at a real terminal: inside a pseudo-terminal made by util-linux
-/// `script`, with `typed` written to the terminal as the human's keystrokes. The output is
-/// the terminal's (prompts, echoed input and the command's stdout/stderr, in `stdout`).
+/// `script`, with `typed` written to the terminal as the human's keystrokes. When `typed`
+/// holds `{code}` (see [`APPROVE_CODE`]), the keystrokes wait until the approval prompt
+/// shows its confirmation code, which replaces `{code}`, as a human reads and types it. The
+/// output is the terminal's (prompts, echoed input and the command's stdout/stderr, in
+/// `stdout`).
 ///
 /// # Errors
-/// `script` cannot run or hangs past [`STEP_TIMEOUT`].
+/// `script` cannot run or hangs past [`STEP_TIMEOUT`], or no code is shown when one is
+/// awaited.
 pub async fn agentd_cli_at_terminal(
     sandbox: &Sandbox,
     args: &[&str],
     typed: &str,
 ) -> anyhow::Result<CliOutput> {
+    use tokio::io::AsyncReadExt as _;
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let mut line = vec![
         quote(&bin("agentd").display().to_string()),
@@ -365,12 +382,43 @@ pub async fn agentd_cli_at_terminal(
         .spawn()
         .context("starting script(1) for a pseudo-terminal")?;
     let mut stdin = child.stdin.take().context("script stdin")?;
+    let mut stdout = child.stdout.take().context("script stdout")?;
+    let mut screen = Vec::new();
+    let typed = if typed.contains("{code}") {
+        let code = tokio::time::timeout(STEP_TIMEOUT, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some(code) = shown_code(&String::from_utf8_lossy(&screen)) {
+                    return anyhow::Ok(code);
+                }
+                let n = stdout.read(&mut chunk).await?;
+                anyhow::ensure!(
+                    n > 0,
+                    "no confirmation code on the terminal: {}",
+                    String::from_utf8_lossy(&screen)
+                );
+                screen.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .context("waiting for the approval prompt")??;
+        typed.replace("{code}", &code)
+    } else {
+        typed.to_owned()
+    };
     stdin.write_all(typed.as_bytes()).await?;
     drop(stdin);
+    let rest = tokio::time::timeout(STEP_TIMEOUT, async {
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).await?;
+        anyhow::Ok(rest)
+    })
+    .await??;
+    screen.extend_from_slice(&rest);
     let out = tokio::time::timeout(STEP_TIMEOUT, child.wait_with_output()).await??;
     Ok(CliOutput {
         code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stdout: String::from_utf8_lossy(&screen).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }

@@ -227,7 +227,7 @@ async fn hostile_text_reaches_no_human_surface_raw() -> anyhow::Result<()> {
     // 4. The approval prompt at a real (pseudo-)terminal, for the request whose text tries
     //    to redraw it: nothing raw in the terminal's bytes, the daemon's facts last.
     let target = &ids[0];
-    let approved = agentd_cli_at_terminal(&sandbox, &["approve", target], "yes\n").await?;
+    let approved = agentd_cli_at_terminal(&sandbox, &["approve", target], APPROVE_CODE).await?;
     assert_eq!(approved.code, 0, "{}{}", approved.stdout, approved.stderr);
     assert_terminal_safe("approval prompt", &approved.stdout, true)?;
     let screen = approved.stdout.replace("\r\n", "\n");
@@ -430,7 +430,8 @@ async fn a_second_shim_cannot_reach_the_first_ones_request_or_grant() -> anyhow:
     );
 
     // The human approves at a terminal; the approver's output carries no handle.
-    let approved = agentd_cli_at_terminal(&sandbox, &["approve", &request_id], "yes\n").await?;
+    let approved =
+        agentd_cli_at_terminal(&sandbox, &["approve", &request_id], APPROVE_CODE).await?;
     assert_eq!(approved.code, 0, "{}{}", approved.stdout, approved.stderr);
     let approved_json =
         agentd_cli_at_terminal(&sandbox, &["requests", "--all", "--json"], "").await?;

@@ -220,7 +220,7 @@ async fn stdio_every_tool_with_approval_run_query_and_no_leak() -> anyhow::Resul
         json!({"request_id": request_id, "timeout_seconds": 25}),
     );
     let approve_args = ["approve", request_id.as_str()];
-    let approver = agentd_cli_at_terminal(&sandbox, &approve_args, "yes\n");
+    let approver = agentd_cli_at_terminal(&sandbox, &approve_args, APPROVE_CODE);
     let (waited, approved) = tokio::join!(waiter, approver);
     let (waited, approved) = (waited?, approved?);
     assert_eq!(approved.code, 0, "{}", approved.stdout);

@@ -93,6 +93,16 @@ elif mode == "ptrace":
         print("attached", flush=True)
     else:
         raise SystemExit("ptrace: errno %d" % ctypes.get_errno())
+elif mode == "tiocsti":
+    import fcntl, termios
+    done = 0
+    try:
+        for b in sys.argv[2].encode():
+            fcntl.ioctl(0, termios.TIOCSTI, bytes([b]))
+            done += 1
+        print("typed %d bytes into the terminal" % done, flush=True)
+    except OSError as e:
+        print("TIOCSTI refused after %d bytes: %s" % (done, e), flush=True)
 elif mode == "mem":
     try:
         f = open("/proc/%s/mem" % sys.argv[2], "rb")
@@ -349,6 +359,46 @@ fn at_pty(target: &Target, user: &str, args: &[&str]) -> tokio::process::Command
     }
 }
 
+/// Runs an `agentd approve` made by [`at_pty`] as whoever owns that terminal would: reads
+/// the screen, and once the prompt shows its confirmation code, types it (the pty's master
+/// side sees the output; a process on the terminal's input side does not). When no code is
+/// shown (the command fails first), types nothing.
+async fn approve_reading_the_code(mut cmd: tokio::process::Command) -> anyhow::Result<CliOutput> {
+    use tokio::io::AsyncReadExt as _;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let mut keyboard = child.stdin.take().context("stdin")?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut screen = Vec::new();
+    tokio::time::timeout(STEP_TIMEOUT, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(code) = agentd_tests::shown_code(&String::from_utf8_lossy(&screen)) {
+                keyboard.write_all(format!("{code}\n").as_bytes()).await?;
+                break;
+            }
+            let n = stdout.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            screen.extend_from_slice(&chunk[..n]);
+        }
+        stdout.read_to_end(&mut screen).await?;
+        anyhow::Ok(())
+    })
+    .await??;
+    drop(keyboard);
+    let out = tokio::time::timeout(STEP_TIMEOUT, child.wait_with_output()).await??;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&screen).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 fn contains_secret(text: &str, secret: &SecretString) -> bool {
     text.contains(secret.expose_secret())
 }
@@ -562,7 +612,7 @@ async fn attacks(
         v["kind"] == "error",
         v["message"].as_str().unwrap_or(r.stderr.trim()).to_owned(),
     ));
-    let r = run(at_pty(target, AGENT, &["approve", &req.id]), Some("yes\n")).await?;
+    let r = approve_reading_the_code(at_pty(target, AGENT, &["approve", &req.id])).await?;
     let approved = r.stdout.contains("approved r_");
     out.push(outcome(
         "approve its own request through script(1) (a pseudo-terminal)",
@@ -889,7 +939,7 @@ async fn admin_set_secret(target: &Target, secret: &SecretString) -> anyhow::Res
 }
 
 async fn admin_approve(target: &Target, id: &str) -> anyhow::Result<CliOutput> {
-    let r = run(at_pty(target, "root", &["approve", id]), Some("yes\n")).await?;
+    let r = approve_reading_the_code(at_pty(target, "root", &["approve", id])).await?;
     anyhow::ensure!(
         r.stdout.contains("approved r_"),
         "root could not approve: {}",
@@ -1142,7 +1192,7 @@ async fn user_half(
     {
         Ok(Ok(Some(line))) => serde_json::from_str(&line)?,
         _ => {
-            let r = run(at_pty(&target, AGENT, &["approve", &req.id]), Some("yes\n")).await?;
+            let r = approve_reading_the_code(at_pty(&target, AGENT, &["approve", &req.id])).await?;
             seen.push(r.stdout);
             req.decision().await?
         }
@@ -1204,6 +1254,124 @@ async fn red_team_system_and_user_mode() -> anyhow::Result<()> {
         }
     }
     assert_clean(&secret, &seen);
+    Ok(())
+}
+
+/// TIOCSTI: a process of the agent's user that shares the admin's terminal (started in it,
+/// as agents started from a terminal are) types `yes` into the terminal's input queue just
+/// before root's `agentd approve` reads it. The kernel lets it type exactly when
+/// `dev.tty.legacy_tiocsti` is not 0 (or absent, before Linux 6.2) — what `agentd doctor`
+/// reports as `terminal_injection` — but approving takes the 4-digit code the prompt shows,
+/// which a process on the terminal's input side cannot read: the typed `yes` declines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_into_the_admins_terminal_cannot_approve_blind() -> anyhow::Result<()> {
+    if nix_uid() != 0 {
+        return Ok(());
+    }
+    let secret = canary_password();
+    let sandbox = cluster(&secret).await?;
+    let rig = start_system(sandbox.cluster.port, &sandbox.cluster.ca_file, "approval").await?;
+    let target = &rig.target;
+    let script = write_client(&target.agent_scratch)?;
+    admin_set_secret(target, &secret).await?;
+    let mut req = agent_request(target, &script).await?;
+
+    // Root's terminal (script(1) makes a pty and a session): first the agent's process,
+    // same session and terminal, as the agent's uid; then root's approve on that terminal.
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let inject = [
+        "setpriv",
+        "--reuid",
+        AGENT,
+        "--regid",
+        AGENT,
+        "--init-groups",
+        "--",
+        "/usr/bin/python3",
+        &script.display().to_string(),
+        "tiocsti",
+        "yes\n",
+    ]
+    .iter()
+    .map(|a| quote(a))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let approve = [
+        &target.agentd.display().to_string(),
+        "approve",
+        req.id.as_str(),
+    ]
+    .iter()
+    .map(|a| quote(a))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let line = format!("{inject}; exec {approve}");
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", PATH_ENV)
+        .env("HOME", "/root")
+        .envs(target.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut terminal = cmd.spawn()?;
+    // Root's keyboard: open, silent (an EOF would reach the prompt as Ctrl-D).
+    let mut keyboard = terminal.stdin.take().context("script stdin")?;
+    let mut screen_lines =
+        tokio::io::BufReader::new(terminal.stdout.take().context("script stdout")?).lines();
+    let mut screen = String::new();
+    tokio::time::timeout(STEP_TIMEOUT, async {
+        while let Some(line) = screen_lines.next_line().await? {
+            screen.push_str(&line);
+            screen.push('\n');
+            if line.contains("TIOCSTI refused") {
+                // Nothing was typed: root answers the prompt itself, declining.
+                keyboard.write_all(b"no\n").await?;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    drop(keyboard);
+    let _ = tokio::time::timeout(STEP_TIMEOUT, terminal.wait()).await;
+    // Root then denies it at a terminal of its own, so the agent's wait ends.
+    let denied = run(
+        at_pty(target, "root", &["deny", &req.id, "--reason", "red team"]),
+        Some("yes\n"),
+    )
+    .await?;
+    let decision = req.decision().await?;
+    let legacy = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").ok();
+    let allowed = legacy.as_deref().map(str::trim) != Some("0");
+    let typed = screen.contains("typed 4 bytes into the terminal");
+    println!(
+        "TIOCSTI into root's terminal (dev.tty.legacy_tiocsti = {}): {}; approval: {}",
+        legacy.as_deref().map_or("absent", str::trim),
+        if typed {
+            "typed \"yes\""
+        } else {
+            "refused by the kernel"
+        },
+        if screen.contains("approved r_") {
+            "LOST"
+        } else {
+            "held (not the code)"
+        },
+    );
+    assert_eq!(
+        typed, allowed,
+        "legacy_tiocsti {legacy:?}; terminal: {screen}"
+    );
+    assert!(
+        screen.contains("not approved") && !screen.contains("approved r_"),
+        "{screen}"
+    );
+    assert_eq!(denied.code, 0, "{}", denied.stderr);
+    assert_eq!(decision["state"], "denied", "{decision}");
+    let log = rig.stop().await?;
+    assert_clean(&secret, &[screen, log, decision.to_string()]);
     Ok(())
 }
 

@@ -92,7 +92,7 @@ async fn readme_transcript_install_request_approve_query_release() -> anyhow::Re
     let request_id = view["id"].as_str().unwrap_or_default().to_owned();
 
     let approve_args = ["approve", request_id.as_str()];
-    let approved = agentd_cli_at_terminal(&sandbox, &approve_args, "yes\n").await?;
+    let approved = agentd_cli_at_terminal(&sandbox, &approve_args, APPROVE_CODE).await?;
     assert_eq!(approved.code, 0, "{}", approved.stdout);
     transcript.push_str(&format!(
         "you   $ agentd approve {request_id}\n      {}\n",

@@ -119,12 +119,15 @@ async fn approval_at_a_terminal_then_audited_queries_then_revoke() -> anyhow::Re
             .json()?;
         assert_eq!(state[0]["state"], "pending");
 
-        // The human, at a terminal, answers "yes".
-        let approved = agentd_cli_at_terminal(&sandbox, &["approve", &request_id], "yes\n").await?;
+        // The human, at a terminal, types the code the prompt shows.
+        let approved =
+            agentd_cli_at_terminal(&sandbox, &["approve", &request_id], APPROVE_CODE).await?;
         assert_eq!(approved.code, 0, "{}{}", approved.stdout, approved.stderr);
         assert!(
             approved.stdout.contains("count last week's orders")
-                && approved.stdout.contains("Type \"yes\" to approve"),
+                && approved
+                    .stdout
+                    .contains("to approve (anything else declines)"),
             "the human sees the justification before confirming: {}",
             approved.stdout
         );
@@ -146,7 +149,7 @@ async fn approval_at_a_terminal_then_audited_queries_then_revoke() -> anyhow::Re
     let env = handle_env(handle);
 
     // A second approval of the same request is a conflict, not a second grant.
-    let again = agentd_cli_at_terminal(&sandbox, &["approve", &request_id], "yes\n").await?;
+    let again = agentd_cli_at_terminal(&sandbox, &["approve", &request_id], "").await?;
     assert_ne!(again.code, 0);
     assert!(
         again.stdout.contains("already approved"),
@@ -328,15 +331,18 @@ async fn deny_timeout_and_pending_expiry_reach_the_waiting_agent() -> anyhow::Re
         "{message}"
     );
 
-    // Answering anything but yes changes nothing.
+    // Answering anything but the code shown changes nothing — "yes" included (what a
+    // process sharing the terminal would type blind).
     let second = ask("look at orders again").await?;
-    let declined = agentd_cli_at_terminal(&sandbox, &["approve", &second], "no\n").await?;
-    assert_ne!(declined.code, 0);
-    assert!(
-        declined.stdout.contains("not approved"),
-        "{}",
-        declined.stdout
-    );
+    for answer in ["no\n", "yes\n"] {
+        let declined = agentd_cli_at_terminal(&sandbox, &["approve", &second], answer).await?;
+        assert_ne!(declined.code, 0, "{answer:?}");
+        assert!(
+            declined.stdout.contains("not approved"),
+            "{}",
+            declined.stdout
+        );
+    }
 
     // Nobody decides: the pending request expires after pending_timeout (3 s) and the
     // waiting agent hears it.

@@ -5,6 +5,12 @@
 //! (a command an agent runs through its shell tool) is refused with a message telling the
 //! human what to run. The daemon checks the same on its side from the peer's pid (Linux).
 //!
+//! Approving asks for a fresh 4-digit code shown on the terminal, not "yes": a process that
+//! shares the terminal can push keystrokes into its input (TIOCSTI, where the kernel allows
+//! it) but cannot read what is displayed, so it cannot type the code blind (one guess in
+//! 10,000, and a wrong answer declines). Denying asks for "yes": a typed denial only ever
+//! refuses access.
+//!
 //! What the human reads is the daemon's truth, not text an agent shaped: every string a
 //! client sent (justification, agent type, client name) goes through
 //! [`agentd_proto::text::terminal_safe`], and the approval prompt shows the agent's text
@@ -84,13 +90,14 @@ pub async fn approve(socket: &Path, args: &ApproveArgs) -> anyhow::Result<()> {
         .ttl
         .unwrap_or(Duration::from_secs(request.duration_seconds));
     tty.show(&describe(&request))?;
+    let code = confirmation_code();
     let question = format!(
-        "Approve {} for {}? Type \"yes\" to approve: ",
+        "Approve {} for {}? Type {code} to approve (anything else declines): ",
         request.id,
         humantime::format_duration(duration)
     );
-    if !tty.confirm(&question)? {
-        bail!("not approved (nothing changed)");
+    if tty.answer(&question)? != code {
+        bail!("not approved (nothing changed): the answer was not the code shown");
     }
     let view = call_for_request(
         socket,
@@ -280,17 +287,29 @@ impl Terminal {
 
     /// Asks `question`; true only for an answer of `yes` or `y`.
     fn confirm(&mut self, question: &str) -> anyhow::Result<bool> {
+        Ok(matches!(
+            self.answer(question)?.to_ascii_lowercase().as_str(),
+            "yes" | "y"
+        ))
+    }
+
+    /// Asks `question` and returns the line typed, trimmed.
+    fn answer(&mut self, question: &str) -> anyhow::Result<String> {
         self.writer.write_all(question.as_bytes())?;
         self.writer.flush()?;
         let mut answer = String::new();
         self.reader
             .read_line(&mut answer)
             .context("cannot read the answer from the terminal")?;
-        Ok(matches!(
-            answer.trim().to_ascii_lowercase().as_str(),
-            "yes" | "y"
-        ))
+        Ok(answer.trim().to_owned())
     }
+}
+
+/// A fresh 4-digit code (`0000`–`9999`, uniform, from the OS-seeded thread RNG) the human
+/// types to approve; see the module docs for why.
+fn confirmation_code() -> String {
+    use rand::Rng as _;
+    format!("{:04}", rand::thread_rng().gen_range(0..10_000u32))
 }
 
 fn tty_path() -> &'static str {

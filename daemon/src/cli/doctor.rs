@@ -692,7 +692,7 @@ const LEGACY_TIOCSTI: &str = "/proc/sys/dev/tty/legacy_tiocsti";
 /// a kernel before 6.2, where TIOCSTI is always allowed).
 fn terminal_injection(legacy_tiocsti: Option<&str>) -> Check {
     const ID: &str = "terminal_injection";
-    const HOW: &str = "a process that shares your terminal (an agent you started there, or its shell) can type into it with TIOCSTI: a `sudo agentd approve ID` and the `yes` while your sudo timestamp is fresh, or the `yes` to an approval prompt you opened";
+    const HOW: &str = "a process that shares your terminal (an agent you started there, or its shell) can type into it with TIOCSTI: commands while your sudo timestamp is fresh, and, if it can also read your screen (a multiplexer or X11 session), the code `agentd approve` asks for";
     if !cfg!(target_os = "linux") {
         return Check::skipped(ID, "not Linux");
     }

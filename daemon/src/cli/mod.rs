@@ -97,8 +97,9 @@ pub enum Command {
     /// and ended grants are retained for `[daemon] retention` (default 1h); the audit log
     /// has the full history.
     Requests(RequestsArgs),
-    /// Approve a pending request. Asks for confirmation on the controlling terminal
-    /// (/dev/tty): a process without one — e.g. a command an agent runs — is refused.
+    /// Approve a pending request. Asks you to type a fresh 4-digit code on the controlling
+    /// terminal (/dev/tty): a process without one — e.g. a command an agent runs — is
+    /// refused, and one that types into your terminal blind cannot know the code.
     ///
     /// Example: agentd approve r_0123456789abcdef --ttl 30m
     Approve(ApproveArgs),
