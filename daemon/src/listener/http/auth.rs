@@ -39,6 +39,8 @@ pub struct Injector {
     header: Option<(HeaderName, HeaderValue)>,
     /// `param=secret`, percent-encoded (query).
     query_pair: Option<Zeroizing<String>>,
+    /// The SigV4 signer (aws_sigv4).
+    sigv4: Option<super::sigv4::Signer>,
 }
 
 impl std::fmt::Debug for Injector {
@@ -58,8 +60,8 @@ fn sensitive(value: &str) -> Result<HeaderValue, String> {
 }
 
 impl Injector {
-    /// Prepares injection of `secret` (with `username` for basic auth) and the check of
-    /// `token`.
+    /// Prepares injection of `secret` (with `username` for basic auth, or as the access key
+    /// id of an aws_sigv4 secret without one) and the check of `token`.
     ///
     /// # Errors
     /// Agent-safe text when the secret cannot go in a header.
@@ -70,6 +72,7 @@ impl Injector {
         username: &str,
     ) -> Result<Self, String> {
         let s = secret.expose_secret();
+        let mut sigv4 = None;
         let (header, query_pair) = match &scheme {
             HttpAuth::Bearer => (
                 Some((
@@ -104,12 +107,18 @@ impl Injector {
                     utf8_percent_encode(s, COMPONENT)
                 ))),
             ),
+            HttpAuth::AwsSigv4 { service, region } => {
+                let key = super::sigv4::parse_key(secret, username)?;
+                sigv4 = Some(super::sigv4::Signer::new(service, region, key, &token));
+                (None, None)
+            }
         };
         Ok(Self {
             scheme,
             token,
             header,
             query_pair,
+            sigv4,
         })
     }
 
@@ -118,13 +127,29 @@ impl Injector {
         &self.scheme
     }
 
+    /// The SigV4 signer, for `aws_sigv4`.
+    pub fn sigv4(&self) -> Option<&super::sigv4::Signer> {
+        self.sigv4.as_ref()
+    }
+
+    /// The values the response scanner looks for: the secret, or for `aws_sigv4` the
+    /// secret access key and the session token (not the access key id, an identifier).
+    pub fn scan_secrets(&self, secret: &SecretString) -> Vec<Zeroizing<Vec<u8>>> {
+        match &self.sigv4 {
+            Some(signer) => signer.secret_forms(),
+            None => vec![Zeroizing::new(secret.expose_secret().as_bytes().to_vec())],
+        }
+    }
+
     fn matches(&self, candidate: &[u8]) -> bool {
         let token = self.token.expose_secret().as_bytes();
         candidate.len() == token.len() && bool::from(candidate.ct_eq(token))
     }
 
     /// Checks every token candidate in `headers` and `query` (raw `key=value` pairs) and
-    /// removes them, with every `Authorization` / `Proxy-Authorization` header.
+    /// removes them, with every `Authorization` / `Proxy-Authorization` header. For
+    /// `aws_sigv4` a SigV4 `Authorization` is returned for the caller to verify
+    /// ([`super::sigv4::Signer::verify`]) once the payload hash is known.
     ///
     /// # Errors
     /// [`TokenError`]: none found, or one that is not the grant's.
@@ -132,9 +157,21 @@ impl Injector {
         &self,
         headers: &mut HeaderMap,
         query: &mut Vec<String>,
-    ) -> Result<(), TokenError> {
+    ) -> Result<Option<super::sigv4::ClientSignature>, TokenError> {
         let mut found = 0usize;
         let mut wrong = false;
+        let mut signed = None;
+        if self.sigv4.is_some() {
+            for value in headers.get_all(AUTHORIZATION) {
+                if value.as_bytes().starts_with(b"AWS4-") {
+                    found += 1;
+                    match super::sigv4::ClientSignature::parse(value.as_bytes()) {
+                        Some(sig) if signed.is_none() => signed = Some(sig),
+                        _ => wrong = true,
+                    }
+                }
+            }
+        }
         let mut check = |candidate: &[u8]| {
             found += 1;
             if !self.matches(candidate) {
@@ -143,6 +180,9 @@ impl Injector {
         };
         for value in headers.get_all(AUTHORIZATION) {
             let v = value.as_bytes();
+            if signed.is_some() && v.starts_with(b"AWS4-") {
+                continue;
+            }
             if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
                 check(v[7..].trim_ascii());
             } else if v.len() > 6 && v[..6].eq_ignore_ascii_case(b"basic ") {
@@ -189,12 +229,12 @@ impl Injector {
                     false
                 });
             }
-            HttpAuth::Bearer | HttpAuth::Basic { .. } => {}
+            HttpAuth::Bearer | HttpAuth::Basic { .. } | HttpAuth::AwsSigv4 { .. } => {}
         }
         match (found, wrong) {
             (0, _) => Err(TokenError::Missing),
             (_, true) => Err(TokenError::Wrong),
-            _ => Ok(()),
+            _ => Ok(signed),
         }
     }
 
@@ -229,7 +269,7 @@ mod tests {
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer tok123"));
         let mut q = vec![];
         let i = injector(HttpAuth::Bearer);
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(h[AUTHORIZATION], "Bearer real-secret");
 
@@ -239,7 +279,7 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("key tok123"));
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(h["x-api-key"], "key real-secret");
 
@@ -255,7 +295,7 @@ mod tests {
             ))
             .unwrap(),
         );
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(
             h[AUTHORIZATION].to_str().unwrap(),
@@ -270,7 +310,7 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         let mut q = vec!["a=1".to_owned(), "api_key=tok123".to_owned()];
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(q, vec!["a=1".to_owned(), "api_key=real-secret".to_owned()]);
     }

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod path;
 pub mod proxy;
 pub mod scan;
+pub mod sigv4;
 
 use crate::audit::{AuditEvent, AuditLog, Durability};
 use crate::config::http::AllowRule;
@@ -48,6 +49,12 @@ pub struct Limits {
     pub max_connections: u32,
     /// A keep-alive connection with no request in flight is closed after this long.
     pub idle_timeout: Duration,
+    /// A request whose body stops arriving for this long (while the listener waits for
+    /// it) fails and its connection is closed (`[daemon] http_body_idle_timeout`).
+    pub body_idle_timeout: Duration,
+    /// Largest body the listener reads whole to hash it for SigV4 signing (see
+    /// [`sigv4`]); larger ones get 413.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +66,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
             idle_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
+            max_buffered_body_bytes: 16 << 20,
         }
     }
 }
@@ -84,6 +93,8 @@ pub struct HttpGrantListener {
     /// The wrong-token throttle (shared logic with the PostgreSQL listener; its handshake
     /// slots are unused here).
     pub admission: crate::listener::postgres::admission::Admission,
+    /// Bodies being read whole for SigV4 hashing at once (at most [`sigv4::MAX_BUFFERING`]).
+    pub buffering: tokio::sync::Semaphore,
     /// Fires when the grant ends: closes the listener and aborts in-flight requests.
     pub cut: CancellationToken,
     /// Why the grant ended.
@@ -196,6 +207,7 @@ where
         // Dropping the connection closes the socket and aborts any in-flight request.
         _ = grant.cut.cancelled() => {}
         _ = activity.idle(grant.limits.idle_timeout) => info!("idle keep-alive connection closed"),
+        _ = activity.stalled() => info!("request body stalled; connection closed"),
     }
     grant.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
