@@ -219,7 +219,8 @@ impl Broker {
             #[cfg(unix)]
             {
                 let dir = root.join(&grant_id);
-                match http::spawn_unix(listener.clone(), &dir) {
+                let shared = self.roles().mode() == crate::principal::Mode::System;
+                match http::spawn_unix(listener.clone(), &dir, shared) {
                     Ok(path) => Some(path),
                     Err(e) => {
                         warn!(error = %e, "no Unix-socket listener for this grant");

@@ -212,8 +212,9 @@ where
     grant.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Opens `DIR/http.sock` (0600, in a 0700 directory) for the grant; peers must have the
-/// daemon's uid. Returns the socket path.
+/// Opens `DIR/http.sock` for the grant (modes as [`super::bind_grant_socket`]: 0600 in a
+/// 0700 directory, or with `shared` in system mode 0666 in 0711); peers must have the grant
+/// owner's uid (`SO_PEERCRED`, checked at accept). Returns the socket path.
 ///
 /// # Errors
 /// Creating the directory or binding the socket.
@@ -221,14 +222,9 @@ where
 pub fn spawn_unix(
     grant: Arc<HttpGrantListener>,
     dir: &std::path::Path,
+    shared: bool,
 ) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    crate::fsutil::create_private_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let path = dir.join("http.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let (listener, path) = super::bind_grant_socket(dir, "http.sock", shared)?;
     let span = tracing::info_span!(parent: None, "http_unix_listener", grant = %grant.grant_id);
     let (dir, socket) = (dir.to_path_buf(), path.clone());
     tokio::spawn(
