@@ -82,7 +82,7 @@ impl Broker {
             cancels: Default::default(),
             audit: self.audit.clone(),
             statements: self.statements.clone(),
-            admission: pg::admission::Admission::new(
+            admission: crate::listener::admission::Admission::new(
                 self.config().daemon.handshake_timeout,
                 self.config().daemon.max_handshakes,
             ),
@@ -197,7 +197,7 @@ impl Broker {
                 ..Default::default()
             },
             buffering: tokio::sync::Semaphore::new(http::sigv4::MAX_BUFFERING),
-            admission: pg::admission::Admission::new(
+            admission: crate::listener::admission::Admission::new(
                 self.config().daemon.handshake_timeout,
                 self.config().daemon.max_handshakes,
             ),

@@ -1,6 +1,10 @@
 //! Local listeners the daemon opens for grants: [`postgres`] (the wire proxy) and [`http`]
-//! (credential-injecting HTTP proxy). [`Listener`] is what the broker holds per grant.
+//! (credential-injecting HTTP proxy). [`Listener`] is what the broker holds per grant;
+//! [`admission`] (the wrong-token throttle, and for PostgreSQL the handshake slots),
+//! [`peer`] (the TCP owner check), [`next_accepted`] and [`bind_grant_socket`] are shared by
+//! both kinds.
 
+pub mod admission;
 pub mod http;
 pub mod peer;
 pub mod postgres;

@@ -90,9 +90,9 @@ pub struct HttpGrantListener {
     pub scanner: scan::Scanner,
     /// Client limits.
     pub limits: Limits,
-    /// The wrong-token throttle (shared logic with the PostgreSQL listener; its handshake
-    /// slots are unused here).
-    pub admission: crate::listener::postgres::admission::Admission,
+    /// The wrong-token throttle (shared with the PostgreSQL listener; its handshake slots
+    /// are unused here: hyper's header timeout and `max_connections` bound the head).
+    pub admission: crate::listener::admission::Admission,
     /// Bodies being read whole for SigV4 hashing at once (at most [`sigv4::MAX_BUFFERING`]).
     pub buffering: tokio::sync::Semaphore,
     /// Fires when the grant ends: closes the listener and aborts in-flight requests.

@@ -11,7 +11,6 @@
 //! connection. [`admission`] bounds what unauthenticated clients can cost: simultaneous
 //! handshakes per listener, the time startup + authentication may take, and wrong tokens.
 
-pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod capture;
@@ -22,6 +21,7 @@ pub mod startup;
 pub mod upstream;
 pub mod wire;
 
+use super::admission;
 use crate::audit::{AuditEvent, AuditLog, Durability, StatementSink};
 use auth::{AuthError, ScramVerifier};
 use bytes::BytesMut;
