@@ -35,8 +35,9 @@ pub enum TokenError {
 pub struct Injector {
     scheme: HttpAuth,
     token: SecretString,
-    /// The header the real credential goes in (bearer, header, basic), marked sensitive.
-    header: Option<(HeaderName, HeaderValue)>,
+    /// The header the real credential goes in (bearer, header, basic) and its value, held
+    /// zeroizing for the grant's life; each request gets a sensitive `HeaderValue` copy.
+    header: Option<(HeaderName, Zeroizing<Vec<u8>>)>,
     /// `param=secret`, percent-encoded (query).
     query_pair: Option<Zeroizing<String>>,
     /// The SigV4 signer (aws_sigv4).
@@ -52,11 +53,12 @@ impl std::fmt::Debug for Injector {
     }
 }
 
-fn sensitive(value: &str) -> Result<HeaderValue, String> {
-    let mut v = HeaderValue::from_str(value)
+/// `value` as a header value held zeroizing, checked once that it is one.
+fn sensitive(value: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    // The checked copy is dropped at once (a `HeaderValue` cannot be zeroized).
+    HeaderValue::from_str(value)
         .map_err(|_| "the credential holds characters not allowed in an HTTP header".to_owned())?;
-    v.set_sensitive(true);
-    Ok(v)
+    Ok(Zeroizing::new(value.as_bytes().to_vec()))
 }
 
 impl Injector {
@@ -241,7 +243,12 @@ impl Injector {
     /// Puts the real credential on the request.
     pub fn inject(&self, headers: &mut HeaderMap, query: &mut Vec<String>) {
         if let Some((name, value)) = &self.header {
-            headers.insert(name.clone(), value.clone());
+            // Checked at construction; the per-request copy is marked sensitive (hyper keeps
+            // it out of HPACK tables and Debug) and freed with the request, not zeroized.
+            if let Ok(mut v) = HeaderValue::from_bytes(value) {
+                v.set_sensitive(true);
+                headers.insert(name.clone(), v);
+            }
         }
         if let Some(pair) = &self.query_pair {
             query.push(pair.to_string());
