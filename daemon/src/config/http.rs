@@ -92,10 +92,11 @@ impl HttpAuth {
             HttpAuth::Query { param } => {
                 format!("query parameter `{param}=<token>` (or `Authorization: Bearer <token>`)")
             }
-            HttpAuth::AwsSigv4 { region, .. } => format!(
-                "AWS SigV4 signing with the token as the secret access key and any access key id \
-                 (AWS_ACCESS_KEY_ID=agentd AWS_SECRET_ACCESS_KEY=<token> AWS_REGION={region} \
-                 AWS_ENDPOINT_URL=<base_url>), or `Authorization: Bearer <token>`"
+            HttpAuth::AwsSigv4 { service, region } => format!(
+                "AWS SigV4 (service {service}, region {region}) signing with the token as the \
+                 secret access key and any access key id (AWS_ACCESS_KEY_ID=agentd \
+                 AWS_SECRET_ACCESS_KEY=<token> AWS_REGION={region} AWS_ENDPOINT_URL=<base_url>), \
+                 or `Authorization: Bearer <token>`"
             ),
         }
     }
