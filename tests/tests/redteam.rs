@@ -1225,7 +1225,8 @@ async fn tcp_token_from_another_uid_is_refused() -> anyhow::Result<()> {
 
 /// In system mode an HTTP grant's Unix socket is reachable by its owner (another uid than
 /// the daemon's: 0666 in a 0711 directory, as the PostgreSQL listener's) and by no one else
-/// (the accept-time `SO_PEERCRED` check).
+/// (the accept-time `SO_PEERCRED` check); over TCP the same (sock_diag). Refused peers get
+/// a 403 saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_unix_socket_serves_its_owner_in_system_mode() -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -1264,47 +1265,51 @@ async fn http_unix_socket_serves_its_owner_in_system_mode() -> anyhow::Result<()
         "Authorization: Bearer {}",
         http_handle["token"].as_str().unwrap_or_default()
     );
-    let curl = |user: &str| {
-        as_user(
-            user,
-            &[
-                "curl",
-                "-sS",
-                "--unix-socket",
-                &path,
-                "-H",
-                &auth,
-                "http://localhost/echo/sys",
-            ],
-            &[],
-        )
+    let tcp_url = format!(
+        "{}/echo/sys",
+        http_handle["base_url"].as_str().unwrap_or_default()
+    );
+    let curl = |user: &str, unix: bool| {
+        let mut argv = vec!["curl", "-sS", "-H", &auth];
+        if unix {
+            argv.extend(["--unix-socket", &path, "http://localhost/echo/sys"]);
+        } else {
+            argv.push(&tcp_url);
+        }
+        as_user(user, &argv, &[])
     };
-    let mine = run(curl(AGENT), None).await?;
-    assert!(
-        mine.stdout.contains("\"/echo/sys\""),
-        "the owner could not use its HTTP socket: {} {}",
-        mine.stdout,
-        mine.stderr
-    );
-    let theirs = run(curl(OTHER), None).await?;
-    assert!(
-        !theirs.stdout.contains("/echo/sys"),
-        "another uid used the agent's HTTP socket: {}",
-        theirs.stdout
-    );
+    let mut seen = vec![v.to_string()];
+    // The Unix socket, then the same over TCP (the sock_diag owner check).
+    for unix in [true, false] {
+        let mine = run(curl(AGENT, unix), None).await?;
+        assert!(
+            mine.stdout.contains("\"/echo/sys\""),
+            "the owner could not use its HTTP listener (unix: {unix}): {} {}",
+            mine.stdout,
+            mine.stderr
+        );
+        let theirs = run(curl(OTHER, unix), None).await?;
+        assert!(
+            !theirs.stdout.contains("/echo/sys"),
+            "another uid used the agent's HTTP listener (unix: {unix}): {}",
+            theirs.stdout
+        );
+        assert!(
+            theirs
+                .stdout
+                .contains("serves only the OS user that owns the grant"),
+            "no clear refusal (unix: {unix}): {} {}",
+            theirs.stdout,
+            theirs.stderr
+        );
+        seen.extend([mine.stdout, mine.stderr, theirs.stdout, theirs.stderr]);
+    }
     let log = rig.stop().await?;
     assert!(
         log.contains("refused Unix-socket peer"),
         "no refusal logged"
     );
-    let seen = vec![
-        mine.stdout,
-        mine.stderr,
-        theirs.stdout,
-        theirs.stderr,
-        v.to_string(),
-        log,
-    ];
+    seen.push(log);
     assert_clean(&secret, &seen);
     Ok(())
 }

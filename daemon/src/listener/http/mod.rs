@@ -154,12 +154,35 @@ async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
         };
         if !admit_peer(&stream, &peer, &grant) {
             warn!(%peer, "refused peer");
+            refuse_peer(&grant, stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
         spawn_connection(&grant, stream, peer.to_string());
     }
     info!("listener closed");
+}
+
+/// Answers a peer this listener does not serve (another uid) with a 403 JSON refusal and a
+/// lingering close (so it reads the answer, not a reset), without reading its request.
+fn refuse_peer<S>(grant: &HttpGrantListener, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt as _;
+    const BODY: &str = r#"{"error":{"type":"agentd_refused","rule":"peer","message":"this listener serves only the OS user that owns the grant","next_step":"use a grant of your own: request access as this OS user"}}"#;
+    grant.sessions.spawn(async move {
+        let answer = format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(answer.as_bytes()),
+        )
+        .await;
+        crate::listener::postgres::wire::linger(&mut stream).await;
+    });
 }
 
 fn spawn_connection<S>(grant: &Arc<HttpGrantListener>, stream: S, peer: String)
@@ -241,6 +264,7 @@ pub fn spawn_unix(
                         owner_uid = uid,
                         "refused Unix-socket peer: not the grant owner's uid"
                     );
+                    refuse_peer(&grant, stream);
                     continue;
                 }
                 spawn_connection(&grant, stream, "unix".to_owned());
