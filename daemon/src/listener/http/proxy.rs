@@ -656,7 +656,11 @@ pub async fn handle(
             super::sigv4::PayloadPlan::Given(v) => v,
             super::sigv4::PayloadPlan::Unsigned => super::sigv4::UNSIGNED_PAYLOAD.to_owned(),
             super::sigv4::PayloadPlan::Buffer => {
-                let Ok(_slot) = grant.buffering.acquire().await else {
+                let slot = tokio::select! {
+                    s = grant.buffering.acquire() => s.ok(),
+                    _ = grant.cut.cancelled() => None,
+                };
+                let Some(_slot) = slot else {
                     return Ok(refusal(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "grant",
