@@ -564,4 +564,32 @@ mod tests {
         .unwrap();
         assert_eq!((s.region.as_str(), s.service.as_str()), ("eu-west-1", "s3"));
     }
+
+    /// What SigV4 adds per request: one client verification plus one upstream signing.
+    /// `cargo test -p agentd --release --lib sigv4_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, run in release"]
+    fn sigv4_cost() {
+        let key = parse_key(&SecretString::from(format!("{AKID}:{KEY}")), "").unwrap();
+        let signer = Signer::new("service", "us-east-1", key, &SecretString::from(KEY));
+        let sig = ClientSignature::parse(VANILLA_AUTH.as_bytes()).unwrap();
+        let mut got = HeaderMap::new();
+        got.insert("host", HeaderValue::from_static("example.amazonaws.com"));
+        got.insert("x-amz-date", HeaderValue::from_static("20150830T123600Z"));
+        let uri: http::Uri = "https://example.amazonaws.com/".parse().unwrap();
+        let now = vanilla_time();
+        let n = 20_000u32;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            signer
+                .verify(&sig, "GET", "/", &got, EMPTY_SHA256, now)
+                .unwrap();
+            let mut out = got.clone();
+            signer
+                .sign("GET", &uri, &mut out, EMPTY_SHA256, now)
+                .unwrap();
+        }
+        let each = started.elapsed() / n;
+        println!("sigv4 verify + sign: {each:?} per request ({n} requests)");
+    }
 }
