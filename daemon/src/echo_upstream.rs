@@ -11,8 +11,11 @@
 //!   back in an `x-reflected` header and in the body, with the body split into two chunks
 //!   K bytes into the value (a hostile upstream echoing the credential).
 //! - `GET /hang`: the head and one line, then nothing until the client goes away.
+//! - `PUT /s3/…`: an S3-like empty 200 with an `ETag` (boto3 reads a body there as an
+//!   error), after recording the body's SHA-256.
 //! - anything else: a JSON echo of what was received (headers included: agentd redacts the
-//!   credential on the way back).
+//!   credential on the way back), after reading the body (at most 1 MiB kept) and recording
+//!   its SHA-256 (for the SigV4 checks).
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -43,6 +46,9 @@ pub struct Recorded {
     pub version: String,
     /// Headers (lower-case names; repeated headers joined with `, `).
     pub headers: BTreeMap<String, String>,
+    /// Lower-case hex SHA-256 of the body (the echo route only; bodies over 1 MiB are not
+    /// hashed).
+    pub body_sha256: Option<String>,
 }
 
 impl std::fmt::Debug for Recorded {
@@ -181,7 +187,35 @@ async fn route(
             })
             .or_insert(v);
     }
+    let echo_route = !matches!(
+        req.uri().path(),
+        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang"
+    );
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let echo_body = if echo_route { body.take() } else { None };
+    let body_sha256 = match echo_body {
+        Some(incoming) => match http_body_util::Limited::new(incoming, 1 << 20)
+            .collect()
+            .await
+        {
+            Ok(c) => {
+                use sha2::Digest as _;
+                let digest = sha2::Sha256::digest(c.to_bytes());
+                Some(
+                    digest
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>(),
+                )
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let req = Request::from_parts(parts, ());
     let recorded = Recorded {
+        body_sha256: body_sha256.clone(),
         method: req.method().as_str().to_owned(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().map(str::to_owned),
@@ -212,6 +246,12 @@ async fn route(
             .unwrap_or(0)
     };
     let mut resp = match recorded.path.as_str() {
+        p if p.starts_with("/s3/") && recorded.method == "PUT" => {
+            let mut r = Response::new(full(Bytes::new()));
+            r.headers_mut()
+                .insert("etag", http::HeaderValue::from_static("\"agentd-echo\""));
+            r
+        }
         "/sse" => {
             sse_started.notify_one();
             let chunks =
@@ -245,7 +285,9 @@ async fn route(
             Response::new(stream(chunks))
         }
         "/upload" => {
-            let mut body = req.into_body();
+            let Some(mut body) = body.take() else {
+                return Response::new(full("no body"));
+            };
             let mut received = 0u64;
             while let Some(frame) = body.frame().await {
                 match frame {
@@ -286,6 +328,7 @@ async fn route(
                 "query": recorded.query,
                 "version": recorded.version,
                 "headers": headers,
+                "body_sha256": body_sha256,
             });
             let mut r = Response::new(full(json.to_string()));
             r.headers_mut().insert(

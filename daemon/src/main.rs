@@ -39,8 +39,12 @@ fn main() -> std::process::ExitCode {
 /// reader's terminal as escape sequences); `AGENTD_LOG` takes a `tracing` filter (default
 /// `default_level`).
 fn init_logging(default_level: &str) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_env("AGENTD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // aws-sigv4 traces the canonical request, which holds an AWS session token: never on.
+    if let Ok(off) = "aws_sigv4=off".parse() {
+        filter = filter.add_directive(off);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| agentd_proto::text::SafeLines(std::io::stderr()))

@@ -672,8 +672,10 @@ pub struct Handle {
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
     /// For a grant on an `http` resource: the base URL, socket and token placement. For
-    /// those grants `dsn` is the base URL, `env` holds `AGENTD_BASE_URL` / `AGENTD_TOKEN`,
-    /// and `psql` and `database` are empty.
+    /// those grants `dsn` is the base URL, `env` holds `AGENTD_BASE_URL` / `AGENTD_TOKEN`
+    /// (and for `aws_sigv4` `AWS_ENDPOINT_URL` / `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` = the token / `AWS_REGION`), and `psql` and `database` are
+    /// empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpHandle>,
 }

@@ -8,8 +8,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// The resources the fixture configures, one per auth scheme.
-pub const SCHEMES: [(&str, &str); 4] = [
+/// The resources the fixture configures, one per auth scheme (SigV4 twice: a service that
+/// needs the body hash, and S3).
+pub const SCHEMES: [(&str, &str); 6] = [
     ("api", r#"{ scheme = "bearer" }"#),
     (
         "api_header",
@@ -17,12 +18,41 @@ pub const SCHEMES: [(&str, &str); 4] = [
     ),
     ("api_basic", r#"{ scheme = "basic", username = "ci-bot" }"#),
     ("api_query", r#"{ scheme = "query", param = "api_key" }"#),
+    (
+        "api_aws",
+        r#"{ scheme = "aws_sigv4", service = "execute-api", region = "us-east-1" }"#,
+    ),
+    (
+        "api_s3",
+        r#"{ scheme = "aws_sigv4", service = "s3", region = "eu-west-1" }"#,
+    ),
 ];
+
+/// The access key id of the SigV4 resources (an identifier, not a secret).
+pub const AWS_KEY_ID: &str = "AKIDAGENTDTEST";
+
+/// What the fixture stores for `resource`: the canary secret, or for the SigV4 resources
+/// `AKID:SECRET` (`api_aws`) and `AKID:SECRET:SESSION_TOKEN` (`api_s3`), where the secret
+/// access key is the canary and the session token contains it (so the canary scan covers
+/// both).
+pub fn stored_secret(resource: &str, canary: &SecretString) -> SecretString {
+    let c = canary.expose_secret();
+    match resource {
+        "api_aws" => SecretString::from(format!("{AWS_KEY_ID}:{c}")),
+        "api_s3" => SecretString::from(format!("{AWS_KEY_ID}:{c}:{}", session_token(canary))),
+        _ => canary.clone(),
+    }
+}
+
+/// The session token of `api_s3` (it contains the canary).
+pub fn session_token(canary: &SecretString) -> String {
+    format!("FwoGZXIvYXdzE{}", canary.expose_secret())
+}
 
 /// The allow list of every fixture permission `reader`.
 pub const ALLOW: &str = r#"allow = [
   { methods = ["GET", "HEAD"], paths = ["/echo/**", "/sse", "/bytes", "/reflect", "/hang", "/compressed"] },
-  { methods = ["POST", "PUT"], paths = ["/upload", "/v1/**"] },
+  { methods = ["POST", "PUT"], paths = ["/upload", "/v1/**", "/s3/**"] },
 ]"#;
 
 /// An upstream, a daemon and the canary secret.
@@ -81,7 +111,7 @@ impl HttpFixture {
             agentd::credentials::keychain::set(
                 &keyring_service,
                 &format!("{resource}/reader"),
-                &secret,
+                &stored_secret(resource, &secret),
             )?;
         }
         let config_path = dir.path().join("config.toml");
@@ -231,4 +261,117 @@ pub async fn raw_exchange(port: u16, raw: &[u8]) -> anyhow::Result<String> {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Checks, independently of the daemon, that `seen` (a request as the upstream received it)
+/// carries a valid SigV4 signature by `AWS_KEY_ID` with `secret_key` (and `session_token`)
+/// for `service` in `region`: the signature is recomputed with the `aws-sigv4` crate over the
+/// headers the request lists in `SignedHeaders`, with the payload hash from
+/// `x-amz-content-sha256` (S3) or the body's SHA-256 the upstream computed.
+///
+/// # Errors
+/// What does not match (never the key).
+pub fn check_upstream_sigv4(
+    seen: &agentd::echo_upstream::Recorded,
+    secret_key: &SecretString,
+    session_token: Option<&str>,
+    service: &str,
+    region: &str,
+) -> anyhow::Result<()> {
+    use aws_sigv4::http_request::{
+        sign, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+        UriPathNormalizationMode,
+    };
+    let auth = seen
+        .headers
+        .get("authorization")
+        .ok_or_else(|| anyhow::anyhow!("no Authorization upstream"))?;
+    let date = seen
+        .headers
+        .get("x-amz-date")
+        .ok_or_else(|| anyhow::anyhow!("no x-amz-date upstream"))?;
+    let scope = format!(
+        "Credential={AWS_KEY_ID}/{}/{region}/{service}/aws4_request,",
+        &date[..8]
+    );
+    anyhow::ensure!(
+        auth.starts_with("AWS4-HMAC-SHA256 ") && auth.contains(&scope),
+        "upstream Authorization is not ours for {service}/{region}: {auth}"
+    );
+    let signed_headers: Vec<&str> = auth
+        .split("SignedHeaders=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_default()
+        .split(';')
+        .collect();
+    let their_sig = auth.split("Signature=").nth(1).unwrap_or_default();
+    let host = seen.authority.clone();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for h in &signed_headers {
+        let v = match *h {
+            "host" => seen.headers.get("host").unwrap_or(&host).as_str(),
+            _ => seen
+                .headers
+                .get(*h)
+                .ok_or_else(|| anyhow::anyhow!("signed header {h} not received"))?
+                .as_str(),
+        };
+        pairs.push((h, v));
+    }
+    anyhow::ensure!(signed_headers.contains(&"host"), "host not signed");
+    let payload = match seen.headers.get("x-amz-content-sha256") {
+        Some(v) => v.clone(),
+        None => seen
+            .body_sha256
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no body hash recorded"))?,
+    };
+    if service != "s3" {
+        anyhow::ensure!(
+            Some(&payload) == seen.body_sha256.as_ref(),
+            "payload hash is not the body's"
+        );
+    }
+    let time = chrono::NaiveDateTime::parse_from_str(date, "%Y%m%dT%H%M%SZ")?;
+    let time =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.and_utc().timestamp() as u64);
+    let creds = aws_credential_types::Credentials::new(
+        AWS_KEY_ID,
+        secret_key.expose_secret(),
+        session_token.map(str::to_owned),
+        None,
+        "test",
+    );
+    let identity: aws_smithy_runtime_api::client::identity::Identity = creds.into();
+    let mut settings = SigningSettings::default();
+    settings.excluded_headers = Some(Vec::new());
+    if service == "s3" {
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    }
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(settings)
+        .build()?
+        .into();
+    let uri = match &seen.query {
+        Some(q) => format!("https://{host}{}?{q}", seen.path),
+        None => format!("https://{host}{}", seen.path),
+    };
+    let request = SignableRequest::new(
+        &seen.method,
+        uri,
+        pairs.into_iter(),
+        SignableBody::Precomputed(payload),
+    )?;
+    let ours = sign(request, &params)?;
+    anyhow::ensure!(
+        ours.signature() == their_sig,
+        "the upstream's signature does not verify"
+    );
+    Ok(())
 }

@@ -502,6 +502,76 @@ async fn hostile_requests_are_refused_and_the_daemon_stays_up() -> anyhow::Resul
     Ok(())
 }
 
+/// Sends `head` and `body_start` on a new connection to `port`, then nothing; returns what
+/// the server sent until it closed the connection, and how long that took.
+async fn stall_after(
+    port: u16,
+    head: &str,
+    body_start: &[u8],
+) -> anyhow::Result<(String, Duration)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body_start).await?;
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await??;
+    Ok((
+        String::from_utf8_lossy(&buf).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_and_others_are_served() -> anyhow::Result<()> {
+    let fx = HttpFixture::start("http_body_idle_timeout = \"1s\"").await?;
+    let view = fx.grant("api").await?;
+    let port = agentd_tests::handle_port(&view["handle"]);
+    let auth = format!("Authorization: Bearer {}", token(&view));
+    // Headers, 10 of the 1,000 announced body bytes, then a stall: the streamed body.
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Length: 1000\r\n\r\n");
+    let stalled = tokio::spawn(async move { stall_after(port, &head, b"0123456789").await });
+    // Meanwhile another connection of the same grant is served.
+    let r = curl(&[
+        "-H",
+        &auth,
+        "--data-binary",
+        "ok",
+        &format!("http://127.0.0.1:{port}/upload"),
+    ])
+    .await?;
+    assert!(r.stdout.contains("{\"received\": 2}"), "{}", r.stdout);
+    let (_, took) = tokio::time::timeout(STEP_TIMEOUT, stalled).await???;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "closed after {took:?}"
+    );
+    // A body the listener reads whole to hash (aws_sigv4, not S3): 408, then closed.
+    let view = fx.grant("api_aws").await?;
+    let port = agentd_tests::handle_port(&view["handle"]);
+    let head = format!(
+        "POST /v1/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
+        token(&view)
+    );
+    let (resp, took) = stall_after(port, &head, b"abc").await?;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("\"rule\":\"body_idle\""), "{resp}");
+    assert!(took < Duration::from_secs(10), "closed after {took:?}");
+    let records = fx.wait_http_records(3).await?;
+    let idle = records
+        .iter()
+        .filter(|r| r["end"] == "client body idle")
+        .count();
+    assert_eq!(idle, 2, "{records:?}");
+    assert!(fx
+        .daemon
+        .log()
+        .contains("request body stalled; connection closed"));
+    fx.assert_clean(&out("curl", &r))?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_100_mb_body_streams_both_ways_in_bounded_memory() -> anyhow::Result<()> {
     let fx = HttpFixture::start("").await?;

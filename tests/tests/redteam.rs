@@ -814,7 +814,13 @@ impl SystemRig {
 }
 
 /// Lays out and starts a system-mode daemon for the sandbox's cluster (port, CA).
-async fn start_system(port: u16, ca_src: &Path, policy: &str) -> anyhow::Result<SystemRig> {
+/// `extra` is appended to the config (more resources).
+async fn start_system(
+    port: u16,
+    ca_src: &Path,
+    policy: &str,
+    extra: &str,
+) -> anyhow::Result<SystemRig> {
     use std::os::unix::fs::PermissionsExt as _;
     let installed = std::env::var("AGENTD_REDTEAM_INSTALLED").is_ok_and(|v| v == "1");
     let daemon_user = if installed { "agentd" } else { RT_DAEMON };
@@ -850,8 +856,9 @@ async fn start_system(port: u16, ca_src: &Path, policy: &str) -> anyhow::Result<
     write_file(
         &layout.config,
         &format!(
-            "[daemon]\nmode = \"system\"\nclients = [\"{AGENT}\"]\nnotify = false\n\n{}",
-            resource_toml(port, &ca, policy)
+            "[daemon]\nmode = \"system\"\nclients = [\"{AGENT}\"]\nnotify = false\n\n{}\n{}",
+            resource_toml(port, &ca, policy),
+            extra.replace("{CA}", &ca.display().to_string())
         ),
         0o644,
     )?;
@@ -928,8 +935,17 @@ fn write_client(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Root stores the canary through the socket (the admin path), approves at a pty.
 async fn admin_set_secret(target: &Target, secret: &SecretString) -> anyhow::Result<CliOutput> {
+    admin_set_secret_of(target, RESOURCE, PERMISSION, secret).await
+}
+
+async fn admin_set_secret_of(
+    target: &Target,
+    resource: &str,
+    permission: &str,
+    secret: &SecretString,
+) -> anyhow::Result<CliOutput> {
     let mut cmd = tokio::process::Command::new(&target.agentd);
-    cmd.args(["secret", "set", RESOURCE, PERMISSION])
+    cmd.args(["secret", "set", resource, permission])
         .env_clear()
         .env("PATH", PATH_ENV)
         .envs(target.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -984,7 +1000,13 @@ async fn system_half(
     secret: &SecretString,
     seen: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let rig = start_system(sandbox.cluster.port, &sandbox.cluster.ca_file, "approval").await?;
+    let rig = start_system(
+        sandbox.cluster.port,
+        &sandbox.cluster.ca_file,
+        "approval",
+        "",
+    )
+    .await?;
     let target = &rig.target;
     let script = write_client(&target.agent_scratch)?;
     let r = admin_set_secret(target, secret).await?;
@@ -1384,7 +1406,7 @@ async fn tcp_token_from_another_uid_is_refused() -> anyhow::Result<()> {
     }
     let secret = canary_password();
     let sandbox = cluster(&secret).await?;
-    let rig = start_system(sandbox.cluster.port, &sandbox.cluster.ca_file, "auto").await?;
+    let rig = start_system(sandbox.cluster.port, &sandbox.cluster.ca_file, "auto", "").await?;
     let target = &rig.target;
     let script = write_client(&target.agent_scratch)?;
     admin_set_secret(target, &secret).await?;
@@ -1412,6 +1434,97 @@ async fn tcp_token_from_another_uid_is_refused() -> anyhow::Result<()> {
         "another uid used the agent's token over TCP"
     );
     rig.stop().await?;
+    Ok(())
+}
+
+/// In system mode an HTTP grant's Unix socket is reachable by its owner (another uid than
+/// the daemon's: 0666 in a 0711 directory, as the PostgreSQL listener's) and by no one else
+/// (the accept-time `SO_PEERCRED` check); over TCP the same (sock_diag). Refused peers get
+/// a 403 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_unix_socket_serves_its_owner_in_system_mode() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if nix_uid() != 0 {
+        return Ok(());
+    }
+    let secret = canary_password();
+    let upstream = agentd::echo_upstream::EchoUpstream::start().await?;
+    let http = format!(
+        "[resources.web]\nkind = \"http\"\nbase_url = \"{}\"\nca_file = \"{{CA}}\"\nauth = {{ scheme = \"bearer\" }}\n\n[resources.web.permissions.reader]\ncredential = {{ source = \"keyring\" }}\npolicy = \"auto\"\nallow = [{{ methods = [\"GET\"], paths = [\"/echo/**\"] }}]\n",
+        upstream.base_url()
+    );
+    // The PostgreSQL resource is configured but never used: no cluster is needed.
+    let rig = start_system(1, &upstream.ca_file, "auto", &http).await?;
+    let target = &rig.target;
+    let script = write_client(&target.agent_scratch)?;
+    admin_set_secret_of(target, "web", "reader", &secret).await?;
+    let socket = target.socket.display().to_string();
+    let frame = r#"{"op":"request_access","resource":"web","permission":"reader","justification":"t","agent":{"agent_type":"redteam"}}"#;
+    let r = run(target.py(AGENT, &script, &["send", &socket, frame]), None).await?;
+    let v: Value = serde_json::from_str(r.stdout.trim())
+        .with_context(|| format!("request_access answer: {}", r.stderr))?;
+    let http_handle = &v["handle"]["http"];
+    let path = http_handle["socket_path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(!path.is_empty(), "no Unix socket in the handle: {v}");
+    let mode = |p: &Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    let sock = Path::new(&path);
+    assert_eq!(mode(sock)?, 0o666);
+    assert_eq!(mode(sock.parent().context("socket dir")?)?, 0o711);
+    let auth = format!(
+        "Authorization: Bearer {}",
+        http_handle["token"].as_str().unwrap_or_default()
+    );
+    let tcp_url = format!(
+        "{}/echo/sys",
+        http_handle["base_url"].as_str().unwrap_or_default()
+    );
+    let curl = |user: &str, unix: bool| {
+        let mut argv = vec!["curl", "-sS", "-H", &auth];
+        if unix {
+            argv.extend(["--unix-socket", &path, "http://localhost/echo/sys"]);
+        } else {
+            argv.push(&tcp_url);
+        }
+        as_user(user, &argv, &[])
+    };
+    let mut seen = vec![v.to_string()];
+    // The Unix socket, then the same over TCP (the sock_diag owner check).
+    for unix in [true, false] {
+        let mine = run(curl(AGENT, unix), None).await?;
+        assert!(
+            mine.stdout.contains("\"/echo/sys\""),
+            "the owner could not use its HTTP listener (unix: {unix}): {} {}",
+            mine.stdout,
+            mine.stderr
+        );
+        let theirs = run(curl(OTHER, unix), None).await?;
+        assert!(
+            !theirs.stdout.contains("/echo/sys"),
+            "another uid used the agent's HTTP listener (unix: {unix}): {}",
+            theirs.stdout
+        );
+        assert!(
+            theirs
+                .stdout
+                .contains("serves only the OS user that owns the grant"),
+            "no clear refusal (unix: {unix}): {} {}",
+            theirs.stdout,
+            theirs.stderr
+        );
+        seen.extend([mine.stdout, mine.stderr, theirs.stdout, theirs.stderr]);
+    }
+    let log = rig.stop().await?;
+    assert!(
+        log.contains("refused Unix-socket peer"),
+        "no refusal logged"
+    );
+    seen.push(log);
+    assert_clean(&secret, &seen);
     Ok(())
 }
 

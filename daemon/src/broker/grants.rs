@@ -10,7 +10,7 @@ use crate::listener::postgres::{self as pg, auth::ScramVerifier, upstream, Grant
 use crate::listener::Listener;
 use crate::principal::Principal;
 use agentd_proto::{ErrorCode, GrantState, Response, RevokeTarget};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -82,7 +82,7 @@ impl Broker {
             cancels: Default::default(),
             audit: self.audit.clone(),
             statements: self.statements.clone(),
-            admission: pg::admission::Admission::new(
+            admission: crate::listener::admission::Admission::new(
                 self.config().daemon.handshake_timeout,
                 self.config().daemon.max_handshakes,
             ),
@@ -169,19 +169,18 @@ impl Broker {
             HttpAuth::Basic { .. } => Some(login.username.clone()),
             _ => None,
         };
-        let scanner = http::scan::Scanner::new(
-            login.password.expose_secret().as_bytes(),
-            basic_user.as_deref(),
-        )?;
         let token_placement = scheme.token_placement();
         let auth_scheme = scheme.scheme();
-        let auth = http::auth::Injector::new(
-            scheme,
-            token.clone(),
-            &login.password,
-            basic_user.as_deref().unwrap_or_default(),
-        )
-        .map_err(|e| format!("{what}: {e}"))?;
+        let aws_region = match &scheme {
+            HttpAuth::AwsSigv4 { region, .. } => Some(region.clone()),
+            _ => None,
+        };
+        let username = basic_user.clone().unwrap_or_else(|| login.username.clone());
+        let auth = http::auth::Injector::new(scheme, token.clone(), &login.password, &username)
+            .map_err(|e| format!("{what}: {e}"))?;
+        let secrets = auth.scan_secrets(&login.password);
+        let secrets: Vec<&[u8]> = secrets.iter().map(|s| s.as_slice()).collect();
+        let scanner = http::scan::Scanner::new(&secrets, basic_user.as_deref())?;
         let upstream = http::proxy::Upstream::new(resource, self.config().daemon.connect_timeout)
             .map_err(|e| format!("resource {}: {e}", request.spec.resource))?;
         let listener = Arc::new(http::HttpGrantListener {
@@ -194,9 +193,11 @@ impl Broker {
             limits: http::Limits {
                 header_timeout: self.config().daemon.handshake_timeout,
                 idle_timeout: self.config().daemon.http_idle_timeout,
+                body_idle_timeout: self.config().daemon.http_body_idle_timeout,
                 ..Default::default()
             },
-            admission: pg::admission::Admission::new(
+            buffering: tokio::sync::Semaphore::new(http::sigv4::MAX_BUFFERING),
+            admission: crate::listener::admission::Admission::new(
                 self.config().daemon.handshake_timeout,
                 self.config().daemon.max_handshakes,
             ),
@@ -218,7 +219,8 @@ impl Broker {
             #[cfg(unix)]
             {
                 let dir = root.join(&grant_id);
-                match http::spawn_unix(listener.clone(), &dir) {
+                let shared = self.roles().mode() == crate::principal::Mode::System;
+                match http::spawn_unix(listener.clone(), &dir, shared) {
                     Ok(path) => Some(path),
                     Err(e) => {
                         warn!(error = %e, "no Unix-socket listener for this grant");
@@ -255,6 +257,7 @@ impl Broker {
                 socket_path,
                 token_placement,
                 auth_scheme,
+                aws_region,
             }),
             role: None,
         })

@@ -91,6 +91,8 @@ struct HttpGrantInfo {
     socket_path: Option<PathBuf>,
     token_placement: String,
     auth_scheme: &'static str,
+    /// `aws_sigv4`: the region, for the handle's `AWS_*` variables.
+    aws_region: Option<String>,
 }
 
 #[derive(Default)]

@@ -130,10 +130,21 @@ fn http_handle_for(g: &GrantRecord, info: &super::HttpGrantInfo) -> Handle {
     let port = g.listener_addr.port();
     let token = g.token.expose_secret();
     let base_url = format!("http://{host}:{port}");
-    let env = BTreeMap::from([
+    let mut env = BTreeMap::from([
         ("AGENTD_BASE_URL".to_owned(), base_url.clone()),
         ("AGENTD_TOKEN".to_owned(), token.to_owned()),
     ]);
+    if let Some(region) = &info.aws_region {
+        // What AWS SDKs and the CLI read: they sign with the token as the secret key.
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL", base_url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "agentd"),
+            ("AWS_SECRET_ACCESS_KEY", token),
+            ("AWS_REGION", region.as_str()),
+        ] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+    }
     Handle {
         dsn: base_url.clone(),
         env,

@@ -11,6 +11,7 @@
 //! # auth = { scheme = "header", name = "x-api-key", value = "{{secret}}" }
 //! # auth = { scheme = "basic", username = "ci-bot" }
 //! # auth = { scheme = "query", param = "api_key" }
+//! # auth = { scheme = "aws_sigv4", service = "s3", region = "eu-west-1" }
 //!
 //! [resources.github.permissions.issues_read]
 //! credential = { source = "keyring" }       # `agentd secret set github issues_read`
@@ -57,6 +58,18 @@ pub enum HttpAuth {
         /// Parameter name, e.g. `api_key`.
         param: String,
     },
+    /// AWS Signature Version 4 (`Authorization: AWS4-HMAC-SHA256 …`, signed by the daemon
+    /// with the real key for `service` in `region`). The secret is
+    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]` (or the secret access key alone,
+    /// with the permission's `username` as the access key id). The client signs with any
+    /// access key id and the grant token as its secret access key (or sends
+    /// `Authorization: Bearer <token>`); see [`crate::listener::http::sigv4`].
+    AwsSigv4 {
+        /// The signing name of the service, e.g. `s3`, `sqs`, `execute-api`.
+        service: String,
+        /// The region, e.g. `us-east-1`.
+        region: String,
+    },
 }
 
 fn default_template() -> String {
@@ -79,6 +92,12 @@ impl HttpAuth {
             HttpAuth::Query { param } => {
                 format!("query parameter `{param}=<token>` (or `Authorization: Bearer <token>`)")
             }
+            HttpAuth::AwsSigv4 { service, region } => format!(
+                "AWS SigV4 (service {service}, region {region}) signing with the token as the \
+                 secret access key and any access key id (AWS_ACCESS_KEY_ID=agentd \
+                 AWS_SECRET_ACCESS_KEY=<token> AWS_REGION={region} AWS_ENDPOINT_URL=<base_url>), \
+                 or `Authorization: Bearer <token>`"
+            ),
         }
     }
 
@@ -89,6 +108,7 @@ impl HttpAuth {
             HttpAuth::Header { .. } => "header",
             HttpAuth::Basic { .. } => "basic",
             HttpAuth::Query { .. } => "query",
+            HttpAuth::AwsSigv4 { .. } => "aws_sigv4",
         }
     }
 }
@@ -187,6 +207,23 @@ pub(super) fn validate_resource(
         }
         Some(HttpAuth::Query { param }) if param.is_empty() => {
             Err(("auth.param".to_owned(), "must not be empty".to_owned()))
+        }
+        Some(HttpAuth::AwsSigv4 { service, region }) => {
+            for (field, value) in [("auth.service", service), ("auth.region", region)] {
+                if value.is_empty()
+                    || value.len() > 64
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err((
+                        field.to_owned(),
+                        "must be a lower-case AWS name such as \"s3\" or \"us-east-1\" (a-z, 0-9, -)"
+                            .to_owned(),
+                    ));
+                }
+            }
+            Ok(())
         }
         Some(_) => Ok(()),
     }

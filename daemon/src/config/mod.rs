@@ -178,10 +178,23 @@ pub struct DaemonSettings {
     /// arrive within `handshake_timeout`.
     #[serde(default = "default_http_idle_timeout", with = "humantime_serde_compat")]
     pub http_idle_timeout: Duration,
+    /// HTTP listeners: a request whose body stops arriving for this long while the listener
+    /// waits for it fails and its client connection is closed (humantime, default `30s`, at
+    /// least `1s`). Counted per wait, so a slow but steady upload is fine; a client that
+    /// sends the head and then stalls or trickles less than a read per timeout is cut.
+    #[serde(
+        default = "default_http_body_idle_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub http_body_idle_timeout: Duration,
 }
 
 fn default_http_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_http_body_idle_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for DaemonSettings {
@@ -202,6 +215,7 @@ impl Default for DaemonSettings {
             admin_group: None,
             retention: default_retention(),
             http_idle_timeout: default_http_idle_timeout(),
+            http_body_idle_timeout: default_http_body_idle_timeout(),
         }
     }
 }
@@ -682,6 +696,12 @@ impl Config {
         if self.daemon.http_idle_timeout < Duration::from_secs(1) {
             return Err(invalid(
                 "daemon.http_idle_timeout".to_owned(),
+                "must be at least 1s",
+            ));
+        }
+        if self.daemon.http_body_idle_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "daemon.http_body_idle_timeout".to_owned(),
                 "must be at least 1s",
             ));
         }

@@ -332,6 +332,17 @@ fn parses_http_resources() {
     assert!(p.allow[0].allows("GET", "/repos/a/b/issues/1"));
     assert!(!p.allow[0].allows("POST", "/repos/a/b/issues/1"));
     assert!(http::explain_allow(&p.allow).contains("GET, HEAD on /repos/*/*/issues/**"));
+    let aws = HTTP.replace(
+        r#"{ scheme = "header", name = "authorization", value = "token {{secret}}" }"#,
+        r#"{ scheme = "aws_sigv4", service = "s3", region = "eu-west-1" }"#,
+    );
+    let c = Config::parse(&aws, Path::new("c.toml")).unwrap();
+    let (r, _) = c.permission("gh", "issues").unwrap();
+    let auth = r.auth.as_ref().unwrap();
+    assert_eq!(auth.scheme(), "aws_sigv4");
+    assert!(auth
+        .token_placement()
+        .contains("service s3, region eu-west-1"));
 }
 
 #[test]
@@ -371,6 +382,20 @@ fn refuses_bad_http_resources() {
         (
             HTTP.replace("kind = \"http\"", "kind = \"http\"\nhost = \"x\""),
             "resources.gh.host",
+        ),
+        (
+            HTTP.replace(
+                r#"{ scheme = "header", name = "authorization", value = "token {{secret}}" }"#,
+                r#"{ scheme = "aws_sigv4", service = "s3", region = "EU West" }"#,
+            ),
+            "resources.gh.auth.region",
+        ),
+        (
+            HTTP.replace(
+                r#"{ scheme = "header", name = "authorization", value = "token {{secret}}" }"#,
+                r#"{ scheme = "aws_sigv4", service = "", region = "us-east-1" }"#,
+            ),
+            "resources.gh.auth.service",
         ),
     ];
     for (text, field) in cases {

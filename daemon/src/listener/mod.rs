@@ -1,6 +1,10 @@
 //! Local listeners the daemon opens for grants: [`postgres`] (the wire proxy) and [`http`]
-//! (credential-injecting HTTP proxy). [`Listener`] is what the broker holds per grant.
+//! (credential-injecting HTTP proxy). [`Listener`] is what the broker holds per grant;
+//! [`admission`] (the wrong-token throttle, and for PostgreSQL the handshake slots),
+//! [`peer`] (the TCP owner check), [`next_accepted`] and [`bind_grant_socket`] are shared by
+//! both kinds.
 
+pub mod admission;
 pub mod http;
 pub mod peer;
 pub mod postgres;
@@ -34,6 +38,38 @@ where
             },
         }
     }
+}
+
+/// Binds a grant's Unix socket `dir/name`, the one place both listener kinds get it, and
+/// returns the listener and the socket's path. The connection's peer uid must still be
+/// checked at accept time (`SO_PEERCRED`) against the grant owner's.
+///
+/// Modes: `shared = false` (user mode, owner = the daemon's uid): the socket 0600 in a 0700
+/// `dir`. `shared = true` (system mode: the owner is another user and the daemon cannot
+/// chown): 0666 in a 0711 `dir` under the 0711 grant socket root, so the owner can connect
+/// by path without listing; the accept-time uid check keeps every other uid out.
+///
+/// # Errors
+/// Creating `dir`, binding or setting a mode failed.
+#[cfg(unix)]
+pub(crate) fn bind_grant_socket(
+    dir: &std::path::Path,
+    name: &str,
+    shared: bool,
+) -> std::io::Result<(tokio::net::UnixListener, std::path::PathBuf)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir_mode, socket_mode) = if shared {
+        (0o711, 0o666)
+    } else {
+        (0o700, 0o600)
+    };
+    crate::fsutil::create_private_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode))?;
+    Ok((listener, path))
 }
 
 /// A grant's listener, of either kind.

@@ -35,10 +35,13 @@ pub enum TokenError {
 pub struct Injector {
     scheme: HttpAuth,
     token: SecretString,
-    /// The header the real credential goes in (bearer, header, basic), marked sensitive.
-    header: Option<(HeaderName, HeaderValue)>,
+    /// The header the real credential goes in (bearer, header, basic) and its value, held
+    /// zeroizing for the grant's life; each request gets a sensitive `HeaderValue` copy.
+    header: Option<(HeaderName, Zeroizing<Vec<u8>>)>,
     /// `param=secret`, percent-encoded (query).
     query_pair: Option<Zeroizing<String>>,
+    /// The SigV4 signer (aws_sigv4).
+    sigv4: Option<super::sigv4::Signer>,
 }
 
 impl std::fmt::Debug for Injector {
@@ -50,16 +53,17 @@ impl std::fmt::Debug for Injector {
     }
 }
 
-fn sensitive(value: &str) -> Result<HeaderValue, String> {
-    let mut v = HeaderValue::from_str(value)
+/// `value` as a header value held zeroizing, checked once that it is one.
+fn sensitive(value: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    // The checked copy is dropped at once (a `HeaderValue` cannot be zeroized).
+    HeaderValue::from_str(value)
         .map_err(|_| "the credential holds characters not allowed in an HTTP header".to_owned())?;
-    v.set_sensitive(true);
-    Ok(v)
+    Ok(Zeroizing::new(value.as_bytes().to_vec()))
 }
 
 impl Injector {
-    /// Prepares injection of `secret` (with `username` for basic auth) and the check of
-    /// `token`.
+    /// Prepares injection of `secret` (with `username` for basic auth, or as the access key
+    /// id of an aws_sigv4 secret without one) and the check of `token`.
     ///
     /// # Errors
     /// Agent-safe text when the secret cannot go in a header.
@@ -70,6 +74,7 @@ impl Injector {
         username: &str,
     ) -> Result<Self, String> {
         let s = secret.expose_secret();
+        let mut sigv4 = None;
         let (header, query_pair) = match &scheme {
             HttpAuth::Bearer => (
                 Some((
@@ -104,12 +109,18 @@ impl Injector {
                     utf8_percent_encode(s, COMPONENT)
                 ))),
             ),
+            HttpAuth::AwsSigv4 { service, region } => {
+                let key = super::sigv4::parse_key(secret, username)?;
+                sigv4 = Some(super::sigv4::Signer::new(service, region, key, &token));
+                (None, None)
+            }
         };
         Ok(Self {
             scheme,
             token,
             header,
             query_pair,
+            sigv4,
         })
     }
 
@@ -118,13 +129,29 @@ impl Injector {
         &self.scheme
     }
 
+    /// The SigV4 signer, for `aws_sigv4`.
+    pub fn sigv4(&self) -> Option<&super::sigv4::Signer> {
+        self.sigv4.as_ref()
+    }
+
+    /// The values the response scanner looks for: the secret, or for `aws_sigv4` the
+    /// secret access key and the session token (not the access key id, an identifier).
+    pub fn scan_secrets(&self, secret: &SecretString) -> Vec<Zeroizing<Vec<u8>>> {
+        match &self.sigv4 {
+            Some(signer) => signer.secret_forms(),
+            None => vec![Zeroizing::new(secret.expose_secret().as_bytes().to_vec())],
+        }
+    }
+
     fn matches(&self, candidate: &[u8]) -> bool {
         let token = self.token.expose_secret().as_bytes();
         candidate.len() == token.len() && bool::from(candidate.ct_eq(token))
     }
 
     /// Checks every token candidate in `headers` and `query` (raw `key=value` pairs) and
-    /// removes them, with every `Authorization` / `Proxy-Authorization` header.
+    /// removes them, with every `Authorization` / `Proxy-Authorization` header. For
+    /// `aws_sigv4` a SigV4 `Authorization` is returned for the caller to verify
+    /// ([`super::sigv4::Signer::verify`]) once the payload hash is known.
     ///
     /// # Errors
     /// [`TokenError`]: none found, or one that is not the grant's.
@@ -132,9 +159,21 @@ impl Injector {
         &self,
         headers: &mut HeaderMap,
         query: &mut Vec<String>,
-    ) -> Result<(), TokenError> {
+    ) -> Result<Option<super::sigv4::ClientSignature>, TokenError> {
         let mut found = 0usize;
         let mut wrong = false;
+        let mut signed = None;
+        if self.sigv4.is_some() {
+            for value in headers.get_all(AUTHORIZATION) {
+                if value.as_bytes().starts_with(b"AWS4-") {
+                    found += 1;
+                    match super::sigv4::ClientSignature::parse(value.as_bytes()) {
+                        Some(sig) if signed.is_none() => signed = Some(sig),
+                        _ => wrong = true,
+                    }
+                }
+            }
+        }
         let mut check = |candidate: &[u8]| {
             found += 1;
             if !self.matches(candidate) {
@@ -143,6 +182,9 @@ impl Injector {
         };
         for value in headers.get_all(AUTHORIZATION) {
             let v = value.as_bytes();
+            if signed.is_some() && v.starts_with(b"AWS4-") {
+                continue;
+            }
             if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
                 check(v[7..].trim_ascii());
             } else if v.len() > 6 && v[..6].eq_ignore_ascii_case(b"basic ") {
@@ -189,19 +231,24 @@ impl Injector {
                     false
                 });
             }
-            HttpAuth::Bearer | HttpAuth::Basic { .. } => {}
+            HttpAuth::Bearer | HttpAuth::Basic { .. } | HttpAuth::AwsSigv4 { .. } => {}
         }
         match (found, wrong) {
             (0, _) => Err(TokenError::Missing),
             (_, true) => Err(TokenError::Wrong),
-            _ => Ok(()),
+            _ => Ok(signed),
         }
     }
 
     /// Puts the real credential on the request.
     pub fn inject(&self, headers: &mut HeaderMap, query: &mut Vec<String>) {
         if let Some((name, value)) = &self.header {
-            headers.insert(name.clone(), value.clone());
+            // Checked at construction; the per-request copy is marked sensitive (hyper keeps
+            // it out of HPACK tables and Debug) and freed with the request, not zeroized.
+            if let Ok(mut v) = HeaderValue::from_bytes(value) {
+                v.set_sensitive(true);
+                headers.insert(name.clone(), v);
+            }
         }
         if let Some(pair) = &self.query_pair {
             query.push(pair.to_string());
@@ -229,7 +276,7 @@ mod tests {
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer tok123"));
         let mut q = vec![];
         let i = injector(HttpAuth::Bearer);
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(h[AUTHORIZATION], "Bearer real-secret");
 
@@ -239,7 +286,7 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("key tok123"));
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(h["x-api-key"], "key real-secret");
 
@@ -255,7 +302,7 @@ mod tests {
             ))
             .unwrap(),
         );
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(
             h[AUTHORIZATION].to_str().unwrap(),
@@ -270,7 +317,7 @@ mod tests {
         });
         let mut h = HeaderMap::new();
         let mut q = vec!["a=1".to_owned(), "api_key=tok123".to_owned()];
-        assert_eq!(i.take_token(&mut h, &mut q), Ok(()));
+        assert_eq!(i.take_token(&mut h, &mut q), Ok(None));
         i.inject(&mut h, &mut q);
         assert_eq!(q, vec!["a=1".to_owned(), "api_key=real-secret".to_owned()]);
     }

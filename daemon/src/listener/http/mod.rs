@@ -20,6 +20,7 @@ pub mod auth;
 pub mod path;
 pub mod proxy;
 pub mod scan;
+pub mod sigv4;
 
 use crate::audit::{AuditEvent, AuditLog, Durability};
 use crate::config::http::AllowRule;
@@ -48,6 +49,12 @@ pub struct Limits {
     pub max_connections: u32,
     /// A keep-alive connection with no request in flight is closed after this long.
     pub idle_timeout: Duration,
+    /// A request whose body stops arriving for this long (while the listener waits for
+    /// it) fails and its connection is closed (`[daemon] http_body_idle_timeout`).
+    pub body_idle_timeout: Duration,
+    /// Largest body the listener reads whole to hash it for SigV4 signing (see
+    /// [`sigv4`]); larger ones get 413.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +66,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
             idle_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
+            max_buffered_body_bytes: 16 << 20,
         }
     }
 }
@@ -81,9 +90,11 @@ pub struct HttpGrantListener {
     pub scanner: scan::Scanner,
     /// Client limits.
     pub limits: Limits,
-    /// The wrong-token throttle (shared logic with the PostgreSQL listener; its handshake
-    /// slots are unused here).
-    pub admission: crate::listener::postgres::admission::Admission,
+    /// The wrong-token throttle (shared with the PostgreSQL listener; its handshake slots
+    /// are unused here: hyper's header timeout and `max_connections` bound the head).
+    pub admission: crate::listener::admission::Admission,
+    /// Bodies being read whole for SigV4 hashing at once (at most [`sigv4::MAX_BUFFERING`]).
+    pub buffering: tokio::sync::Semaphore,
     /// Fires when the grant ends: closes the listener and aborts in-flight requests.
     pub cut: CancellationToken,
     /// Why the grant ended.
@@ -143,12 +154,35 @@ async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
         };
         if !admit_peer(&stream, &peer, &grant) {
             warn!(%peer, "refused peer");
+            refuse_peer(&grant, stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
         spawn_connection(&grant, stream, peer.to_string());
     }
     info!("listener closed");
+}
+
+/// Answers a peer this listener does not serve (another uid) with a 403 JSON refusal and a
+/// lingering close (so it reads the answer, not a reset), without reading its request.
+fn refuse_peer<S>(grant: &HttpGrantListener, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncWriteExt as _;
+    const BODY: &str = r#"{"error":{"type":"agentd_refused","rule":"peer","message":"this listener serves only the OS user that owns the grant","next_step":"use a grant of your own: request access as this OS user"}}"#;
+    grant.sessions.spawn(async move {
+        let answer = format!(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(answer.as_bytes()),
+        )
+        .await;
+        crate::listener::postgres::wire::linger(&mut stream).await;
+    });
 }
 
 fn spawn_connection<S>(grant: &Arc<HttpGrantListener>, stream: S, peer: String)
@@ -196,12 +230,14 @@ where
         // Dropping the connection closes the socket and aborts any in-flight request.
         _ = grant.cut.cancelled() => {}
         _ = activity.idle(grant.limits.idle_timeout) => info!("idle keep-alive connection closed"),
+        _ = activity.stalled() => info!("request body stalled; connection closed"),
     }
     grant.live_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Opens `DIR/http.sock` (0600, in a 0700 directory) for the grant; peers must have the
-/// daemon's uid. Returns the socket path.
+/// Opens `DIR/http.sock` for the grant (modes as [`super::bind_grant_socket`]: 0600 in a
+/// 0700 directory, or with `shared` in system mode 0666 in 0711); peers must have the grant
+/// owner's uid (`SO_PEERCRED`, checked at accept). Returns the socket path.
 ///
 /// # Errors
 /// Creating the directory or binding the socket.
@@ -209,14 +245,9 @@ where
 pub fn spawn_unix(
     grant: Arc<HttpGrantListener>,
     dir: &std::path::Path,
+    shared: bool,
 ) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    crate::fsutil::create_private_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let path = dir.join("http.sock");
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let (listener, path) = super::bind_grant_socket(dir, "http.sock", shared)?;
     let span = tracing::info_span!(parent: None, "http_unix_listener", grant = %grant.grant_id);
     let (dir, socket) = (dir.to_path_buf(), path.clone());
     tokio::spawn(
@@ -233,6 +264,7 @@ pub fn spawn_unix(
                         owner_uid = uid,
                         "refused Unix-socket peer: not the grant owner's uid"
                     );
+                    refuse_peer(&grant, stream);
                     continue;
                 }
                 spawn_connection(&grant, stream, "unix".to_owned());

@@ -93,11 +93,45 @@ impl Upstream {
     }
 }
 
-/// The client's request body on its way upstream: counted, capped, aborted on a cut.
+/// The client's request body on its way upstream: counted, capped, cut when the client
+/// stalls, aborted on a cut (by the connection's end).
+///
+/// Body idle timeout: whenever the upstream side asks for more body and the client has
+/// nothing to give, a timer of [`super::Limits::body_idle_timeout`] starts; data stops it.
+/// When it fires the request fails and the client connection is closed ([`Activity::stall`]).
+/// Time the upstream spends not reading does not count against the client.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: RequestBodyInner,
     sent: Arc<AtomicU64>,
     limit: u64,
+    idle: Duration,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    activity: Arc<Activity>,
+}
+
+enum RequestBodyInner {
+    /// Streamed from the client as it arrives.
+    Stream(Incoming),
+    /// Already read (and hashed) by the listener; sent in one frame.
+    Buffered(Option<Bytes>),
+}
+
+impl RequestBody {
+    fn new(
+        inner: RequestBodyInner,
+        sent: Arc<AtomicU64>,
+        grant: &HttpGrantListener,
+        activity: Arc<Activity>,
+    ) -> Self {
+        Self {
+            inner,
+            sent,
+            limit: grant.limits.max_body_bytes,
+            idle: grant.limits.body_idle_timeout,
+            waiting: None,
+            activity,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -108,12 +142,20 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let this = &mut *self;
+        let incoming = match &mut this.inner {
+            RequestBodyInner::Buffered(data) => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+            }
+            RequestBodyInner::Stream(incoming) => incoming,
+        };
+        match Pin::new(incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = None;
                 if let Some(data) = frame.data_ref() {
-                    let n = self.sent.fetch_add(data.len() as u64, Ordering::Relaxed)
+                    let n = this.sent.fetch_add(data.len() as u64, Ordering::Relaxed)
                         + data.len() as u64;
-                    if n > self.limit {
+                    if n > this.limit {
                         return Poll::Ready(Some(Err("request body over the limit".into())));
                     }
                 }
@@ -121,16 +163,68 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.activity.stall();
+                    return Poll::Ready(Some(Err(
+                        "the client stopped sending the request body".into()
+                    )));
+                }
+                Poll::Pending
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            RequestBodyInner::Stream(i) => i.is_end_stream(),
+            RequestBodyInner::Buffered(d) => d.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            RequestBodyInner::Stream(i) => i.size_hint(),
+            RequestBodyInner::Buffered(d) => {
+                SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+/// Why a body could not be read whole.
+enum BufferError {
+    TooLarge,
+    Idle,
+    Client,
+}
+
+/// Reads the whole request body (at most `limit` bytes; each read within `idle`), for
+/// hashing.
+async fn read_body(
+    body: &mut Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, BufferError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BufferError::Idle),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(BufferError::Client),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if buf.len() + data.len() > limit {
+                        return Err(BufferError::TooLarge);
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+        }
     }
 }
 
@@ -141,6 +235,7 @@ pub struct Activity {
     inflight: AtomicU64,
     last: std::sync::Mutex<Instant>,
     changed: tokio::sync::Notify,
+    stalled: tokio_util::sync::CancellationToken,
 }
 
 impl Default for Activity {
@@ -149,11 +244,22 @@ impl Default for Activity {
             inflight: AtomicU64::new(0),
             last: std::sync::Mutex::new(Instant::now()),
             changed: tokio::sync::Notify::new(),
+            stalled: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
 
 impl Activity {
+    /// A request body stalled past the body idle timeout: the connection is closed.
+    fn stall(&self) {
+        self.stalled.cancel();
+    }
+
+    /// Resolves when a request body on this connection stalled ([`RequestBody`]).
+    pub async fn stalled(&self) {
+        self.stalled.cancelled().await;
+    }
+
     fn begin(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
@@ -217,6 +323,9 @@ impl Drop for Exchange {
         if self.end == "client" && self.grant.cut.is_cancelled() {
             // The connection was dropped by the cut before the body finished.
             self.end = "revoked";
+        }
+        if self.activity.stalled.is_cancelled() && self.end != "complete" {
+            self.end = "client body idle";
         }
         self.grant.record(&AuditEvent::HttpRequest {
             grant_id: self.grant.grant_id.clone(),
@@ -424,6 +533,39 @@ fn refusal(status: StatusCode, rule: &str, message: &str, next: &str) -> Respons
     )
 }
 
+/// The 401 for a missing or wrong token; after a few wrong tokens a minute the answer is
+/// held back (as on the PostgreSQL listener) while the connection keeps its slot.
+async fn refuse_token(
+    grant: &HttpGrantListener,
+    exchange: &mut Exchange,
+    msg: &str,
+    wrong: bool,
+) -> Response<ResponseBody> {
+    if wrong {
+        let t = grant.admission.record_failure(Instant::now());
+        if !t.delay.is_zero() {
+            tracing::warn!(
+                failures = t.failures,
+                delay_ms = t.delay.as_millis() as u64,
+                "wrong grant token; answer delayed"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(t.delay) => {}
+                _ = grant.cut.cancelled() => {}
+            }
+        }
+    }
+    let placement = crate::config::http::HttpAuth::token_placement(grant.auth.scheme());
+    exchange.status = StatusCode::UNAUTHORIZED.as_u16();
+    exchange.refused = Some(format!("token: {msg}"));
+    refusal(
+        StatusCode::UNAUTHORIZED,
+        "token",
+        msg,
+        &format!("send the token from your agentd handle as {placement}; if the grant expired, request access again"),
+    )
+}
+
 /// Serves one request (hyper's service function). Never fails: errors become responses.
 pub async fn handle(
     grant: Arc<HttpGrantListener>,
@@ -470,36 +612,117 @@ pub async fn handle(
         .unwrap_or_default();
 
     // The token first: an unauthenticated client learns nothing about the allow list.
-    if let Err(e) = grant.auth.take_token(&mut parts.headers, &mut query) {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let signed = match grant.auth.take_token(&mut parts.headers, &mut query) {
+        Ok(signed) => signed,
+        Err(e) => {
+            exchange.query = audit_query(&query);
+            let msg = match e {
+                TokenError::Missing => "no grant token on the request",
+                TokenError::Wrong => "the grant token is wrong",
+            };
+            return Ok(refuse_token(&grant, &mut exchange, msg, e == TokenError::Wrong).await);
+        }
+    };
+    // aws_sigv4: the payload hash (reading the body when it must be hashed), the client's
+    // signature, and the client's signing headers off the request.
+    let mut sigv4_payload = None;
+    let mut body = body;
+    let mut buffered = None;
+    if let Some(signer) = grant.auth.sigv4() {
         exchange.query = audit_query(&query);
-        let msg = match e {
-            TokenError::Missing => "no grant token on the request",
-            TokenError::Wrong => "the grant token is wrong",
+        let given = parts.headers.get(super::sigv4::CONTENT_SHA256);
+        let plan = match super::sigv4::payload_plan(
+            given.map(HeaderValue::as_bytes),
+            signed.is_some(),
+            signer.is_s3(),
+        ) {
+            Ok(plan) => plan,
+            Err(msg) => {
+                return Ok(refuse(
+                    &mut exchange,
+                    StatusCode::BAD_REQUEST,
+                    "aws_sigv4",
+                    &msg,
+                    "sign with x-amz-content-sha256 set to the body's SHA-256, UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                ))
+            }
         };
-        if e == TokenError::Wrong {
-            // After a few wrong tokens a minute, answers are held back (as on the
-            // PostgreSQL listener); the connection keeps its slot meanwhile.
-            let t = grant.admission.record_failure(Instant::now());
-            if !t.delay.is_zero() {
-                tracing::warn!(
-                    failures = t.failures,
-                    delay_ms = t.delay.as_millis() as u64,
-                    "wrong grant token; answer delayed"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(t.delay) => {}
-                    _ = grant.cut.cancelled() => {}
+        let hash = match plan {
+            super::sigv4::PayloadPlan::Given(v) => v,
+            super::sigv4::PayloadPlan::Unsigned => super::sigv4::UNSIGNED_PAYLOAD.to_owned(),
+            super::sigv4::PayloadPlan::Buffer => {
+                let slot = tokio::select! {
+                    s = grant.buffering.acquire() => s.ok(),
+                    _ = grant.cut.cancelled() => None,
+                };
+                let Some(_slot) = slot else {
+                    return Ok(refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "grant",
+                        "the grant ended",
+                        "request access again if still needed",
+                    ));
+                };
+                let limit = grant.limits.max_buffered_body_bytes;
+                match read_body(&mut body, limit, grant.limits.body_idle_timeout).await {
+                    Ok(data) => {
+                        let hash = super::sigv4::sha256_hex(&data);
+                        bytes_up.store(data.len() as u64, Ordering::Relaxed);
+                        buffered = Some(data);
+                        hash
+                    }
+                    Err(BufferError::TooLarge) => {
+                        return Ok(refuse(
+                            &mut exchange,
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "aws_sigv4",
+                            &format!("a body agentd must hash to sign it is limited to {limit} bytes"),
+                            "send x-amz-content-sha256 with the body's SHA-256 (S3 SDKs do), or a smaller body",
+                        ))
+                    }
+                    Err(BufferError::Idle) => {
+                        exchange.activity.stall();
+                        return Ok(refuse(
+                            &mut exchange,
+                            StatusCode::REQUEST_TIMEOUT,
+                            "body_idle",
+                            "the request body stopped arriving",
+                            "send the body without pauses",
+                        ));
+                    }
+                    Err(BufferError::Client) => {
+                        return Ok(refuse(
+                            &mut exchange,
+                            StatusCode::BAD_REQUEST,
+                            "body",
+                            "the request body could not be read",
+                            "send a well-formed body",
+                        ))
+                    }
                 }
             }
+        };
+        if let Some(sig) = &signed {
+            let checked = signer.verify(
+                sig,
+                parts.method.as_str(),
+                &path_and_query,
+                &parts.headers,
+                &hash,
+                std::time::SystemTime::now(),
+            );
+            if let Err(e) = checked {
+                let wrong = e == super::sigv4::VerifyError::Mismatch;
+                return Ok(refuse_token(&grant, &mut exchange, &e.to_string(), wrong).await);
+            }
         }
-        let placement = crate::config::http::HttpAuth::token_placement(grant.auth.scheme());
-        return Ok(refuse(
-            &mut exchange,
-            StatusCode::UNAUTHORIZED,
-            "token",
-            msg,
-            &format!("send the token from your agentd handle as {placement}; if the grant expired, request access again"),
-        ));
+        super::sigv4::Signer::strip_client_signing(&mut parts.headers, &mut query);
+        sigv4_payload = Some(hash);
     }
     exchange.query = audit_query(&query);
     let head_bytes: usize = parts
@@ -605,11 +828,29 @@ pub async fn handle(
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let body = RequestBody {
-        inner: body,
-        sent: bytes_up,
-        limit: grant.limits.max_body_bytes,
+    if let (Some(signer), Some(hash)) = (grant.auth.sigv4(), &sigv4_payload) {
+        let signed = signer.sign(
+            parts.method.as_str(),
+            &parts.uri,
+            &mut parts.headers,
+            hash,
+            std::time::SystemTime::now(),
+        );
+        if let Err(msg) = signed {
+            return Ok(refuse(
+                &mut exchange,
+                StatusCode::BAD_REQUEST,
+                "aws_sigv4",
+                &msg,
+                "send header values as plain text",
+            ));
+        }
+    }
+    let body = match buffered {
+        Some(data) => RequestBodyInner::Buffered(Some(data)),
+        None => RequestBodyInner::Stream(body),
     };
+    let body = RequestBody::new(body, bytes_up, &grant, exchange.activity.clone());
     let upstream_req = Request::from_parts(parts, body);
     let sent = tokio::select! {
         r = grant.upstream.client.request(upstream_req) => r,

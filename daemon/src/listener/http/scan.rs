@@ -45,21 +45,25 @@ fn percent_encode(b: &[u8], upper: bool) -> Vec<u8> {
 }
 
 impl Scanner {
-    /// Compiles the forms of `secret` (and of `username:secret` when `basic_user` is given).
+    /// Compiles the forms of each of `secrets` (and of `username:secret` for the first one
+    /// when `basic_user` is given).
     ///
     /// # Errors
     /// The automaton could not be built (not expected for these sizes).
-    pub fn new(secret: &[u8], basic_user: Option<&str>) -> Result<Self, String> {
+    pub fn new(secrets: &[&[u8]], basic_user: Option<&str>) -> Result<Self, String> {
         use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-        let mut forms: Vec<Zeroizing<Vec<u8>>> = vec![
-            Zeroizing::new(secret.to_vec()),
-            Zeroizing::new(STANDARD.encode(secret).into_bytes()),
-            Zeroizing::new(STANDARD_NO_PAD.encode(secret).into_bytes()),
-            Zeroizing::new(URL_SAFE_NO_PAD.encode(secret).into_bytes()),
-            Zeroizing::new(percent_encode(secret, true)),
-            Zeroizing::new(percent_encode(secret, false)),
-        ];
-        if let Some(user) = basic_user {
+        let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        for secret in secrets {
+            forms.extend([
+                Zeroizing::new(secret.to_vec()),
+                Zeroizing::new(STANDARD.encode(secret).into_bytes()),
+                Zeroizing::new(STANDARD_NO_PAD.encode(secret).into_bytes()),
+                Zeroizing::new(URL_SAFE_NO_PAD.encode(secret).into_bytes()),
+                Zeroizing::new(percent_encode(secret, true)),
+                Zeroizing::new(percent_encode(secret, false)),
+            ]);
+        }
+        if let (Some(user), Some(secret)) = (basic_user, secrets.first()) {
             let pair = Zeroizing::new([user.as_bytes(), b":", secret].concat());
             forms.push(Zeroizing::new(STANDARD.encode(&*pair).into_bytes()));
             forms.push(Zeroizing::new(STANDARD_NO_PAD.encode(&*pair).into_bytes()));
@@ -190,7 +194,7 @@ mod tests {
     #[test]
     fn every_split_of_every_form_is_redacted() {
         use base64::Engine as _;
-        let scanner = Scanner::new(SECRET, Some("bot")).unwrap();
+        let scanner = Scanner::new(&[SECRET], Some("bot")).unwrap();
         let forms: Vec<Vec<u8>> = vec![
             SECRET.to_vec(),
             base64::engine::general_purpose::STANDARD
@@ -215,7 +219,7 @@ mod tests {
 
     #[test]
     fn chunks_without_a_prefix_pass_at_once() {
-        let scanner = Scanner::new(SECRET, None).unwrap();
+        let scanner = Scanner::new(&[SECRET], None).unwrap();
         let mut s = StreamScan::default();
         let out = s.push(&scanner, Bytes::from_static(b"data: one\n\n"));
         assert_eq!(&out[..], b"data: one\n\n");

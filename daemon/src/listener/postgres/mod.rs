@@ -11,7 +11,6 @@
 //! connection. [`admission`] bounds what unauthenticated clients can cost: simultaneous
 //! handshakes per listener, the time startup + authentication may take, and wrong tokens.
 
-pub mod admission;
 pub mod auth;
 pub mod cancel;
 pub mod capture;
@@ -22,6 +21,7 @@ pub mod startup;
 pub mod upstream;
 pub mod wire;
 
+use super::admission;
 use crate::audit::{AuditEvent, AuditLog, Durability, StatementSink};
 use auth::{AuthError, ScramVerifier};
 use bytes::BytesMut;
@@ -478,10 +478,7 @@ fn statement_event(grant_id: &str, session: u64, captured: capture::Captured) ->
 /// `dir`. Only peers whose uid is the grant's owner's ([`GrantListener::owner_uid`]) are
 /// served, checked at accept time from `SO_PEERCRED`.
 ///
-/// Modes: `shared = false` (user mode, owner = the daemon's uid): 0600 in a 0700 `dir`.
-/// `shared = true` (system mode: the owner is another user and the daemon cannot chown):
-/// 0666 in a 0711 `dir` under a 0711 root, so the owner can connect by path without
-/// listing; the accept-time uid check is what keeps every other uid out.
+/// Modes as [`super::bind_grant_socket`] (`shared` in system mode).
 ///
 /// # Errors
 /// Creating `dir` or binding failed.
@@ -492,18 +489,7 @@ pub fn spawn_unix(
     port: u16,
     shared: bool,
 ) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let (dir_mode, socket_mode) = if shared {
-        (0o711, 0o666)
-    } else {
-        (0o700, 0o600)
-    };
-    crate::fsutil::create_private_dir(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))?;
-    let path = dir.join(format!(".s.PGSQL.{port}"));
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode))?;
+    let (listener, path) = super::bind_grant_socket(dir, &format!(".s.PGSQL.{port}"), shared)?;
     let span = tracing::info_span!(parent: None, "unix_listener", grant = %grant.grant_id, path = %path.display());
     let (dir, socket) = (dir.to_path_buf(), path.clone());
     tokio::spawn(

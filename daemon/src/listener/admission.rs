@@ -1,5 +1,8 @@
 //! Admission control for a grant listener: bounds on connections that have not yet
-//! authenticated, and a throttle on wrong grant tokens.
+//! authenticated, and a throttle on wrong grant tokens. Both listener kinds use the
+//! throttle ([`Admission::record_failure`]); the handshake slots are the PostgreSQL
+//! listener's (HTTP bounds unauthenticated heads with hyper's header timeout and its
+//! connection cap).
 //!
 //! - At most `max_handshakes` connections per listener may be in startup, authentication or
 //!   upstream login at once ([`Admission::try_admit`]); further connections are refused at
