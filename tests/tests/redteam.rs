@@ -1292,7 +1292,13 @@ async fn typing_into_the_admins_terminal_cannot_approve_blind() -> anyhow::Resul
     }
     let secret = canary_password();
     let sandbox = cluster(&secret).await?;
-    let rig = start_system(sandbox.cluster.port, &sandbox.cluster.ca_file, "approval").await?;
+    let rig = start_system(
+        sandbox.cluster.port,
+        &sandbox.cluster.ca_file,
+        "approval",
+        "",
+    )
+    .await?;
     let target = &rig.target;
     let script = write_client(&target.agent_scratch)?;
     admin_set_secret(target, &secret).await?;
