@@ -328,7 +328,6 @@ async fn route(
                 "query": recorded.query,
                 "version": recorded.version,
                 "headers": headers,
-                "body_sha256": body_sha256,
             });
             let mut r = Response::new(full(json.to_string()));
             r.headers_mut().insert(
