@@ -42,11 +42,26 @@ pub struct Grant {
     pub token: SecretString,
 }
 
+/// The keychain entry holding the key; removed when dropped (also when the run is
+/// interrupted and the daemon is killed on drop).
+struct KeychainEntry {
+    service: String,
+}
+
+impl Drop for KeychainEntry {
+    fn drop(&mut self) {
+        let _ = agentd::credentials::keychain::delete(
+            &self.service,
+            &agentd::credentials::keychain::entry_name(RESOURCE, PERMISSION),
+        );
+    }
+}
+
 /// An `agentd daemon` serving the http resource, with the key in the keychain.
 pub struct AgentdHttp {
     /// The daemon process.
     pub daemon: Daemon,
-    keyring_service: String,
+    _entry: KeychainEntry,
     _dir: tempfile::TempDir,
 }
 
@@ -76,32 +91,25 @@ impl AgentdHttp {
             &agentd::credentials::keychain::entry_name(RESOURCE, PERMISSION),
             key,
         )?;
+        let entry = KeychainEntry {
+            service: keyring_service.clone(),
+        };
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
             daemon_config(&dir.path().join("data"), &keyring_service, upstream),
         )?;
-        let daemon = match Daemon::start_with_env(
+        let daemon = Daemon::start_with_env(
             agentd,
             &config,
             &dir.path().join("agentd.sock"),
             &dir.path().join("daemon.log"),
             env,
         )
-        .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = agentd::credentials::keychain::delete(
-                    &keyring_service,
-                    &agentd::credentials::keychain::entry_name(RESOURCE, PERMISSION),
-                );
-                return Err(e);
-            }
-        };
+        .await?;
         Ok(Self {
             daemon,
-            keyring_service,
+            _entry: entry,
             _dir: dir,
         })
     }
@@ -138,13 +146,9 @@ impl AgentdHttp {
         })
     }
 
-    /// Stops the daemon and removes the keychain entry.
+    /// Stops the daemon (SIGTERM, then wait) and removes the keychain entry.
     pub async fn stop(self) {
         self.daemon.stop().await;
-        let _ = agentd::credentials::keychain::delete(
-            &self.keyring_service,
-            &agentd::credentials::keychain::entry_name(RESOURCE, PERMISSION),
-        );
     }
 }
 
