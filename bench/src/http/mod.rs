@@ -108,7 +108,7 @@ pub async fn run(bin_dir: &Path, plan: &Plan, report: &mut Report) -> anyhow::Re
     let key = SecretString::from(format!("bench-key-{:032x}", rand::random::<u128>()));
     let upstream = Upstream::start(&key).await?;
     let agentd_bin = bin_dir.join("agentd");
-    let agentd = AgentdHttp::start(&agentd_bin, &upstream, &key, "http", &[]).await?;
+    let agentd = AgentdHttp::start(&agentd_bin, &upstream, &key, "http-main", &[]).await?;
     // Diagnostic: the same daemon on a one-thread tokio runtime (see BENCHMARKS.md).
     let agentd_1t = match AgentdHttp::start(
         &agentd_bin,
@@ -169,6 +169,11 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let grant = agentd.grant().await?;
     let grant_1t = agentd_1t.grant().await?;
+    // bench/http/profile reads this line to attach perf.
+    eprintln!(
+        "bench: http: agentd daemon pid {}, nginx master pid {}",
+        agentd.daemon.pid, nginx.pid
+    );
     let tls = client::tls_config(&upstream.ca_der)?;
     let paths = [
         Path3 {
