@@ -10,7 +10,10 @@
 //! - `bulk`: COPY TO STDOUT and COPY FROM STDIN through psql;
 //! - `control`: request → handle, dynamic-role grant, revoke → sessions closed, shim cold
 //!   start, `agentd status`;
-//! - `memory`: daemon RSS idle, with N idle proxied connections, with 32 busy ones.
+//! - `memory`: daemon RSS idle, with N idle proxied connections, with 32 busy ones;
+//! - `http` (only when asked for, e.g. `bench/http/run` = `--only http`): the HTTP listener
+//!   against direct HTTPS and nginx with wrk, SSE, memory per idle keep-alive connection
+//!   (no PostgreSQL cluster is started for it).
 //!
 //! Results go to `OUT/results.json` and `OUT/results.md` (a Markdown table per section
 //! plus the targets of the issue, pass or miss).
@@ -18,6 +21,7 @@
 mod bulk;
 mod connect;
 mod control;
+mod http;
 mod memory;
 mod pgbench;
 mod relay;
@@ -40,7 +44,8 @@ struct Args {
     /// Short durations and counts (about 3 minutes); numbers are rougher.
     #[arg(long)]
     quick: bool,
-    /// Sections to run, comma-separated: relay, connect, bulk, control, memory (default all).
+    /// Sections to run, comma-separated: relay, connect, bulk, control, memory (the
+    /// default: all five), http (only when named; needs nginx and wrk).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     only: Vec<String>,
     /// Directory for results.json and results.md.
@@ -53,6 +58,12 @@ struct Args {
     /// Seconds per pgbench run in the relay section (default 15, --quick 2).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<u64>,
+    /// Seconds per measured wrk run in the http section (default 10, --quick 3).
+    #[arg(long, value_name = "SECONDS")]
+    http_seconds: Option<u64>,
+    /// Runs per cell in the http section, interleaved; the median is reported (default 3).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    reps: u32,
 }
 
 /// How big each section's work is.
@@ -76,12 +87,23 @@ pub struct Plan {
     pub revoke_sessions: u32,
     /// Process starts timed (shim cold start, `agentd status`).
     pub process_starts: u32,
-    /// Idle proxied connections held open for the memory section.
+    /// Idle proxied connections held open for the memory section (and the http section's
+    /// idle keep-alive connections).
     pub idle_connections: u32,
+    /// http: seconds per measured wrk run.
+    pub http_seconds: u64,
+    /// http: seconds of the wrk warm-up run before each measured run.
+    pub http_warmup_seconds: u64,
+    /// http: runs per cell (interleaved; median reported).
+    pub http_reps: u32,
+    /// http: time-to-first-event requests per run.
+    pub sse_iterations: u32,
+    /// http: events in the events/s stream.
+    pub sse_events: u64,
 }
 
 impl Plan {
-    fn new(quick: bool, duration: Option<u64>) -> Self {
+    fn new(quick: bool, duration: Option<u64>, http_seconds: Option<u64>, reps: u32) -> Self {
         const MB: u64 = 1024 * 1024;
         if quick {
             Plan {
@@ -95,6 +117,11 @@ impl Plan {
                 revoke_sessions: 4,
                 process_starts: 10,
                 idle_connections: 1000,
+                http_seconds: http_seconds.unwrap_or(3),
+                http_warmup_seconds: 1,
+                http_reps: reps.max(1),
+                sse_iterations: 100,
+                sse_events: 50_000,
             }
         } else {
             Plan {
@@ -108,22 +135,37 @@ impl Plan {
                 revoke_sessions: 4,
                 process_starts: 30,
                 idle_connections: 1000,
+                http_seconds: http_seconds.unwrap_or(10),
+                http_warmup_seconds: 2,
+                http_reps: reps.max(1),
+                sse_iterations: 300,
+                sse_events: 200_000,
             }
         }
     }
 }
 
+/// The PostgreSQL sections (run by default, against the shared [`rig::Rig`]).
 const SECTIONS: [&str; 5] = ["relay", "connect", "bulk", "control", "memory"];
+/// Sections run only when named.
+const EXTRA_SECTIONS: [&str; 1] = ["http"];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for s in &args.only {
-        if !SECTIONS.contains(&s.as_str()) {
-            anyhow::bail!("unknown section {s:?}; choose from {}", SECTIONS.join(", "));
+        if !SECTIONS.contains(&s.as_str()) && !EXTRA_SECTIONS.contains(&s.as_str()) {
+            anyhow::bail!(
+                "unknown section {s:?}; choose from {}, {}",
+                SECTIONS.join(", "),
+                EXTRA_SECTIONS.join(", ")
+            );
         }
     }
-    let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
-    let plan = Plan::new(args.quick, args.duration);
+    let wanted = |s: &str| {
+        (args.only.is_empty() && SECTIONS.contains(&s)) || args.only.iter().any(|o| o == s)
+    };
+    let needs_rig = SECTIONS.iter().any(|s| wanted(s));
+    let plan = Plan::new(args.quick, args.duration, args.http_seconds, args.reps);
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?
@@ -138,33 +180,46 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let started = Instant::now();
         let mut report = report::Report::new(args.quick, &plan);
-        eprintln!("bench: setting up the cluster, PgBouncer and two agentd daemons…");
-        let rig = rig::Rig::start(&bin_dir, &plan).await?;
-        report.set_versions(rig.versions().await);
+        let rig = if needs_rig {
+            eprintln!("bench: setting up the cluster, PgBouncer and two agentd daemons…");
+            let rig = rig::Rig::start(&bin_dir, &plan).await?;
+            report.set_versions(rig.versions().await);
+            Some(rig)
+        } else {
+            None
+        };
         let sections = async {
-            if wanted("relay") {
-                relay::run(&rig, &plan, &mut report).await?;
+            if let Some(rig) = &rig {
+                if wanted("relay") {
+                    relay::run(rig, &plan, &mut report).await?;
+                }
+                if wanted("connect") {
+                    connect::run(rig, &plan, &mut report).await?;
+                }
+                if wanted("bulk") {
+                    bulk::run(rig, &plan, &mut report).await?;
+                }
+                if wanted("control") {
+                    control::run(rig, &plan, &mut report).await?;
+                }
+                if wanted("memory") {
+                    memory::run(rig, &plan, &mut report).await?;
+                }
             }
-            if wanted("connect") {
-                connect::run(&rig, &plan, &mut report).await?;
-            }
-            if wanted("bulk") {
-                bulk::run(&rig, &plan, &mut report).await?;
-            }
-            if wanted("control") {
-                control::run(&rig, &plan, &mut report).await?;
-            }
-            if wanted("memory") {
-                memory::run(&rig, &plan, &mut report).await?;
+            if wanted("http") {
+                http::run(&bin_dir, &plan, &mut report).await?;
             }
             anyhow::Ok(())
         };
-        // Ctrl-C or a failed section still stops the daemons, PgBouncer and the cluster.
+        // Ctrl-C or a failed section still stops the daemons, PgBouncer, nginx and the
+        // cluster (the http section stops its own processes when its future is dropped).
         let outcome = tokio::select! {
             r = sections => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
-        rig.stop().await;
+        if let Some(rig) = rig {
+            rig.stop().await;
+        }
         outcome?;
         report.wall_seconds = started.elapsed().as_secs_f64();
         report.write(&args.out)?;

@@ -115,6 +115,11 @@ impl Report {
                 "revoke_sessions": plan.revoke_sessions,
                 "process_starts": plan.process_starts,
                 "idle_connections": plan.idle_connections,
+                "http_seconds": plan.http_seconds,
+                "http_warmup_seconds": plan.http_warmup_seconds,
+                "http_reps": plan.http_reps,
+                "sse_iterations": plan.sse_iterations,
+                "sse_events": plan.sse_events,
             }),
             started_utc: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             versions: Vec::new(),
@@ -128,6 +133,15 @@ impl Report {
     /// Records the versions.
     pub fn set_versions(&mut self, versions: Vec<(String, String)>) {
         self.versions = versions;
+    }
+
+    /// Adds versions not yet listed (by component name).
+    pub fn add_versions(&mut self, versions: Vec<(String, String)>) {
+        for (k, v) in versions {
+            if !self.versions.iter().any(|(name, _)| *name == k) {
+                self.versions.push((k, v));
+            }
+        }
     }
 
     /// Adds a section and prints its table to stderr as it finishes.

@@ -67,7 +67,19 @@ impl Daemon {
         socket: &Path,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(agentd, config, socket, log, &[]).await
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. `TOKIO_WORKER_THREADS`).
+    pub async fn start_with_env(
+        agentd: &Path,
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(agentd)
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(config)
             .arg("--socket")
