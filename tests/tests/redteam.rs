@@ -399,6 +399,14 @@ async fn approve_reading_the_code(mut cmd: tokio::process::Command) -> anyhow::R
     })
 }
 
+/// The directory of the `psql` the tests use.
+fn psql_dir() -> String {
+    agentd::pgcluster::psql_path()
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default()
+}
+
 fn contains_secret(text: &str, secret: &SecretString) -> bool {
     text.contains(secret.expose_secret())
 }
@@ -1033,6 +1041,12 @@ async fn system_half(
     let decision = req.decision().await?;
     anyhow::ensure!(decision["state"] == "approved", "not approved: {decision}");
     let handle = decision["handle"].clone();
+    // System mode hands the owner a service file it can read (the daemon's file, shared
+    // with the owner's uid through an ACL); checked by running the psql line below.
+    anyhow::ensure!(
+        handle["service_file"].is_string(),
+        "no service file in the system-mode handle: {handle}"
+    );
     let psql = agentd::pgcluster::psql_path().display().to_string();
     let env = agentd_tests::handle_env(&handle);
     let rows = run(
@@ -1050,6 +1064,35 @@ async fn system_half(
         "no rows: {}",
         rows.stdout
     );
+    // The handle's `psql` line, run as given (what the tool description tells an agent),
+    // when it names a service file (without one it expects the handle's environment).
+    if let Some(line) = handle["psql"]
+        .as_str()
+        .filter(|_| handle["service_file"].is_string())
+    {
+        let r = run(
+            as_user(
+                AGENT,
+                &["sh", "-c", &format!("{line} -X -At -c 'SELECT 1'")],
+                &[("PATH".into(), format!("{}:{PATH_ENV}", psql_dir()))],
+            ),
+            None,
+        )
+        .await?;
+        anyhow::ensure!(
+            r.code == 0 && r.stdout.trim() == "1",
+            "the handle's psql line failed for its owner: {}",
+            r.stderr
+        );
+    }
+    // Its service file (the token) is the owner's to read, nobody else's.
+    if let Some(file) = handle["service_file"].as_str() {
+        let theirs = run(as_user(OTHER, &["cat", file], &[]), None).await?;
+        anyhow::ensure!(
+            theirs.code != 0 && theirs.stdout.is_empty(),
+            "another user read the grant's service file"
+        );
+    }
     if let Some(dir) = handle["socket_dir"].as_str() {
         // The owner reaches its grant over the Unix socket too.
         let mut unix_env = env.clone();

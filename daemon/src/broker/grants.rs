@@ -108,12 +108,17 @@ impl Broker {
         #[cfg(unix)]
         let service_file = socket_dir.as_deref().and_then(|dir| {
             use secrecy::ExposeSecret as _;
+            // System mode: the file is the daemon's; the owner (another uid) reads it
+            // through an ACL.
+            let reader = (self.roles().mode() == crate::principal::Mode::System)
+                .then_some(request.owner.uid);
             pg::write_service_file(
                 dir,
                 &grant_id,
                 addr.port(),
                 &resource.database,
                 token.expose_secret(),
+                reader,
             )
         });
         #[cfg(not(unix))]

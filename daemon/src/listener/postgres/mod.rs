@@ -512,8 +512,10 @@ pub const SERVICE_FILE_NAME: &str = "pg_service.conf";
 /// ends), so that `PGSERVICEFILE=dir/pg_service.conf psql service=GRANT` connects with no
 /// token on any command line. Format: libpq's "Connection Service File" (INI: a
 /// `[GRANT]` section of `key=value` connection parameters); it points at the grant's Unix
-/// socket (`host=dir`). Returns the path, or `None` (logged) when it cannot be written or a
-/// value holds a line break.
+/// socket (`host=dir`). `reader`: in system mode the grant's owner, another uid than the
+/// daemon's, who is let read the file through a one-user POSIX ACL
+/// ([`crate::fsutil::allow_reader`]); no ACL, no file. Returns the path, or `None` (logged)
+/// when it cannot be written, made readable to `reader`, or a value holds a line break.
 #[cfg(unix)]
 pub fn write_service_file(
     dir: &std::path::Path,
@@ -521,6 +523,7 @@ pub fn write_service_file(
     port: u16,
     database: &str,
     token: &str,
+    reader: Option<u32>,
 ) -> Option<std::path::PathBuf> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -539,14 +542,33 @@ pub fn write_service_file(
         .create_new(true)
         .mode(0o600)
         .open(&path)
-        .and_then(|mut f| f.write_all(body.as_bytes()));
+        .and_then(|mut f| {
+            if let Some(uid) = reader {
+                share_with(&f, uid)?;
+            }
+            f.write_all(body.as_bytes())
+        });
     match written {
         Ok(()) => Some(path),
         Err(e) => {
+            let _ = std::fs::remove_file(&path);
             warn!(error = %e, path = %path.display(), "no service file for this grant");
             None
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn share_with(file: &std::fs::File, uid: u32) -> std::io::Result<()> {
+    crate::fsutil::allow_reader(file, uid)
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn share_with(_file: &std::fs::File, _uid: u32) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "sharing a grant's service file with its owner needs Linux ACLs here",
+    ))
 }
 
 #[cfg(unix)]
