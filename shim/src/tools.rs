@@ -433,18 +433,9 @@ impl AgentdTools {
         &self,
         Parameters(args): Parameters<RunQueryArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let grants = match self.held_grants().await {
-            Ok(g) => g,
+        let held = match self.held_grant(&args.grant_id).await {
+            Ok(h) => h,
             Err(e) => return Ok(e),
-        };
-        let Some(held) = grants.iter().find(|h| h.grant.id == args.grant_id) else {
-            return Ok(tool_error(
-                "not_found",
-                &format!(
-                    "{} is not one of your active grants (it may have expired, been revoked or released). Call list_grants, or request_access again.",
-                    args.grant_id
-                ),
-            ));
         };
         let limits = query::QueryLimits::new(args.max_rows, args.max_bytes);
         Ok(match query::run(&held.handle, &args.sql, limits).await {
@@ -488,18 +479,9 @@ impl AgentdTools {
         &self,
         Parameters(args): Parameters<HttpRequestArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let grants = match self.held_grants().await {
-            Ok(g) => g,
+        let held = match self.held_grant(&args.grant_id).await {
+            Ok(h) => h,
             Err(e) => return Ok(e),
-        };
-        let Some(held) = grants.iter().find(|h| h.grant.id == args.grant_id) else {
-            return Ok(tool_error(
-                "not_found",
-                &format!(
-                    "{} is not one of your active grants (it may have expired, been revoked or released). Call list_grants, or request_access again.",
-                    args.grant_id
-                ),
-            ));
         };
         Ok(
             match http_call::call(
@@ -572,6 +554,22 @@ impl AgentdTools {
             Response::Grants { grants } => Ok(grants),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// This shim's active grant `grant_id`; a `not_found` tool error with advice otherwise.
+    async fn held_grant(&self, grant_id: &str) -> Result<HeldGrant, CallToolResult> {
+        self.held_grants()
+            .await?
+            .into_iter()
+            .find(|h| h.grant.id == grant_id)
+            .ok_or_else(|| {
+                tool_error(
+                    "not_found",
+                    &format!(
+                        "{grant_id} is not one of your active grants (it may have expired, been revoked or released). Call list_grants, or request_access again."
+                    ),
+                )
+            })
     }
 
     /// One daemon call; daemon errors and unreachable daemons become tool errors.
