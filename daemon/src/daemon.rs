@@ -107,8 +107,8 @@ fn announce_ready(socket: &Path) {
     let _ = out.flush();
 }
 
-/// System mode: the run directory was checked by [`crate::system::prepare`]; refuse when
-/// another daemon answers on `socket`, remove a stale socket file.
+/// Refuses when another daemon answers on `socket`; removes a stale socket file. (System
+/// mode calls it directly: its run directory was checked by [`crate::system::prepare`].)
 #[cfg(unix)]
 async fn refuse_live_daemon(socket: &Path) -> anyhow::Result<()> {
     if socket.exists() {
@@ -132,16 +132,7 @@ async fn prepare_socket(socket: &Path) -> anyhow::Result<()> {
         if let Some(dir) = socket.parent() {
             agentd_proto::socket::ensure_private_dir(dir)?;
         }
-        if socket.exists() {
-            if Client::connect(socket).await.is_ok() {
-                bail!(
-                    "another agentd daemon is already serving {}",
-                    socket.display()
-                );
-            }
-            std::fs::remove_file(socket)
-                .with_context(|| format!("removing stale socket {}", socket.display()))?;
-        }
+        refuse_live_daemon(socket).await?;
     }
     #[cfg(windows)]
     {

@@ -13,7 +13,6 @@
 use crate::credentials::keychain;
 use agentd_proto::{AccessRequestSpec, AgentInfo, Client, Handle, Request, Response, RevokeTarget};
 use anyhow::{bail, Context as _};
-use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -30,12 +29,7 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// `bytes` random bytes as lowercase hex (2 characters per byte).
-pub fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::pgcluster::random_hex;
 
 /// What a demo run made, written (0600, replaced atomically) into its directory as
 /// [`RECORD_FILE`] before each thing is made, so that [`sweep_stale`] can undo a run that
