@@ -346,35 +346,58 @@ pub fn shown_code(screen: &str) -> Option<String> {
         .then(|| code.to_owned())
 }
 
+/// `argv` as one `sh` command line, each word single-quoted (for `script --command`).
+pub fn shell_line(argv: &[&str]) -> String {
+    argv.iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs `agentd … ARGS` at a real terminal: inside a pseudo-terminal made by util-linux
-/// `script`, with `typed` written to the terminal as the human's keystrokes. When `typed`
-/// holds `{code}` (see [`APPROVE_CODE`]), the keystrokes wait until the approval prompt
-/// shows its confirmation code, which replaces `{code}`, as a human reads and types it. The
-/// output is the terminal's (prompts, echoed input and the command's stdout/stderr, in
-/// `stdout`).
+/// `script`, with `typed` written to the terminal as the human's keystrokes (see
+/// [`type_at_terminal`]). The output is the terminal's (prompts, echoed input and the
+/// command's stdout/stderr, in `stdout`).
 ///
 /// # Errors
-/// `script` cannot run or hangs past [`STEP_TIMEOUT`], or no code is shown when one is
-/// awaited.
+/// `script` cannot run or hangs past [`STEP_TIMEOUT`].
 pub async fn agentd_cli_at_terminal(
     sandbox: &Sandbox,
     args: &[&str],
     typed: &str,
 ) -> anyhow::Result<CliOutput> {
-    use tokio::io::AsyncReadExt as _;
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut line = vec![
-        quote(&bin("agentd").display().to_string()),
-        "--config".to_owned(),
-        quote(&sandbox.config_path.display().to_string()),
-        "--socket".to_owned(),
-        quote(&sandbox.socket_path.display().to_string()),
+    let agentd = bin("agentd").display().to_string();
+    let config = sandbox.config_path.display().to_string();
+    let socket = sandbox.socket_path.display().to_string();
+    let mut argv = vec![
+        agentd.as_str(),
+        "--config",
+        config.as_str(),
+        "--socket",
+        socket.as_str(),
     ];
-    line.extend(args.iter().map(|a| quote(a)));
-    let mut child = tokio::process::Command::new("script")
-        .args(["--quiet", "--return", "--command"])
-        .arg(line.join(" "))
-        .arg("/dev/null")
+    argv.extend_from_slice(args);
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["--quiet", "--return", "--command"])
+        .arg(shell_line(&argv))
+        .arg("/dev/null");
+    type_at_terminal(cmd, typed).await
+}
+
+/// Runs `cmd` (a `script(1)` terminal) and types `typed` at it as the terminal's owner
+/// would. When `typed` holds `{code}` (see [`APPROVE_CODE`]), the keystrokes wait until the
+/// approval prompt shows its confirmation code, which replaces `{code}`, as a human reads
+/// and types it; if the command ends without showing one, nothing is typed. Returns the
+/// terminal's output in `stdout`.
+///
+/// # Errors
+/// `cmd` cannot start, or it or the wait for the prompt takes longer than [`STEP_TIMEOUT`].
+pub async fn type_at_terminal(
+    mut cmd: tokio::process::Command,
+    typed: &str,
+) -> anyhow::Result<CliOutput> {
+    use tokio::io::AsyncReadExt as _;
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -389,24 +412,24 @@ pub async fn agentd_cli_at_terminal(
             let mut chunk = [0u8; 4096];
             loop {
                 if let Some(code) = shown_code(&String::from_utf8_lossy(&screen)) {
-                    return anyhow::Ok(code);
+                    return anyhow::Ok(Some(code));
                 }
                 let n = stdout.read(&mut chunk).await?;
-                anyhow::ensure!(
-                    n > 0,
-                    "no confirmation code on the terminal: {}",
-                    String::from_utf8_lossy(&screen)
-                );
+                if n == 0 {
+                    return anyhow::Ok(None);
+                }
                 screen.extend_from_slice(&chunk[..n]);
             }
         })
         .await
         .context("waiting for the approval prompt")??;
-        typed.replace("{code}", &code)
+        code.map(|code| typed.replace("{code}", &code))
     } else {
-        typed.to_owned()
+        Some(typed.to_owned())
     };
-    stdin.write_all(typed.as_bytes()).await?;
+    if let Some(typed) = typed {
+        stdin.write_all(typed.as_bytes()).await?;
+    }
     drop(stdin);
     let rest = tokio::time::timeout(STEP_TIMEOUT, async {
         let mut rest = Vec::new();

@@ -334,16 +334,21 @@ impl PendingRequest {
 /// `agentd ARGS` at a pseudo-terminal made by script(1), run as `user` (root: directly);
 /// what the caller writes to its stdin is typed at that terminal.
 fn at_pty(target: &Target, user: &str, args: &[&str]) -> tokio::process::Command {
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut line = vec![quote(&target.agentd.display().to_string())];
-    line.extend(args.iter().map(|a| quote(a)));
-    let line = line.join(" ");
+    let agentd = target.agentd.display().to_string();
+    let mut argv = vec![agentd.as_str()];
+    argv.extend_from_slice(args);
+    at_pty_line(target, user, &agentd_tests::shell_line(&argv))
+}
+
+/// The `sh` command `line` at a pseudo-terminal made by script(1), run as `user` (root:
+/// directly), with the target's client environment.
+fn at_pty_line(target: &Target, user: &str, line: &str) -> tokio::process::Command {
     let argv = [
         "script",
         "--quiet",
         "--return",
         "--command",
-        line.as_str(),
+        line,
         "/dev/null",
     ];
     if user == "root" {
@@ -359,44 +364,11 @@ fn at_pty(target: &Target, user: &str, args: &[&str]) -> tokio::process::Command
     }
 }
 
-/// Runs an `agentd approve` made by [`at_pty`] as whoever owns that terminal would: reads
-/// the screen, and once the prompt shows its confirmation code, types it (the pty's master
-/// side sees the output; a process on the terminal's input side does not). When no code is
-/// shown (the command fails first), types nothing.
-async fn approve_reading_the_code(mut cmd: tokio::process::Command) -> anyhow::Result<CliOutput> {
-    use tokio::io::AsyncReadExt as _;
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let mut keyboard = child.stdin.take().context("stdin")?;
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let mut screen = Vec::new();
-    tokio::time::timeout(STEP_TIMEOUT, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(code) = agentd_tests::shown_code(&String::from_utf8_lossy(&screen)) {
-                keyboard.write_all(format!("{code}\n").as_bytes()).await?;
-                break;
-            }
-            let n = stdout.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            screen.extend_from_slice(&chunk[..n]);
-        }
-        stdout.read_to_end(&mut screen).await?;
-        anyhow::Ok(())
-    })
-    .await??;
-    drop(keyboard);
-    let out = tokio::time::timeout(STEP_TIMEOUT, child.wait_with_output()).await??;
-    Ok(CliOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&screen).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+/// Runs an `agentd approve` made by [`at_pty`] as whoever owns that terminal would: once
+/// the prompt shows its confirmation code, types it (the pty's master side sees the output;
+/// a process on the terminal's input side does not).
+async fn approve_reading_the_code(cmd: tokio::process::Command) -> anyhow::Result<CliOutput> {
+    agentd_tests::type_at_terminal(cmd, agentd_tests::APPROVE_CODE).await
 }
 
 /// The directory of the `psql` the tests use.
@@ -1349,8 +1321,8 @@ async fn typing_into_the_admins_terminal_cannot_approve_blind() -> anyhow::Resul
 
     // Root's terminal (script(1) makes a pty and a session): first the agent's process,
     // same session and terminal, as the agent's uid; then root's approve on that terminal.
-    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let inject = [
+    let script_path = script.display().to_string();
+    let inject = agentd_tests::shell_line(&[
         "setpriv",
         "--reuid",
         AGENT,
@@ -1359,31 +1331,18 @@ async fn typing_into_the_admins_terminal_cannot_approve_blind() -> anyhow::Resul
         "--init-groups",
         "--",
         "/usr/bin/python3",
-        &script.display().to_string(),
+        &script_path,
         "tiocsti",
         "yes\n",
-    ]
-    .iter()
-    .map(|a| quote(a))
-    .collect::<Vec<_>>()
-    .join(" ");
-    let approve = [
+    ]);
+    let approve = agentd_tests::shell_line(&[
         &target.agentd.display().to_string(),
         "approve",
         req.id.as_str(),
-    ]
-    .iter()
-    .map(|a| quote(a))
-    .collect::<Vec<_>>()
-    .join(" ");
+    ]);
     let line = format!("{inject}; exec {approve}");
-    let mut cmd = tokio::process::Command::new("script");
-    cmd.args(["--quiet", "--return", "--command", &line, "/dev/null"])
-        .env_clear()
-        .env("PATH", PATH_ENV)
-        .env("HOME", "/root")
-        .envs(target.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::piped())
+    let mut cmd = at_pty_line(target, "root", &line);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
