@@ -578,6 +578,20 @@ async fn start_pgbouncer(sandbox: &Sandbox, work: &Path) -> anyhow::Result<PgBou
         .kill_on_drop(true)
         .spawn()
         .context("starting pgbouncer (install it: apt-get install pgbouncer)")?;
+    wait_listening(port, "pgbouncer", &dir.join("pgbouncer.log")).await?;
+    Ok(PgBouncer {
+        child,
+        port,
+        _dir: tmp,
+    })
+}
+
+/// Waits (at most 10 s, polling every 50 ms) until something accepts TCP connections on
+/// `127.0.0.1:port`: the proxy `name` that was just started, whose log is `log`.
+///
+/// # Errors
+/// Nothing listens within 10 s; the error holds the log.
+pub async fn wait_listening(port: u16, name: &str, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -585,15 +599,11 @@ async fn start_pgbouncer(sandbox: &Sandbox, work: &Path) -> anyhow::Result<PgBou
     {
         if Instant::now() > deadline {
             bail!(
-                "pgbouncer did not start; log:\n{}",
-                std::fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default()
+                "{name} did not start; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(PgBouncer {
-        child,
-        port,
-        _dir: tmp,
-    })
+    Ok(())
 }

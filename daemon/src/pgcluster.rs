@@ -418,8 +418,8 @@ pub fn stop_stale(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bytes` random bytes as lowercase hex.
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes as lowercase hex (2 characters per byte).
+pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore as _;
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
@@ -427,12 +427,12 @@ fn random_hex(bytes: usize) -> String {
 }
 
 /// A throwaway CA named `ca_name` and a server certificate it signed for `localhost` and
-/// `127.0.0.1`: `(ca, server certificate, server key)`. Shared by the test clusters and the
-/// demo's HTTPS echo upstream.
+/// `127.0.0.1`: `(ca, server certificate, server key)`. Shared by the test clusters, the
+/// demo's HTTPS echo upstream and the HTTP benchmark's upstream.
 ///
 /// # Errors
 /// Key generation or signing (rcgen).
-pub(crate) fn localhost_ca_and_cert(
+pub fn localhost_ca_and_cert(
     ca_name: &str,
 ) -> anyhow::Result<(rcgen::Certificate, rcgen::Certificate, rcgen::KeyPair)> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};

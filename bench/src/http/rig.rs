@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use secrecy::{ExposeSecret as _, SecretString};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The resource and permission names in the daemon's config.
 pub const RESOURCE: &str = "bench-api";
@@ -344,19 +344,7 @@ impl Nginx {
             dir,
             stopped: false,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "nginx did not start; its error log:\n{}",
-                    std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::rig::wait_listening(port, "nginx", &nginx.dir.path().join("error.log")).await?;
         Ok(nginx)
     }
 

@@ -67,21 +67,8 @@ impl Upstream {
     /// # Errors
     /// Certificate generation, the temp dir, TLS setup or the bind.
     pub async fn start(key: &SecretString) -> anyhow::Result<Self> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "agentd-bench throwaway CA");
-        let ca = ca_params.self_signed(&ca_key)?;
-        let leaf_key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let cert = params.signed_by(&leaf_key, &ca, &ca_key)?;
+        let (ca, cert, leaf_key) =
+            agentd::pgcluster::localhost_ca_and_cert("agentd-bench throwaway CA")?;
 
         let dir = tempfile::Builder::new()
             .prefix("agentd-bench-upstream-")
