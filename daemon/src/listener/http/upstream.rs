@@ -4,12 +4,14 @@
 //! ALPN), opened on its first request, kept while the client connection lives (keep-alive)
 //! and opened again when the upstream closes it. The upstream connection's future is
 //! polled by the client connection's own task ([`Driver`], see `serve_connection` in
-//! [`super`]) instead of a task of its own, so a request and its response cross no task
-//! boundary: no wake-up of another thread per request. (hyper-util's pooled client, used
-//! before, ran every upstream connection in a separate task; with the daemon's two runtime
-//! threads that cost 2–3 futex wake-ups and ~4 context switches per request, see
-//! BENCHMARKS.md.) A connection found closed when a request is about to go out is replaced
-//! and the request sent once more, if hyper reports it was not sent.
+//! [`super`]) instead of a task of its own (hyper-util's pooled client, used before), so a
+//! request and its response cross no task boundary and, on the per-core runtimes of
+//! [`super::shards`], no thread boundary (the wake-ups measured before came mostly from the
+//! multi-threaded scheduler; this alone did not remove them, see BENCHMARKS.md). The cost:
+//! an idle client connection keeps its upstream connection (more memory per idle
+//! connection than a shared pool; BENCHMARKS.md). A kept connection found closed when a
+//! request is about to go out is replaced, and the request sent once more if hyper reports
+//! it was not sent.
 
 use super::proxy::{BoxError, RequestBody};
 use http::header::{self, HeaderValue};
