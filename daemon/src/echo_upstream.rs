@@ -49,6 +49,8 @@ pub struct Recorded {
     /// Lower-case hex SHA-256 of the body (the echo route only; bodies over 1 MiB are not
     /// hashed).
     pub body_sha256: Option<String>,
+    /// Which of the upstream's connections it came on (1 = the first accepted).
+    pub connection: u64,
 }
 
 impl std::fmt::Debug for Recorded {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for Recorded {
             .field("method", &self.method)
             .field("path", &self.path)
             .field("version", &self.version)
+            .field("connection", &self.connection)
             .finish()
     }
 }
@@ -90,11 +93,24 @@ impl EchoUpstream {
         self._dir.path()
     }
 
-    /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime).
+    /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime), offering HTTP/2 and
+    /// HTTP/1.1 by ALPN.
     ///
     /// # Errors
     /// Certificate generation, the temp dir or the bind.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[b"h2", b"http/1.1"]).await
+    }
+
+    /// As [`Self::start`], offering only HTTP/1.1 by ALPN.
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub async fn start_http1() -> anyhow::Result<Self> {
+        Self::start_with(&[b"http/1.1"]).await
+    }
+
+    async fn start_with(alpn: &[&[u8]]) -> anyhow::Result<Self> {
         let (ca, cert, key) = crate::pgcluster::localhost_ca_and_cert("agentd throwaway HTTP CA")?;
         let dir = tempfile::Builder::new()
             .prefix("agentd-upstream-")
@@ -110,7 +126,7 @@ impl EchoUpstream {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .context("upstream certificate")?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -119,7 +135,10 @@ impl EchoUpstream {
         let sse_started = Arc::new(Notify::new());
         let (reqs, rel) = (requests.clone(), (release.clone(), sse_started.clone()));
         let task = tokio::spawn(async move {
+            let mut accepted = 0u64;
             while let Ok((tcp, _)) = listener.accept().await {
+                accepted += 1;
+                let conn = accepted;
                 let (acceptor, reqs, rel) = (acceptor.clone(), reqs.clone(), rel.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -127,7 +146,9 @@ impl EchoUpstream {
                     };
                     let service = hyper::service::service_fn(move |req| {
                         let (reqs, rel) = (reqs.clone(), rel.clone());
-                        async move { Ok::<_, std::convert::Infallible>(route(req, reqs, rel).await) }
+                        async move {
+                            Ok::<_, std::convert::Infallible>(route(req, reqs, rel, conn).await)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
@@ -174,6 +195,7 @@ async fn route(
     req: Request<Incoming>,
     requests: Arc<Mutex<Vec<Recorded>>>,
     (release, sse_started): (Arc<Notify>, Arc<Notify>),
+    connection: u64,
 ) -> Response<Body> {
     use futures_util::StreamExt as _;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -227,6 +249,7 @@ async fn route(
             .unwrap_or_default(),
         version: format!("{:?}", req.version()),
         headers: headers.clone(),
+        connection,
     };
     if let Ok(mut r) = requests.lock() {
         r.push(recorded.clone());
@@ -340,6 +363,11 @@ async fn route(
     if recorded.path == "/compressed" {
         resp.headers_mut()
             .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+    }
+    if recorded.path.ends_with("/close") {
+        // HTTP/1.1: the upstream closes this connection after the response.
+        resp.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
     }
     *resp.status_mut() = StatusCode::OK;
     resp

@@ -89,7 +89,18 @@ impl HttpFixture {
     /// # Errors
     /// Any step failing.
     pub async fn start(extra_daemon: &str) -> anyhow::Result<Self> {
-        let upstream = EchoUpstream::start().await?;
+        Self::start_with(extra_daemon, EchoUpstream::start().await?).await
+    }
+
+    /// As [`Self::start`], with an upstream that offers only HTTP/1.1 by ALPN.
+    ///
+    /// # Errors
+    /// Any step failing.
+    pub async fn start_http1_upstream(extra_daemon: &str) -> anyhow::Result<Self> {
+        Self::start_with(extra_daemon, EchoUpstream::start_http1().await?).await
+    }
+
+    async fn start_with(extra_daemon: &str, upstream: EchoUpstream) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("agentd-http-").tempdir()?;
         {
             use std::os::unix::fs::PermissionsExt as _;

@@ -99,6 +99,72 @@ async fn curl_gets_the_credential_injected_and_never_sees_it() -> anyhow::Result
     Ok(())
 }
 
+/// An HTTP/1.1-only upstream: origin-form target and `Host` from the base URL; one client
+/// connection keeps one upstream connection for its requests, and when the upstream closes
+/// it (`Connection: close`) the next request on the same client connection goes out on a
+/// new one.
+#[tokio::test]
+async fn http1_upstream_connection_is_kept_per_client_connection_and_replaced_when_closed(
+) -> anyhow::Result<()> {
+    let fx = HttpFixture::start_http1_upstream("").await?;
+    let view = fx.grant("api").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    let auth = format!("Authorization: Bearer {tok}");
+    // One curl, four URLs: curl reuses its one client connection for all of them.
+    let urls: Vec<String> = ["/echo/a", "/echo/close", "/echo/b", "/echo/c"]
+        .iter()
+        .map(|p| format!("{base}{p}"))
+        .collect();
+    let mut args = vec!["-H", auth.as_str(), "-w", "%{http_code} %{num_connects}\n"];
+    for url in &urls {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let r = curl(&args).await?;
+    let outputs = out("curl", &r);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Every request answered; only the first opened a client connection.
+    assert_eq!(
+        r.stdout.lines().collect::<Vec<_>>(),
+        ["200 1", "200 0", "200 0", "200 0"],
+        "{}",
+        r.stdout
+    );
+    let seen = fx.upstream.recorded();
+    let got: Vec<(&str, &str, u64)> = seen
+        .iter()
+        .map(|r| (r.path.as_str(), r.version.as_str(), r.connection))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/echo/a", "HTTP/1.1", 1),
+            ("/echo/close", "HTTP/1.1", 1),
+            ("/echo/b", "HTTP/1.1", 2),
+            ("/echo/c", "HTTP/1.1", 2),
+        ],
+        "upstream requests (path, version, upstream connection)"
+    );
+    let injected = format!("Bearer {}", fx.secret.expose_secret());
+    for rec in &seen {
+        assert_eq!(rec.authority, format!("127.0.0.1:{}", fx.upstream.port));
+        // assert!, not assert_eq!: a failure must not print the secret.
+        assert!(
+            rec.headers.get("authorization") == Some(&injected),
+            "upstream did not get the injected credential on {}",
+            rec.path
+        );
+    }
+    let records = fx.wait_http_records(4).await?;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["status"] == 200 && r["end"] == "complete"),
+        "{records:?}"
+    );
+    fx.assert_clean(&outputs)?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn allow_list_and_token_refusals() -> anyhow::Result<()> {
     let fx = HttpFixture::start("").await?;

@@ -110,12 +110,20 @@ pub async fn run(bin_dir: &Path, plan: &Plan, report: &mut Report) -> anyhow::Re
     let agentd_bin = bin_dir.join("agentd");
     let agentd = AgentdHttp::start(&agentd_bin, &upstream, &key, "http-main", &[]).await?;
     // Diagnostic: the same daemon on a one-thread tokio runtime (see BENCHMARKS.md).
+    // Or, for an interleaved A/B comparison of two builds, another agentd binary with the
+    // default runtime in that slot (`AGENTD_BENCH_SECOND_BIN=PATH`).
+    let second_bin = std::env::var_os("AGENTD_BENCH_SECOND_BIN").map(std::path::PathBuf::from);
+    let ab = second_bin.is_some();
     let agentd_1t = match AgentdHttp::start(
-        &agentd_bin,
+        second_bin.as_deref().unwrap_or(&agentd_bin),
         &upstream,
         &key,
         "http-1t",
-        &[("TOKIO_WORKER_THREADS", "1")],
+        if ab {
+            &[]
+        } else {
+            &[("TOKIO_WORKER_THREADS", "1")]
+        },
     )
     .await
     {
@@ -141,6 +149,7 @@ pub async fn run(bin_dir: &Path, plan: &Plan, report: &mut Report) -> anyhow::Re
         [&agentd, &agentd_1t],
         &nginx,
         &agentd_bin,
+        ab,
     )
     .await;
     nginx.stop().await;
@@ -157,6 +166,9 @@ pub async fn run(bin_dir: &Path, plan: &Plan, report: &mut Report) -> anyhow::Re
     Ok(())
 }
 
+/// The second daemon's label when `AGENTD_BENCH_SECOND_BIN` names another agentd binary.
+const SECOND_BIN_LABEL: &str = "agentd, second binary (A/B)";
+
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     plan: &Plan,
@@ -166,6 +178,7 @@ async fn measure(
     [agentd, agentd_1t]: [&AgentdHttp; 2],
     nginx: &Nginx,
     agentd_bin: &Path,
+    ab: bool,
 ) -> anyhow::Result<()> {
     let grant = agentd.grant().await?;
     let grant_1t = agentd_1t.grant().await?;
@@ -219,7 +232,11 @@ async fn measure(
         },
         Path3 {
             key: "agentd_1thread",
-            label: "agentd, 1 runtime thread (diagnostic)",
+            label: if ab {
+                SECOND_BIN_LABEL
+            } else {
+                "agentd, 1 runtime thread (diagnostic)"
+            },
             endpoint: Endpoint {
                 port: grant_1t.port,
                 tls: None,
@@ -547,7 +564,11 @@ async fn measure(
             plan.http_warmup_seconds, plan.http_seconds, plan.http_reps
         ),
         "direct (TLS) = wrk → upstream over HTTPS with the real key; agentd = wrk → grant listener (plain HTTP on loopback, grant token in x-api-key) → agentd → upstream HTTPS; nginx = wrk → nginx (plain HTTP, no key) → upstream HTTPS with the key set by proxy_set_header. Added = path − direct (TLS).".into(),
-        "agentd, 1 runtime thread (diagnostic) = a second daemon, same config, started with TOKIO_WORKER_THREADS=1 (the daemon's default is one tokio worker per core); not a shipped setting, it isolates the cost of cross-thread wake-ups.".into(),
+        if ab {
+            format!("{SECOND_BIN_LABEL} = a second daemon, same config, from the binary in AGENTD_BENCH_SECOND_BIN (default runtime), for an interleaved comparison of two builds.")
+        } else {
+            "agentd, 1 runtime thread (diagnostic) = a second daemon, same config, started with TOKIO_WORKER_THREADS=1 (the daemon's default is one tokio worker per core); not a shipped setting, it isolates the cost of cross-thread wake-ups.".into()
+        },
         "Upstream: the bench's hyper HTTP/1.1 server over rustls (ALPN http/1.1 only, so both proxies use HTTP/1.1 keep-alive upstream); it checks x-api-key on every request (a 401 fails the run).".into(),
         "wrk, the upstream, the proxy and the kernel share the machine's 2 cores. Proxy CPU µs/req = the proxy's user + system CPU time during the measured run (/proc/PID/stat of the daemon, summed over nginx's workers; 10 ms ticks) / requests.".into(),
     ];

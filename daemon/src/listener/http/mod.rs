@@ -6,7 +6,8 @@
 //! and upgrades are refused; the path is normalised ([`path`]) and matched against the
 //! permission's allow list (deny by default); the real credential is injected, `Host` set
 //! from the base URL, `Accept-Encoding: identity` asked for, and the request forwarded over
-//! a per-grant keep-alive pool (hyper-util + hyper-rustls, HTTP/1.1 or HTTP/2 by ALPN).
+//! the client connection's own keep-alive upstream connection ([`upstream`]: HTTP/1.1 or
+//! HTTP/2 by ALPN, driven in the client connection's task).
 //! Response headers and body stream back through [`scan`], which replaces any occurrence
 //! of the secret (or an encoded form) with `[REDACTED]`. One `http_request` audit record is
 //! written per request. Refusals get 403 (401 for a missing or wrong token) with a JSON body
@@ -20,7 +21,9 @@ pub mod auth;
 pub mod path;
 pub mod proxy;
 pub mod scan;
+pub mod shards;
 pub mod sigv4;
+pub mod upstream;
 
 use crate::audit::{AuditEvent, AuditLog, Durability};
 use crate::config::http::AllowRule;
@@ -84,7 +87,7 @@ pub struct HttpGrantListener {
     pub auth: auth::Injector,
     /// The permission's allow list.
     pub allow: Vec<AllowRule>,
-    /// The upstream and its connection pool.
+    /// The upstream (each client connection opens its own connection to it).
     pub upstream: proxy::Upstream,
     /// The secret's forms, for response scanning.
     pub scanner: scan::Scanner,
@@ -187,7 +190,7 @@ where
 
 fn spawn_connection<S>(grant: &Arc<HttpGrantListener>, stream: S, peer: String)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + shards::Handoff + 'static,
 {
     let live = grant.live_connections.fetch_add(1, Ordering::Relaxed);
     if live >= grant.limits.max_connections {
@@ -198,10 +201,30 @@ where
     let session = grant.total_connections.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::info_span!("http_session", %peer, session);
     let grant = grant.clone();
-    grant
-        .sessions
-        .clone()
-        .spawn(serve_connection(stream, grant, session).instrument(span));
+    let sessions = grant.sessions.clone();
+    // The connection moves to one of the HTTP runtimes ([`shards`]) as a std socket.
+    let Some(shard) = shards::next() else {
+        sessions.spawn(serve_connection(stream, grant, session).instrument(span));
+        return;
+    };
+    let std = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            grant.live_connections.fetch_sub(1, Ordering::Relaxed);
+            warn!(%peer, error = %e, "connection could not be handed to an HTTP runtime");
+            return;
+        }
+    };
+    let task = async move {
+        match S::from_std(std) {
+            Ok(stream) => serve_connection(stream, grant, session).await,
+            Err(e) => {
+                grant.live_connections.fetch_sub(1, Ordering::Relaxed);
+                warn!(error = %e, "connection could not be registered on an HTTP runtime");
+            }
+        }
+    };
+    shard.spawn(sessions.track_future(task.instrument(span)));
 }
 
 async fn serve_connection<S>(stream: S, grant: Arc<HttpGrantListener>, session: u64)
@@ -209,10 +232,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(proxy::Activity::default());
+    let (conn_upstream, mut drivers_rx) = upstream::ConnUpstream::new();
+    let conn_upstream = Arc::new(conn_upstream);
     let service = {
         let (grant, activity) = (grant.clone(), activity.clone());
         hyper::service::service_fn(move |req| {
-            proxy::handle(grant.clone(), session, activity.clone(), req)
+            proxy::handle(
+                grant.clone(),
+                session,
+                activity.clone(),
+                conn_upstream.clone(),
+                req,
+            )
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -223,14 +254,34 @@ where
         .max_headers(grant.limits.max_headers)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::select! {
-        r = conn => if let Err(e) = r {
-            info!(error = %e, "client connection ended with an error");
-        },
-        // Dropping the connection closes the socket and aborts any in-flight request.
-        _ = grant.cut.cancelled() => {}
-        _ = activity.idle(grant.limits.idle_timeout) => info!("idle keep-alive connection closed"),
-        _ = activity.stalled() => info!("request body stalled; connection closed"),
+    // The upstream connections this client connection opens are driven here, in the same
+    // task as the client side (see [`upstream`]); they end with it.
+    let mut drivers = futures_util::stream::FuturesUnordered::new();
+    let cut = grant.cut.cancelled();
+    let idle = activity.idle(grant.limits.idle_timeout);
+    let stalled = activity.stalled();
+    tokio::pin!(conn, cut, idle, stalled);
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    info!(error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            Some(driver) = drivers_rx.recv() => drivers.push(driver),
+            Some(()) = futures_util::StreamExt::next(&mut drivers), if !drivers.is_empty() => {}
+            // Dropping the connection closes the socket and aborts any in-flight request.
+            _ = &mut cut => break,
+            _ = &mut idle => {
+                info!("idle keep-alive connection closed");
+                break;
+            }
+            _ = &mut stalled => {
+                info!("request body stalled; connection closed");
+                break;
+            }
+        }
     }
     grant.live_connections.fetch_sub(1, Ordering::Relaxed);
 }

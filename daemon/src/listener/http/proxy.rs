@@ -11,10 +11,6 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
@@ -29,69 +25,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What the listener answers with.
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// The upstream: scheme + authority + path prefix of the base URL, and the grant's pool.
-pub struct Upstream {
-    authority: http::uri::Authority,
-    prefix: String,
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("authority", &self.authority)
-            .field("prefix", &self.prefix)
-            .finish()
-    }
-}
-
-impl Upstream {
-    /// The pool for `resource` (`base_url`, `ca_file`), HTTP/1.1 and HTTP/2 by ALPN.
-    ///
-    /// # Errors
-    /// Agent-safe text.
-    pub fn new(
-        resource: &crate::config::Resource,
-        connect_timeout: Duration,
-    ) -> Result<Self, String> {
-        let base: Uri = resource
-            .base_url
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e| format!("base_url: {e}"))?;
-        let authority = base
-            .authority()
-            .cloned()
-            .ok_or_else(|| "base_url has no host".to_owned())?;
-        let prefix = base.path().trim_end_matches('/').to_owned();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(crate::listener::postgres::upstream::root_store(resource)?)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Ok(Self {
-            authority,
-            prefix,
-            client,
-        })
-    }
-}
+use super::upstream::ConnUpstream;
+pub use super::upstream::Upstream;
 
 /// The client's request body on its way upstream: counted, capped, cut when the client
 /// stalls, aborted on a cut (by the connection's end).
@@ -571,6 +506,7 @@ pub async fn handle(
     grant: Arc<HttpGrantListener>,
     session: u64,
     activity: Arc<Activity>,
+    conn_upstream: Arc<ConnUpstream>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     grant.total_requests.fetch_add(1, Ordering::Relaxed);
@@ -853,7 +789,7 @@ pub async fn handle(
     let body = RequestBody::new(body, bytes_up, &grant, exchange.activity.clone());
     let upstream_req = Request::from_parts(parts, body);
     let sent = tokio::select! {
-        r = grant.upstream.client.request(upstream_req) => r,
+        r = conn_upstream.send(&grant.upstream, upstream_req) => r,
         _ = grant.cut.cancelled() => {
             exchange.end = "revoked";
             exchange.status = 503;
