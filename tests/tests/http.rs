@@ -100,12 +100,11 @@ async fn curl_gets_the_credential_injected_and_never_sees_it() -> anyhow::Result
 }
 
 /// An HTTP/1.1-only upstream: origin-form target and `Host` from the base URL; one client
-/// connection keeps one upstream connection for its requests, and when the upstream closes
+/// connection's requests reuse one pooled upstream connection, and when the upstream closes
 /// it (`Connection: close`) the next request on the same client connection goes out on a
 /// new one.
 #[tokio::test]
-async fn http1_upstream_connection_is_kept_per_client_connection_and_replaced_when_closed(
-) -> anyhow::Result<()> {
+async fn http1_upstream_connection_is_reused_and_replaced_when_closed() -> anyhow::Result<()> {
     let fx = HttpFixture::start_http1_upstream("").await?;
     let view = fx.grant("api").await?;
     let (base, tok) = (base_url(&view), token(&view));
@@ -161,6 +160,56 @@ async fn http1_upstream_connection_is_kept_per_client_connection_and_replaced_wh
             .all(|r| r["status"] == 200 && r["end"] == "complete"),
         "{records:?}"
     );
+    fx.assert_clean(&outputs)?;
+    Ok(())
+}
+
+/// Upstream connections are shared through the grant's per-runtime pool: a client
+/// connection holds one only while its request is in flight, so client connections that
+/// come one after another reuse the same few upstream connections (at most one per HTTP
+/// runtime of the daemon) instead of opening one each.
+#[tokio::test]
+async fn client_connections_one_after_another_share_pooled_upstream_connections(
+) -> anyhow::Result<()> {
+    const CLIENTS: usize = 8;
+    let fx = HttpFixture::start_http1_upstream("").await?;
+    let view = fx.grant("api").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    let auth = format!("Authorization: Bearer {tok}");
+    let mut outputs = vec![];
+    for i in 0..CLIENTS {
+        // One curl process per request: a new client connection each time.
+        let url = format!("{base}/echo/{i}");
+        let r = curl(&[
+            "-sS",
+            "-H",
+            &auth,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+        .await?;
+        outputs.extend(out("curl", &r));
+        assert_eq!(r.stdout, "200", "{}", r.stderr);
+    }
+    let runtimes = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let seen = fx.upstream.recorded();
+    assert_eq!(seen.len(), CLIENTS);
+    let mut upstream_conns: Vec<u64> = seen.iter().map(|r| r.connection).collect();
+    upstream_conns.sort_unstable();
+    upstream_conns.dedup();
+    assert!(
+        upstream_conns.len() <= runtimes.min(CLIENTS),
+        "{CLIENTS} client connections one after another used upstream connections {upstream_conns:?} \
+         (the daemon has {runtimes} HTTP runtimes, each with its own pool)"
+    );
+    fx.wait_http_records(CLIENTS).await?;
     fx.assert_clean(&outputs)?;
     Ok(())
 }

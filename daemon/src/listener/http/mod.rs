@@ -119,6 +119,7 @@ impl HttpGrantListener {
     pub fn cut(&self, reason: String) {
         let _ = self.cut_reason.set(reason);
         self.cut.cancel();
+        self.upstream.close_idle();
     }
 
     /// Appends an `http_request` record (one write, no fsync, like connection records).
@@ -232,10 +233,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(proxy::Activity::default());
-    let (conn_upstream, mut drivers_rx) = upstream::ConnUpstream::new();
-    let conn_upstream = Arc::new(conn_upstream);
+    let conn_upstream = Arc::new(upstream::ConnUpstream::default());
     let service = {
-        let (grant, activity) = (grant.clone(), activity.clone());
+        let (grant, activity, conn_upstream) =
+            (grant.clone(), activity.clone(), conn_upstream.clone());
         hyper::service::service_fn(move |req| {
             proxy::handle(
                 grant.clone(),
@@ -254,34 +255,22 @@ where
         .max_headers(grant.limits.max_headers)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    // The upstream connections this client connection opens are driven here, in the same
-    // task as the client side (see [`upstream`]); they end with it.
-    let mut drivers = futures_util::stream::FuturesUnordered::new();
+    // The upstream connection a request of this client connection holds is driven here,
+    // in the same task as the client side (see [`upstream`]).
+    let drive = std::future::poll_fn(|cx| conn_upstream.drive(cx));
     let cut = grant.cut.cancelled();
     let idle = activity.idle(grant.limits.idle_timeout);
     let stalled = activity.stalled();
-    tokio::pin!(conn, cut, idle, stalled);
-    loop {
-        tokio::select! {
-            r = &mut conn => {
-                if let Err(e) = r {
-                    info!(error = %e, "client connection ended with an error");
-                }
-                break;
-            }
-            Some(driver) = drivers_rx.recv() => drivers.push(driver),
-            Some(()) = futures_util::StreamExt::next(&mut drivers), if !drivers.is_empty() => {}
-            // Dropping the connection closes the socket and aborts any in-flight request.
-            _ = &mut cut => break,
-            _ = &mut idle => {
-                info!("idle keep-alive connection closed");
-                break;
-            }
-            _ = &mut stalled => {
-                info!("request body stalled; connection closed");
-                break;
-            }
-        }
+    tokio::pin!(conn, drive, cut, idle, stalled);
+    tokio::select! {
+        r = &mut conn => if let Err(e) = r {
+            info!(error = %e, "client connection ended with an error");
+        },
+        () = &mut drive => {}
+        // Dropping the connection closes the socket and aborts any in-flight request.
+        _ = &mut cut => {}
+        _ = &mut idle => info!("idle keep-alive connection closed"),
+        _ = &mut stalled => info!("request body stalled; connection closed"),
     }
     grant.live_connections.fetch_sub(1, Ordering::Relaxed);
 }

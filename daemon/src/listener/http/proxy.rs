@@ -250,10 +250,16 @@ struct Exchange {
     reflected: u64,
     end: &'static str,
     activity: Arc<Activity>,
+    /// The client connection's upstream hold, once the request went upstream.
+    upstream: Option<Arc<ConnUpstream>>,
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let Some(conn) = self.upstream.take() {
+            let reusable = self.end == "complete" && !self.grant.cut.is_cancelled();
+            conn.release(&self.grant.upstream, reusable);
+        }
         self.activity.end();
         if self.end == "client" && self.grant.cut.is_cancelled() {
             // The connection was dropped by the cut before the body finished.
@@ -528,6 +534,7 @@ pub async fn handle(
         reflected: 0,
         end: "refused",
         activity,
+        upstream: None,
     };
     let refuse =
         |exchange: &mut Exchange, status: StatusCode, rule: &str, msg: &str, next: &str| {
@@ -788,6 +795,7 @@ pub async fn handle(
     };
     let body = RequestBody::new(body, bytes_up, &grant, exchange.activity.clone());
     let upstream_req = Request::from_parts(parts, body);
+    exchange.upstream = Some(conn_upstream.clone());
     let sent = tokio::select! {
         r = conn_upstream.send(&grant.upstream, upstream_req) => r,
         _ = grant.cut.cancelled() => {

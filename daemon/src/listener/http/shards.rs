@@ -21,6 +21,11 @@ use tokio::runtime::Handle;
 static SHARDS: OnceLock<Vec<Handle>> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// This thread's runtime index (0 on threads that are not HTTP runtimes).
+    static INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn start() -> Vec<Handle> {
     let n = std::env::var("TOKIO_WORKER_THREADS")
         .ok()
@@ -43,7 +48,10 @@ fn start() -> Vec<Handle> {
         let handle = rt.handle().clone();
         let spawned = std::thread::Builder::new()
             .name(format!("agentd-http-{i}"))
-            .spawn(move || rt.block_on(std::future::pending::<()>()));
+            .spawn(move || {
+                INDEX.with(|c| c.set(i));
+                rt.block_on(std::future::pending::<()>());
+            });
         match spawned {
             Ok(_) => handles.push(handle),
             Err(e) => {
@@ -63,6 +71,17 @@ pub fn next() -> Option<&'static Handle> {
         return None;
     }
     shards.get(NEXT.fetch_add(1, Ordering::Relaxed) % shards.len())
+}
+
+/// How many HTTP runtimes there are (0 when none could be started).
+pub fn count() -> usize {
+    SHARDS.get_or_init(start).len()
+}
+
+/// The index of the HTTP runtime the calling thread runs (`0..count()`), 0 on any other
+/// thread.
+pub fn current() -> usize {
+    INDEX.with(std::cell::Cell::get)
 }
 
 /// A tokio socket that can move to another runtime: deregistered here as a std socket,

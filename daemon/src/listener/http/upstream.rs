@@ -24,9 +24,9 @@ use rustls_pki_types::ServerName;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
 /// The upstream of a grant: where `base_url` points and how to reach it.
@@ -47,6 +47,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     /// `Host` for HTTP/1.1: the base URL's host, and its port unless it is 443.
     host_header: HeaderValue,
+    /// Idle upstream connections, per HTTP runtime.
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -109,7 +111,13 @@ impl Upstream {
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout,
             host_header,
+            pool: Pool::new(),
         })
+    }
+
+    /// Closes every idle upstream connection (the grant ended).
+    pub fn close_idle(&self) {
+        self.pool.clear();
     }
 
     /// A TLS connection to the upstream, within the connect timeout.
@@ -157,30 +165,157 @@ impl Sender {
     }
 }
 
-/// One client connection's upstream connection (none until its first request).
+/// An upstream connection with no request on it, in a [`Pool`]: not polled until a
+/// client connection checks it out.
+struct Idle {
+    sender: Sender,
+    driver: Driver,
+    since: Instant,
+}
+
+/// The grant's idle upstream connections, one list per HTTP runtime ([`super::shards`]):
+/// a connection is only ever driven on the runtime whose reactor it is registered with.
+/// Last in, first out; at most [`Pool::MAX_IDLE`] per runtime; one idle longer than
+/// [`Pool::IDLE_TIMEOUT`] is dropped when its list is next used. A connection the upstream
+/// closed while idle is found out on checkout (hyper returns the unsent request, which goes
+/// out on a new connection).
+struct Pool {
+    slots: Vec<Mutex<Vec<Idle>>>,
+}
+
+impl Pool {
+    /// Most idle connections kept per runtime.
+    const MAX_IDLE: usize = 64;
+    /// An idle connection older than this (seconds) is closed rather than reused.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn new() -> Self {
+        Self {
+            slots: (0..super::shards::count().max(1))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+        }
+    }
+
+    fn slot(&self) -> Option<&Mutex<Vec<Idle>>> {
+        self.slots
+            .get(super::shards::current() % self.slots.len().max(1))
+    }
+
+    fn take(&self) -> Option<(Sender, Driver)> {
+        let mut idle = self.slot()?.lock().ok()?;
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if now.duration_since(conn.since) < Self::IDLE_TIMEOUT {
+                return Some((conn.sender, conn.driver));
+            }
+            // The rest are older still.
+            idle.clear();
+        }
+        None
+    }
+
+    fn put(&self, sender: Sender, driver: Driver) {
+        let Some(Ok(mut idle)) = self.slot().map(Mutex::lock) else {
+            return;
+        };
+        let now = Instant::now();
+        idle.retain(|c| now.duration_since(c.since) < Self::IDLE_TIMEOUT);
+        if idle.len() < Self::MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                driver,
+                since: now,
+            });
+        }
+    }
+
+    fn clear(&self) {
+        for slot in &self.slots {
+            if let Ok(mut idle) = slot.lock() {
+                idle.clear();
+            }
+        }
+    }
+}
+
+/// The upstream connection a client connection holds while a request of its is in flight
+/// (checked out of the grant's [`Pool`], or opened), and the waker of the client
+/// connection's task, which drives it ([`ConnUpstream::drive`]).
+#[derive(Default)]
+struct Held {
+    sender: Option<Sender>,
+    driver: Option<Driver>,
+    waker: Option<Waker>,
+}
+
+/// One client connection's hold on an upstream connection. A request checks one out of
+/// the grant's pool (or opens one) and [`ConnUpstream::release`] gives it back when the
+/// response has ended, so idle client connections hold none and upstream connections are
+/// shared by the client connections of a runtime.
+#[derive(Default)]
 pub struct ConnUpstream {
-    sender: Mutex<Option<Sender>>,
-    drivers: mpsc::UnboundedSender<Driver>,
+    held: Mutex<Held>,
 }
 
 impl ConnUpstream {
-    /// A client connection's upstream slot, and where the [`Driver`] of each upstream
-    /// connection it opens arrives (the client connection's task polls them).
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Driver>) {
-        let (drivers, rx) = mpsc::unbounded_channel();
-        (
-            Self {
-                sender: Mutex::new(None),
-                drivers,
-            },
-            rx,
-        )
+    /// Polls the held upstream connection (reads responses, writes requests); pending
+    /// while none is held. The client connection's task selects on this with its client
+    /// side, so both run in one task.
+    pub fn drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let Ok(mut held) = self.held.lock() else {
+            return Poll::Pending;
+        };
+        match held.driver.as_mut() {
+            Some(driver) => {
+                if driver.as_mut().poll(cx).is_ready() {
+                    // The connection ended: the next request opens or checks out another.
+                    held.driver = None;
+                    held.sender = None;
+                }
+            }
+            None => {
+                if !held.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    held.waker = Some(cx.waker().clone());
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Ends this client connection's hold on its upstream connection when a request
+    /// ends: with `reusable` (the response was read to its end) it goes back to the grant's
+    /// pool, otherwise it is closed.
+    pub fn release(&self, upstream: &Upstream, reusable: bool) {
+        let taken = self
+            .held
+            .lock()
+            .ok()
+            .and_then(|mut h| Some((h.sender.take()?, h.driver.take()?)));
+        if let Some((sender, driver)) = taken {
+            if reusable {
+                upstream.pool.put(sender, driver);
+            }
+        }
+    }
+
+    /// Makes `sender`/`driver` the held connection and wakes the task that drives it.
+    fn hold(&self, sender: Option<Sender>, driver: Option<Driver>) {
+        if let Ok(mut held) = self.held.lock() {
+            held.sender = sender;
+            if driver.is_some() {
+                held.driver = driver;
+            }
+            if let Some(w) = held.waker.take() {
+                w.wake();
+            }
+        }
     }
 
     /// Sends `req` (absolute URI: `https://authority/path?query`, no `Host`) upstream on
-    /// this client connection's upstream connection, opening one if there is none or it
-    /// closed. HTTP/1.1 gets the origin-form target and `Host` from the base URL; HTTP/2
-    /// the absolute URI (`:authority`).
+    /// a connection checked out of the grant's pool, or a new one. HTTP/1.1 gets the
+    /// origin-form target and `Host` from the base URL; HTTP/2 the absolute URI
+    /// (`:authority`). The connection stays held until [`ConnUpstream::release`].
     ///
     /// # Errors
     /// Connecting (TCP, TLS, timeout) or the request failing on the connection (hyper's
@@ -190,11 +325,16 @@ impl ConnUpstream {
         upstream: &Upstream,
         mut req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
-        let cached = self.sender.lock().ok().and_then(|mut s| s.take());
-        let mut reused = cached.is_some();
-        let mut sender = match cached {
-            Some(s) => s,
-            None => self.connect(upstream).await?,
+        let held = self.held.lock().ok().and_then(|mut h| h.sender.take());
+        let (mut sender, mut reused) = match held {
+            Some(s) => (s, true),
+            None => match upstream.pool.take() {
+                Some((sender, driver)) => {
+                    self.hold(None, Some(driver));
+                    (sender, true)
+                }
+                None => (self.connect(upstream).await?, false),
+            },
         };
         loop {
             if sender.ready().await.is_err() {
@@ -208,13 +348,11 @@ impl ConnUpstream {
             shape(&mut req, &sender, upstream);
             match sender.send(req).await {
                 Ok(resp) => {
-                    if let Ok(mut slot) = self.sender.lock() {
-                        *slot = Some(sender);
-                    }
+                    self.hold(Some(sender), None);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
-                    // Not sent: the kept connection had closed. Once more on a new one.
+                    // Not sent: the pooled connection had closed. Once more on a new one.
                     Some(r) if reused => {
                         req = r;
                         sender = self.connect(upstream).await?;
@@ -226,7 +364,8 @@ impl ConnUpstream {
         }
     }
 
-    /// Opens an upstream connection and hands its driver to the client connection's task.
+    /// Opens an upstream connection; its driver becomes the held one (the previous one,
+    /// if any, is dropped: it had closed).
     async fn connect(&self, upstream: &Upstream) -> Result<Sender, BoxError> {
         let tls = upstream.connect_tls().await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -255,9 +394,7 @@ impl ConnUpstream {
                 }),
             )
         };
-        self.drivers
-            .send(driver)
-            .map_err(|_| BoxError::from("the client connection ended"))?;
+        self.hold(None, Some(driver));
         Ok(sender)
     }
 }
