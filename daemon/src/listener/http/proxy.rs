@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Errors inside bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -164,22 +163,27 @@ async fn read_body(
 }
 
 /// A client connection's requests in flight and when the last one ended, for the idle
-/// timeout (hyper closes slow request heads itself, not idle keep-alive connections).
+/// timeout (hyper closes slow request heads itself, not idle keep-alive connections), and
+/// whether a request body stalled. Plain atomics: a request touches no lock and wakes no
+/// task here; the idle timer checks them when it fires.
 #[derive(Debug)]
 pub struct Activity {
     inflight: AtomicU64,
-    last: std::sync::Mutex<Instant>,
-    changed: tokio::sync::Notify,
-    stalled: tokio_util::sync::CancellationToken,
+    /// When the last request ended, in milliseconds after `born`.
+    last_end_ms: AtomicU64,
+    born: Instant,
+    stalled: std::sync::atomic::AtomicBool,
+    stall_waker: futures_util::task::AtomicWaker,
 }
 
 impl Default for Activity {
     fn default() -> Self {
         Self {
             inflight: AtomicU64::new(0),
-            last: std::sync::Mutex::new(Instant::now()),
-            changed: tokio::sync::Notify::new(),
-            stalled: tokio_util::sync::CancellationToken::new(),
+            last_end_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            stalled: std::sync::atomic::AtomicBool::new(false),
+            stall_waker: futures_util::task::AtomicWaker::new(),
         }
     }
 }
@@ -187,48 +191,54 @@ impl Default for Activity {
 impl Activity {
     /// A request body stalled past the body idle timeout: the connection is closed.
     fn stall(&self) {
-        self.stalled.cancel();
+        self.stalled.store(true, Ordering::SeqCst);
+        self.stall_waker.wake();
+    }
+
+    fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
     }
 
     /// Resolves when a request body on this connection stalled ([`RequestBody`]).
     pub async fn stalled(&self) {
-        self.stalled.cancelled().await;
+        std::future::poll_fn(|cx| {
+            if self.is_stalled() {
+                return Poll::Ready(());
+            }
+            self.stall_waker.register(cx.waker());
+            if self.is_stalled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     fn begin(&self) {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_waiters();
+        self.inflight.fetch_add(1, Ordering::SeqCst);
     }
 
     fn end(&self) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Instant::now();
-        }
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.changed.notify_waiters();
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_end_ms.store(ms, Ordering::SeqCst);
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Resolves once no request has been in flight for `timeout`.
+    /// Resolves once no request has been in flight for `timeout` (checked when the timer
+    /// fires: at most `timeout` after the last request ended, or every `timeout` while one
+    /// is in flight).
     pub async fn idle(&self, timeout: Duration) {
         loop {
-            let changed = self.changed.notified();
-            if self.inflight.load(Ordering::Relaxed) > 0 {
-                changed.await;
-                continue;
-            }
-            let last = self
-                .last
-                .lock()
-                .map(|l| *l)
-                .unwrap_or_else(|_| Instant::now());
-            let deadline = last + timeout;
+            let deadline = if self.inflight.load(Ordering::SeqCst) > 0 {
+                Instant::now() + timeout
+            } else {
+                self.born + Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst)) + timeout
+            };
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::select! {
-                _ = changed => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-            }
+            tokio::time::sleep_until(deadline.into()).await;
         }
     }
 }
@@ -257,15 +267,15 @@ struct Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         if let Some(conn) = self.upstream.take() {
-            let reusable = self.end == "complete" && !self.grant.cut.is_cancelled();
+            let reusable = self.end == "complete" && !self.grant.is_cut();
             conn.release(&self.grant.upstream, reusable);
         }
         self.activity.end();
-        if self.end == "client" && self.grant.cut.is_cancelled() {
+        if self.end == "client" && self.grant.is_cut() {
             // The connection was dropped by the cut before the body finished.
             self.end = "revoked";
         }
-        if self.activity.stalled.is_cancelled() && self.end != "complete" {
+        if self.activity.is_stalled() && self.end != "complete" {
             self.end = "client body idle";
         }
         self.grant.record(&AuditEvent::HttpRequest {
@@ -291,7 +301,6 @@ struct ScannedBody {
     inner: Incoming,
     scan: StreamScan,
     exchange: Exchange,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
     /// Occurrences already replaced in the response headers.
     in_headers: u64,
@@ -314,11 +323,6 @@ impl Body for ScannedBody {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
-        }
-        if this.cut.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            this.exchange.end = "revoked";
-            return Poll::Ready(Some(Err("the grant ended".into())));
         }
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -486,6 +490,8 @@ async fn refuse_token(
         let t = grant.admission.record_failure(Instant::now());
         if !t.delay.is_zero() {
             tracing::warn!(
+                grant = %grant.grant_id,
+                session = exchange.session,
                 failures = t.failures,
                 delay_ms = t.delay.as_millis() as u64,
                 "wrong grant token; answer delayed"
@@ -796,18 +802,14 @@ pub async fn handle(
     let body = RequestBody::new(body, bytes_up, &grant, exchange.activity.clone());
     let upstream_req = Request::from_parts(parts, body);
     exchange.upstream = Some(conn_upstream.clone());
-    let sent = tokio::select! {
-        r = conn_upstream.send(&grant.upstream, upstream_req) => r,
-        _ = grant.cut.cancelled() => {
-            exchange.end = "revoked";
-            exchange.status = 503;
-            return Ok(refusal(StatusCode::SERVICE_UNAVAILABLE, "grant", "the grant ended", "request access again if still needed"));
-        }
-    };
+    // From here the request is the upstream's: if the client connection goes (or the
+    // grant's cut closes it) before the response ends, the record says so.
+    exchange.end = "client";
+    let sent = conn_upstream.send(&grant.upstream, upstream_req).await;
     let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "upstream request failed");
+            tracing::warn!(grant = %grant.grant_id, session, error = %e, "upstream request failed");
             exchange.end = "upstream error";
             exchange.status = 502;
             return Ok(json_response(
@@ -844,7 +846,6 @@ pub async fn handle(
         inner: rbody,
         scan: StreamScan::default(),
         exchange,
-        cut: Box::pin(grant.cut.clone().cancelled_owned()),
         done: false,
         in_headers: exchange_reflected,
     };
