@@ -513,6 +513,14 @@ async fn refuse_token(
     )
 }
 
+/// The length of `uri` as sent on the request line (without building the string).
+fn uri_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + pq
+}
+
 /// Serves one request (hyper's service function). Never fails: errors become responses.
 pub async fn handle(
     grant: Arc<HttpGrantListener>,
@@ -561,11 +569,6 @@ pub async fn handle(
         .unwrap_or_default();
 
     // The token first: an unauthenticated client learns nothing about the allow list.
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
     let signed = match grant.auth.take_token(&mut parts.headers, &mut query) {
         Ok(signed) => signed,
         Err(e) => {
@@ -657,10 +660,11 @@ pub async fn handle(
             }
         };
         if let Some(sig) = &signed {
+            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let checked = signer.verify(
                 sig,
                 parts.method.as_str(),
-                &path_and_query,
+                path_and_query,
                 &parts.headers,
                 &hash,
                 std::time::SystemTime::now(),
@@ -679,7 +683,7 @@ pub async fn handle(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + parts.uri.to_string().len();
+        + uri_len(&parts.uri);
     if head_bytes > grant.limits.max_head_bytes {
         return Ok(refuse(
             &mut exchange,
