@@ -6,8 +6,9 @@
 //! and upgrades are refused; the path is normalised ([`path`]) and matched against the
 //! permission's allow list (deny by default); the real credential is injected, `Host` set
 //! from the base URL, `Accept-Encoding: identity` asked for, and the request forwarded over
-//! the client connection's own keep-alive upstream connection ([`upstream`]: HTTP/1.1 or
-//! HTTP/2 by ALPN, driven in the client connection's task).
+//! a keep-alive upstream connection checked out of the grant's per-runtime pool for the
+//! request ([`upstream`]: HTTP/1.1 or HTTP/2 by ALPN, driven in the client connection's
+//! task, [`local`]).
 //! Response headers and body stream back through [`scan`], which replaces any occurrence
 //! of the secret (or an encoded form) with `[REDACTED]`. One `http_request` audit record is
 //! written per request. Refusals get 403 (401 for a missing or wrong token) with a JSON body

@@ -1,17 +1,17 @@
-//! The grant's upstream, and the upstream connection each client connection uses.
+//! The grant's upstream, its pool of idle upstream connections, and the connection a
+//! client connection's request holds.
 //!
-//! Each client connection gets its own upstream connection (HTTPS; HTTP/1.1 or HTTP/2 by
-//! ALPN), opened on its first request, kept while the client connection lives (keep-alive)
-//! and opened again when the upstream closes it. The upstream connection's future is
-//! polled by the client connection's own task ([`Driver`], see `serve_connection` in
-//! [`super`]) instead of a task of its own (hyper-util's pooled client, used before), so a
-//! request and its response cross no task boundary and, on the per-core runtimes of
-//! [`super::shards`], no thread boundary (the wake-ups measured before came mostly from the
-//! multi-threaded scheduler; this alone did not remove them, see BENCHMARKS.md). The cost:
-//! an idle client connection keeps its upstream connection (more memory per idle
-//! connection than a shared pool; BENCHMARKS.md). A kept connection found closed when a
-//! request is about to go out is replaced, and the request sent once more if hyper reports
-//! it was not sent.
+//! A request checks an upstream connection (HTTPS; HTTP/1.1 or HTTP/2 by ALPN) out of the
+//! grant's [`Pool`] for the HTTP runtime it runs on, or opens one, holds it until its
+//! response has ended and gives it back. The held connection's future is polled by the
+//! client connection's own task ([`Driver`], [`ConnUpstream::drive`], `local.rs`) rather
+//! than by a task of its own (hyper-util's pooled client, used before), so a request and
+//! its response cross no task boundary and, on the per-core runtimes of
+//! [`super::shards`], no thread boundary. Idle client connections hold no upstream
+//! connection (an earlier version kept one per client connection: 46.8 KiB per idle client
+//! connection against 22 KiB now; BENCHMARKS.md). A pooled connection the upstream closed
+//! is found out when it is checked out: hyper hands back the unsent request, which goes
+//! once more on a new connection.
 
 use super::proxy::{BoxError, RequestBody};
 use http::header::{self, HeaderValue};
