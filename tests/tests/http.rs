@@ -214,6 +214,70 @@ async fn client_connections_one_after_another_share_pooled_upstream_connections(
     Ok(())
 }
 
+/// A pooled upstream connection is reused only after its response was read to the end: a
+/// client that leaves in the middle of a response (here one that never ends) takes that
+/// upstream connection with it, so no later request, from any client connection, can be
+/// answered with the rest of someone else's response.
+#[tokio::test]
+async fn an_upstream_connection_left_mid_response_is_never_reused() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fx = HttpFixture::start_http1_upstream("").await?;
+    let view = fx.grant("api").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no port in {base}"))?;
+    // Client A: a response that starts and never ends; A reads its first bytes and leaves.
+    let mut a = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    a.write_all(
+        format!("GET /hang HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("started") {
+        let n = tokio::time::timeout(STEP_TIMEOUT, a.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "agentd closed before the response started");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(a);
+    let hang_conn = fx
+        .upstream
+        .recorded()
+        .iter()
+        .find(|r| r.path == "/hang")
+        .map(|r| r.connection)
+        .ok_or_else(|| anyhow::anyhow!("the upstream did not record /hang"))?;
+    // The record of A's request says the client left.
+    let records = fx.wait_http_records(1).await?;
+    assert_eq!(records[0]["end"], "client", "{records:?}");
+    // Then clients one after another, on every HTTP runtime: each gets its own answer.
+    let auth = format!("Authorization: Bearer {tok}");
+    let mut outputs = vec![];
+    for i in 0..6 {
+        let url = format!("{base}/echo/after-{i}");
+        let r = curl(&["-sS", "-m", "10", "-H", &auth, &url]).await?;
+        outputs.extend(out("curl", &r));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let echoed: Value = serde_json::from_str(&r.stdout)?;
+        assert_eq!(echoed["path"], format!("/echo/after-{i}"));
+    }
+    let seen = fx.upstream.recorded();
+    let reused: Vec<&str> = seen
+        .iter()
+        .filter(|r| r.path != "/hang" && r.connection == hang_conn)
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(
+        reused.is_empty(),
+        "requests sent on the upstream connection left mid-response: {reused:?}"
+    );
+    fx.assert_clean(&outputs)?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn allow_list_and_token_refusals() -> anyhow::Result<()> {
     let fx = HttpFixture::start("").await?;
