@@ -783,6 +783,9 @@ pub async fn handle(
         }
     };
     exchange.path = path.chars().take(512).collect();
+    if let Err(r) = super::headers::request(&parts.method, &mut parts.headers, &query) {
+        return Ok(refuse(&mut exchange, r.status, r.rule, &r.message, r.next));
+    }
     let method = parts.method.as_str();
     let Some(rule) = grant.allow.iter().find(|r| r.allows(method, &path)) else {
         let allowed: Vec<String> = grant.allow.iter().map(|r| r.describe()).collect();
@@ -873,6 +876,9 @@ pub async fn handle(
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
+    if let Err(r) = super::headers::response(&mut rparts.headers) {
+        return Ok(refuse(&mut exchange, r.status, r.rule, &r.message, r.next));
+    }
     strip_hop_by_hop(&mut rparts.headers);
     if rparts
         .headers
