@@ -11,6 +11,13 @@
 //!   back in an `x-reflected` header and in the body, with the body split into two chunks
 //!   K bytes into the value (a hostile upstream echoing the credential).
 //! - `GET /hang`: the head and one line, then nothing until the client goes away.
+//! - `GET /mirror?form=F`: the request's `Authorization` (or `x-api-key`) value sent back
+//!   transformed, as the text `form=<value>` (a hostile echo, for the scanner): `hex`,
+//!   `b64-K` / `b64url-K` (base64 of K bytes of `x` then the value, K = 0, 1, 2), `pct-all`
+//!   (every byte `%xx`), `json-u` (every byte `\u00XX`), `php` (standard base64 with `/`
+//!   written `\/`), `upper` (upper-cased).
+//! - `GET /cookie`: an empty 200 with two `Set-Cookie` headers (a session the upstream
+//!   hands out).
 //! - `PUT /s3/…`: an S3-like empty 200 with an `ETag` (boto3 reads a body there as an
 //!   error), after recording the body's SHA-256.
 //! - anything else: a JSON echo of what was received (headers included: agentd redacts the
@@ -170,6 +177,25 @@ fn stream(chunks: futures_util::stream::BoxStream<'static, Bytes>) -> Body {
     ))
 }
 
+/// `value` transformed as `/mirror?form=` names (see the module docs).
+fn mirror(form: &str, value: &[u8]) -> String {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::Engine as _;
+    let shifted = |k: usize| [vec![b'x'; k], value.to_vec()].concat();
+    match form {
+        "hex" => value.iter().map(|b| format!("{b:02x}")).collect(),
+        "pct-all" => value.iter().map(|b| format!("%{b:02x}")).collect(),
+        "json-u" => value.iter().map(|b| format!("\\u{b:04X}")).collect(),
+        "php" => STANDARD.encode(value).replace('/', "\\/"),
+        "upper" => String::from_utf8_lossy(value).to_ascii_uppercase(),
+        f => match f.split_once('-') {
+            Some(("b64", k)) => STANDARD.encode(shifted(k.parse().unwrap_or(0))),
+            Some(("b64url", k)) => URL_SAFE.encode(shifted(k.parse().unwrap_or(0))),
+            _ => String::from_utf8_lossy(value).into_owned(),
+        },
+    }
+}
+
 async fn route(
     req: Request<Incoming>,
     requests: Arc<Mutex<Vec<Recorded>>>,
@@ -189,7 +215,7 @@ async fn route(
     }
     let echo_route = !matches!(
         req.uri().path(),
-        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang"
+        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang" | "/mirror" | "/cookie"
     );
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
@@ -312,6 +338,23 @@ async fn route(
             let mut r = Response::new(stream(chunks));
             if let Ok(v) = http::HeaderValue::from_bytes(&value) {
                 r.headers_mut().insert("x-reflected", v);
+            }
+            r
+        }
+        "/mirror" => {
+            let value = headers
+                .get("authorization")
+                .or_else(|| headers.get("x-api-key"))
+                .cloned()
+                .unwrap_or_default();
+            let form = query.get("form").map(String::as_str).unwrap_or_default();
+            Response::new(full(format!("form={}\n", mirror(form, value.as_bytes()))))
+        }
+        "/cookie" => {
+            let mut r = Response::new(full(Bytes::new()));
+            for c in ["session=s3ss10n; HttpOnly; Secure", "csrf=abc; Path=/"] {
+                r.headers_mut()
+                    .append("set-cookie", http::HeaderValue::from_static(c));
             }
             r
         }

@@ -89,6 +89,15 @@ impl HttpFixture {
     /// # Errors
     /// Any step failing.
     pub async fn start(extra_daemon: &str) -> anyhow::Result<Self> {
+        Self::start_with_allow(extra_daemon, ALLOW).await
+    }
+
+    /// Starts everything with `allow` (an `allow = [...]` line) as every permission's allow
+    /// list instead of [`ALLOW`].
+    ///
+    /// # Errors
+    /// Any step failing.
+    pub async fn start_with_allow(extra_daemon: &str, allow: &str) -> anyhow::Result<Self> {
         let upstream = EchoUpstream::start().await?;
         let dir = tempfile::Builder::new().prefix("agentd-http-").tempdir()?;
         {
@@ -104,7 +113,7 @@ impl HttpFixture {
         );
         for (resource, auth) in SCHEMES {
             config.push_str(&format!(
-                "\n[resources.{resource}]\nkind = \"http\"\ndescription = \"Test API ({resource})\"\nbase_url = \"{}\"\nca_file = \"{}\"\nauth = {auth}\n\n[resources.{resource}.permissions.reader]\ndescription = \"reads\"\ncredential = {{ source = \"keyring\" }}\npolicy = \"auto\"\n{ALLOW}\n",
+                "\n[resources.{resource}]\nkind = \"http\"\ndescription = \"Test API ({resource})\"\nbase_url = \"{}\"\nca_file = \"{}\"\nauth = {auth}\n\n[resources.{resource}.permissions.reader]\ndescription = \"reads\"\ncredential = {{ source = \"keyring\" }}\npolicy = \"auto\"\n{allow}\n",
                 upstream.base_url(),
                 upstream.ca_file.display(),
             ));
