@@ -303,8 +303,19 @@ pub const WRITE_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 /// `**` reaches every endpoint below it, including ones that mint credentials (API keys,
 /// tokens, deploy keys, users, webhooks) — the HTTP twin of `ALTER ROLE … PASSWORD`:
 /// the agent would keep a credential of its own after the grant, unseen by agentd.
-pub fn allow_warnings(field: &str, allow: &[AllowRule]) -> Vec<String> {
+///
+/// For `aws_sigv4` services other than S3 it also says that the allow list cannot limit the
+/// operation: AWS JSON-protocol services choose it in the `X-Amz-Target` header and
+/// Query-protocol ones in the `Action` parameter (even on GET), on path `/`.
+pub fn allow_warnings(field: &str, auth: Option<&HttpAuth>, allow: &[AllowRule]) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(HttpAuth::AwsSigv4 { service, .. }) = auth {
+        if service != "s3" {
+            out.push(format!(
+                "{field}.allow: {service} picks the operation in the X-Amz-Target header or the Action parameter (GET /?Action=… included), which the allow list does not see: every operation the key's IAM policy allows is reachable, including ones that mint credentials (sts:GetSessionToken, iam:CreateAccessKey). Limit the key's IAM policy to the operations the task needs"
+            ));
+        }
+    }
     for (i, rule) in allow.iter().enumerate() {
         let writes: Vec<&str> = rule
             .methods
@@ -418,6 +429,7 @@ mod tests {
         };
         let w = allow_warnings(
             "resources.gh.permissions.rw",
+            Some(&HttpAuth::Bearer),
             &[
                 rule(&["GET", "HEAD"], &["/**"]),
                 rule(&["GET", "POST"], &["/repos/*/*/issues", "/repos/**"]),
@@ -427,9 +439,21 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("resources.gh.permissions.rw.allow[1]: POST on /repos/**"));
         assert!(w[1].starts_with("resources.gh.permissions.rw.allow[2]: DELETE on /**"));
-        assert!(
-            allow_warnings("f", &[rule(&["POST"], &["/v1/chat/completions", "/v1/*"])]).is_empty()
-        );
+        assert!(allow_warnings(
+            "f",
+            None,
+            &[rule(&["POST"], &["/v1/chat/completions", "/v1/*"])]
+        )
+        .is_empty());
+        let aws = |service: &str| HttpAuth::AwsSigv4 {
+            service: service.to_owned(),
+            region: "us-east-1".to_owned(),
+        };
+        let get_root = [rule(&["GET"], &["/"])];
+        let w = allow_warnings("f", Some(&aws("sts")), &get_root);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("sts picks the operation in the X-Amz-Target header"));
+        assert!(allow_warnings("f", Some(&aws("s3")), &get_root).is_empty());
     }
 
     #[test]
