@@ -56,6 +56,8 @@ pub struct Recorded {
     /// Lower-case hex SHA-256 of the body (the echo route only; bodies over 1 MiB are not
     /// hashed).
     pub body_sha256: Option<String>,
+    /// Names of the trailer fields that followed the body (the echo route only).
+    pub trailers: Vec<String>,
 }
 
 impl std::fmt::Debug for Recorded {
@@ -220,6 +222,7 @@ async fn route(
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let echo_body = if echo_route { body.take() } else { None };
+    let mut trailers = Vec::new();
     let body_sha256 = match echo_body {
         Some(incoming) => match http_body_util::Limited::new(incoming, 1 << 20)
             .collect()
@@ -227,6 +230,9 @@ async fn route(
         {
             Ok(c) => {
                 use sha2::Digest as _;
+                if let Some(t) = c.trailers() {
+                    trailers = t.keys().map(|k| k.as_str().to_owned()).collect();
+                }
                 let digest = sha2::Sha256::digest(c.to_bytes());
                 Some(
                     digest
@@ -242,6 +248,7 @@ async fn route(
     let req = Request::from_parts(parts, ());
     let recorded = Recorded {
         body_sha256: body_sha256.clone(),
+        trailers,
         method: req.method().as_str().to_owned(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().map(str::to_owned),

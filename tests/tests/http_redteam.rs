@@ -201,7 +201,7 @@ async fn method_and_path_override_headers_are_refused_and_forwarding_headers_dro
 
 #[tokio::test]
 async fn hop_by_hop_tricks_never_drop_the_injected_credential() -> anyhow::Result<()> {
-    let fx = HttpFixture::start("").await?;
+    let fx = HttpFixture::start("http_idle_timeout = \"1s\"").await?;
     let secret = fx.secret.expose_secret().to_owned();
     for (resource, name, value) in [
         ("api", "authorization", format!("Bearer {secret}")),
@@ -252,7 +252,53 @@ async fn hop_by_hop_tricks_never_drop_the_injected_credential() -> anyhow::Resul
     assert!(resp.starts_with("HTTP/1.1 403"), "{}", status_line(&resp));
     assert!(!resp.contains("100 Continue"), "{resp}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    fx.assert_clean(&[("expect".to_owned(), resp)])?;
+    // A refused request's unread body is never read as a request of its own (keep-alive,
+    // Content-Length and chunked framing), and an h2c prior-knowledge preface is not
+    // served.
+    let tok = token(&view);
+    let hidden =
+        format!("GET /echo/smuggled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\r\n");
+    let chunked = format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len());
+    for (framing, body) in [
+        (format!("Content-Length: {}", hidden.len()), hidden.clone()),
+        ("Transfer-Encoding: chunked".to_owned(), chunked),
+    ] {
+        let req = format!(
+            "PATCH /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n{framing}\r\n\r\n{body}"
+        );
+        let answer = raw_exchange(port, req.as_bytes()).await?;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{framing}: {}",
+            status_line(&answer)
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{framing}: {answer}"
+        );
+    }
+    // Request trailers (chunked) carrying an override.
+    let req = format!(
+        "POST /v1/trailers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nTransfer-Encoding: chunked\r\nTrailer: X-HTTP-Method-Override\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\nX-HTTP-Method-Override: DELETE\r\n\r\n"
+    );
+    let answer = raw_exchange(port, req.as_bytes()).await?;
+    let seen = fx.upstream.recorded().pop().expect("forwarded");
+    println!(
+        "trailers: {} -> upstream trailers {:?}",
+        status_line(&answer),
+        seen.trailers
+    );
+    let preface = raw_exchange(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    assert!(!preface.contains(" 200 "), "{preface}");
+    assert!(
+        !fx.upstream
+            .recorded()
+            .iter()
+            .any(|r| r.path.contains("smuggled") || r.method == "PRI"),
+        "a hidden request reached the upstream"
+    );
+    fx.assert_clean(&[("expect".to_owned(), resp), ("preface".to_owned(), preface)])?;
     Ok(())
 }
 
@@ -517,6 +563,15 @@ async fn config_check_warns_about_write_rules_that_could_mint_credentials() -> a
             .any(|w| w.contains("create API keys, tokens")),
         "{warnings:#?}"
     );
+    // SigV4 services other than S3 choose the operation outside the path.
+    let aws = |resource: &str| {
+        let prefix = format!("resources.{resource}.permissions.reader.allow: ");
+        warnings
+            .iter()
+            .any(|w| w.starts_with(&prefix) && w.contains("X-Amz-Target"))
+    };
+    assert!(aws("api_aws"), "{warnings:#?}");
+    assert!(!aws("api_s3"), "{warnings:#?}");
     fx.assert_clean(&[("config check".to_owned(), out.stdout)])?;
     Ok(())
 }

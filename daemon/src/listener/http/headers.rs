@@ -20,6 +20,11 @@
 //!   generation, host-based routing, cache keys), prefix or source address (IP allow lists)
 //!   to the upstream. Dropped rather than refused: SDKs and tools add some of them
 //!   innocently, and without them the upstream sees the plain truth (agentd's own address).
+//! - **Request trailers are dropped** (in `proxy::RequestBody`): hyper forwards them to an
+//!   HTTP/2 upstream, and servers that merge trailers into the headers (Apache
+//!   `MergeTrailers`, Tomcat `allowedTrailerHeaders`) would read an override this policy
+//!   never saw. APIs do not need them (S3's checksum trailers travel inside the
+//!   `aws-chunked` body, not as HTTP trailers).
 //!
 //! Response side ([`response`]), before the hop-by-hop headers are removed:
 //! - **`Set-Cookie` / `Set-Cookie2` are dropped**: a session cookie is a credential the

@@ -150,6 +150,8 @@ impl Body for RequestBody {
             RequestBodyInner::Stream(incoming) => incoming,
         };
         match Pin::new(incoming).poll_frame(cx) {
+            // Request trailers are dropped (see `headers`): they would bypass the header policy.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = None;
                 if let Some(data) = frame.data_ref() {
