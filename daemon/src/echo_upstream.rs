@@ -16,6 +16,7 @@
 //!   `b64-K` / `b64url-K` (base64 of K bytes of `x` then the value, K = 0, 1, 2), `pct-all`
 //!   (every byte `%xx`), `json-u` (every byte `\u00XX`), `php` (standard base64 with `/`
 //!   written `\/`), `upper` (upper-cased).
+//! - `GET /bigheader?n=N`: an empty 200 with an `x-big` header of N bytes.
 //! - `GET /cookie`: an empty 200 with two `Set-Cookie` headers (a session the upstream
 //!   hands out).
 //! - `PUT /s3/…`: an S3-like empty 200 with an `ETag` (boto3 reads a body there as an
@@ -155,6 +156,11 @@ impl EchoUpstream {
         })
     }
 
+    /// Stops accepting connections (the port refuses from now on; open connections stay).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// `https://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
@@ -217,7 +223,7 @@ async fn route(
     }
     let echo_route = !matches!(
         req.uri().path(),
-        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang" | "/mirror" | "/cookie"
+        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang" | "/mirror" | "/cookie" | "/bigheader"
     );
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
@@ -356,6 +362,14 @@ async fn route(
                 .unwrap_or_default();
             let form = query.get("form").map(String::as_str).unwrap_or_default();
             Response::new(full(format!("form={}\n", mirror(form, value.as_bytes()))))
+        }
+        "/bigheader" => {
+            let mut r = Response::new(full(Bytes::new()));
+            let big = "b".repeat(number("n") as usize);
+            if let Ok(v) = http::HeaderValue::from_str(&big) {
+                r.headers_mut().insert("x-big", v);
+            }
+            r
         }
         "/cookie" => {
             let mut r = Response::new(full(Bytes::new()));

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 fn allow() -> String {
     ALLOW.replace(
         "\n]",
-        "\n  { methods = [\"GET\"], paths = [\"/mirror\", \"/cookie\", \"/deep/**/b/**/c/**/d\"] },\n]",
+        "\n  { methods = [\"GET\"], paths = [\"/mirror\", \"/cookie\", \"/bigheader\", \"/deep/**/b/**/c/**/d\"] },\n]",
     )
 }
 
@@ -573,5 +573,45 @@ async fn config_check_warns_about_write_rules_that_could_mint_credentials() -> a
     assert!(aws("api_aws"), "{warnings:#?}");
     assert!(!aws("api_s3"), "{warnings:#?}");
     fx.assert_clean(&[("config check".to_owned(), out.stdout)])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_huge_response_header_is_refused_and_the_daemon_stays_up() -> anyhow::Result<()> {
+    let fx = HttpFixture::start_with_allow("", &allow()).await?;
+    let view = fx.grant("api").await?;
+    let port = agentd_tests::handle_port(&view["handle"]);
+    let tok = token(&view);
+    // 8 MiB of one response header (HTTP/2 upstream): hyper's client refuses a header list
+    // over its limit, so the daemon never holds it.
+    let rss_before = agentd_tests::vm_rss_kib(fx.daemon.pid).unwrap_or(0);
+    let resp = raw(port, &tok, "GET", "/bigheader?n=8388608", "").await?;
+    assert!(resp.starts_with("HTTP/1.1 502"), "{}", status_line(&resp));
+    let grown = agentd_tests::vm_rss_kib(fx.daemon.pid)
+        .unwrap_or(0)
+        .saturating_sub(rss_before);
+    assert!(grown < 16 * 1024, "daemon RSS grew by {grown} KiB");
+    let resp = raw(port, &tok, "GET", "/bigheader?n=1000", "").await?;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{}", status_line(&resp));
+    fx.assert_clean(&[])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_query_credential_stays_out_of_logs_and_audit_when_the_upstream_fails(
+) -> anyhow::Result<()> {
+    let fx = HttpFixture::start("").await?;
+    let view = fx.grant("api_query").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    // The upstream goes away: the request (its URI carries `api_key=<secret>`) fails.
+    fx.upstream.stop();
+    let r = curl(&["-i", &format!("{base}/echo/q?a=1&api_key={tok}")]).await?;
+    assert!(r.stdout.starts_with("HTTP/1.1 502"), "{}", r.stdout);
+    let rec = fx.wait_http_records(1).await?.pop().expect("record");
+    assert_eq!(rec["end"], "upstream error", "{rec}");
+    assert_eq!(rec["query"], serde_json::json!(["a=1"]), "{rec}");
+    assert!(fx.daemon.log().contains("upstream request failed"));
+    // The canary scan covers the daemon's debug log and the audit log.
+    fx.assert_clean(&[("curl".to_owned(), r.stdout)])?;
     Ok(())
 }
