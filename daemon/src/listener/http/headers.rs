@@ -45,6 +45,9 @@
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
+/// The obsolete RFC 2965 cookie header, still dropped.
+const SET_COOKIE2: HeaderName = HeaderName::from_static("set-cookie2");
+
 /// A refusal: status, the `rule` the 403/502 body names, the message and the next step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -179,7 +182,7 @@ pub fn response(headers: &mut HeaderMap) -> Result<(), Refusal> {
         });
     }
     headers.remove(http::header::SET_COOKIE);
-    headers.remove("set-cookie2");
+    headers.remove(SET_COOKIE2);
     Ok(())
 }
 
