@@ -16,6 +16,11 @@
 //!   `b64-K` / `b64url-K` (base64 of K bytes of `x` then the value, K = 0, 1, 2), `pct-all`
 //!   (every byte `%xx`), `json-u` (every byte `\u00XX`), `php` (standard base64 with `/`
 //!   written `\/`), `upper` (upper-cased).
+//! - `GET /reason`: 401 whose HTTP/1.1 reason phrase is `Invalid key ` and the request's
+//!   `Authorization` value (an upstream naming the bad key in its status line).
+//! - `GET /hidden-gzip`: gzip bytes with `Content-Encoding: gzip` and
+//!   `Connection: content-encoding` (HTTP/1.1: a hop-by-hop trick that would remove the
+//!   header saying the body is compressed).
 //! - `GET /bigheader?n=N`: an empty 200 with an `x-big` header of N bytes.
 //! - `GET /cookie`: an empty 200 with two `Set-Cookie` headers (a session the upstream
 //!   hands out).
@@ -100,11 +105,21 @@ impl EchoUpstream {
         self._dir.path()
     }
 
-    /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime).
+    /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime), HTTP/2 or HTTP/1.1 by
+    /// ALPN.
     ///
     /// # Errors
     /// Certificate generation, the temp dir or the bind.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// [`EchoUpstream::start`], offering HTTP/2 by ALPN only when `h2` (without it clients
+    /// speak HTTP/1.1, where a response has a reason phrase and hop-by-hop headers).
+    ///
+    /// # Errors
+    /// Certificate generation, the temp dir or the bind.
+    pub async fn start_with(h2: bool) -> anyhow::Result<Self> {
         let (ca, cert, key) = crate::pgcluster::localhost_ca_and_cert("agentd throwaway HTTP CA")?;
         let dir = tempfile::Builder::new()
             .prefix("agentd-upstream-")
@@ -120,7 +135,11 @@ impl EchoUpstream {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .context("upstream certificate")?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -223,7 +242,16 @@ async fn route(
     }
     let echo_route = !matches!(
         req.uri().path(),
-        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang" | "/mirror" | "/cookie" | "/bigheader"
+        "/sse"
+            | "/bytes"
+            | "/upload"
+            | "/reflect"
+            | "/hang"
+            | "/mirror"
+            | "/cookie"
+            | "/bigheader"
+            | "/reason"
+            | "/hidden-gzip"
     );
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
@@ -363,6 +391,32 @@ async fn route(
             let form = query.get("form").map(String::as_str).unwrap_or_default();
             Response::new(full(format!("form={}\n", mirror(form, value.as_bytes()))))
         }
+        "/reason" => {
+            let value = headers.get("authorization").cloned().unwrap_or_default();
+            let mut r = Response::new(full("bad key"));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            if let Ok(phrase) =
+                hyper::ext::ReasonPhrase::try_from(format!("Invalid key {value}").into_bytes())
+            {
+                r.extensions_mut().insert(phrase);
+            }
+            r
+        }
+        "/hidden-gzip" => {
+            // gzip of "data" (RFC 1952), fixed bytes.
+            const GZ: &[u8] = &[
+                0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x4b, 0x49, 0x2c, 0x49,
+                0x04, 0x00, 0x63, 0xf3, 0xf3, 0xad, 0x04, 0x00, 0x00, 0x00,
+            ];
+            let mut r = Response::new(full(GZ));
+            r.headers_mut()
+                .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+            r.headers_mut().insert(
+                "connection",
+                http::HeaderValue::from_static("content-encoding"),
+            );
+            r
+        }
         "/bigheader" => {
             let mut r = Response::new(full(Bytes::new()));
             let big = "b".repeat(number("n") as usize);
@@ -405,6 +459,5 @@ async fn route(
         resp.headers_mut()
             .insert("content-encoding", http::HeaderValue::from_static("gzip"));
     }
-    *resp.status_mut() = StatusCode::OK;
     resp
 }

@@ -98,7 +98,19 @@ impl HttpFixture {
     /// # Errors
     /// Any step failing.
     pub async fn start_with_allow(extra_daemon: &str, allow: &str) -> anyhow::Result<Self> {
-        let upstream = EchoUpstream::start().await?;
+        Self::start_with_upstream(extra_daemon, allow, EchoUpstream::start().await?).await
+    }
+
+    /// Starts everything with `allow` in front of `upstream` (e.g. an HTTP/1.1-only one,
+    /// [`EchoUpstream::start_with`]).
+    ///
+    /// # Errors
+    /// Any step failing.
+    pub async fn start_with_upstream(
+        extra_daemon: &str,
+        allow: &str,
+        upstream: EchoUpstream,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("agentd-http-").tempdir()?;
         {
             use std::os::unix::fs::PermissionsExt as _;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 fn allow() -> String {
     ALLOW.replace(
         "\n]",
-        "\n  { methods = [\"GET\"], paths = [\"/mirror\", \"/cookie\", \"/bigheader\", \"/deep/**/b/**/c/**/d\"] },\n]",
+        "\n  { methods = [\"GET\"], paths = [\"/mirror\", \"/cookie\", \"/bigheader\", \"/reason\", \"/hidden-gzip\", \"/deep/**/b/**/c/**/d\"] },\n]",
     )
 }
 
@@ -613,5 +613,27 @@ async fn the_query_credential_stays_out_of_logs_and_audit_when_the_upstream_fail
     assert!(fx.daemon.log().contains("upstream request failed"));
     // The canary scan covers the daemon's debug log and the audit log.
     fx.assert_clean(&[("curl".to_owned(), r.stdout)])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_http1_upstream_cannot_leak_through_the_status_line_or_hide_compression(
+) -> anyhow::Result<()> {
+    let upstream = agentd::echo_upstream::EchoUpstream::start_with(false).await?;
+    let fx = HttpFixture::start_with_upstream("", &allow(), upstream).await?;
+    let view = fx.grant("api").await?;
+    let port = agentd_tests::handle_port(&view["handle"]);
+    let tok = token(&view);
+    // A 401 whose reason phrase names the key it got (the injected secret).
+    let resp = raw(port, &tok, "GET", "/reason", "").await?;
+    assert_eq!(status_line(&resp), "HTTP/1.1 401 Unauthorized");
+    let seen = fx.upstream.recorded().pop().expect("forwarded");
+    assert_eq!(seen.version, "HTTP/1.1");
+    // `Connection: content-encoding` from the upstream must not strip the header that says
+    // the body is compressed (the scanner cannot read gzip).
+    let gz = raw(port, &tok, "GET", "/hidden-gzip", "").await?;
+    assert!(gz.starts_with("HTTP/1.1 502"), "{}", status_line(&gz));
+    assert_eq!(rule_of(&gz).as_deref(), Some("compression"), "{gz}");
+    fx.assert_clean(&[("reason".to_owned(), resp), ("gzip".to_owned(), gz)])?;
     Ok(())
 }

@@ -27,6 +27,8 @@
 //!   `aws-chunked` body, not as HTTP trailers).
 //!
 //! Response side ([`response`]), before the hop-by-hop headers are removed:
+//! - **A custom reason phrase is dropped** (HTTP/1.1 upstreams): hyper would copy it to
+//!   the client unscanned, and an upstream may name the key it rejected there.
 //! - **`Set-Cookie` / `Set-Cookie2` are dropped**: a session cookie is a credential the
 //!   upstream mints for whoever holds it; handed to the agent it would outlive the grant
 //!   and work without agentd (wherever the upstream is reachable). API clients authenticate
@@ -154,13 +156,18 @@ pub fn request(method: &Method, headers: &mut HeaderMap, query: &[String]) -> Re
     Ok(())
 }
 
-/// Applies the response-side policy to the upstream's response headers: drops
-/// `Set-Cookie` / `Set-Cookie2`.
+/// Applies the response-side policy to the upstream's response head: drops `Set-Cookie` /
+/// `Set-Cookie2` and a custom HTTP/1.1 reason phrase.
 ///
 /// # Errors
 /// [`Refusal`] (502, `compression`) for a `Content-Encoding` other than `identity` or a
 /// transfer coding other than `chunked`.
-pub fn response(headers: &mut HeaderMap) -> Result<(), Refusal> {
+pub fn response(parts: &mut http::response::Parts) -> Result<(), Refusal> {
+    // hyper's client keeps a non-canonical reason phrase as an extension and its server
+    // writes it back verbatim: text the scanner never sees ("401 Invalid key sk-…"). The
+    // client gets the canonical phrase for the status instead.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    let headers = &mut parts.headers;
     let compressed = headers
         .get_all(http::header::CONTENT_ENCODING)
         .iter()
@@ -254,15 +261,23 @@ mod tests {
 
     #[test]
     fn responses_lose_cookies_and_compressed_ones_are_refused() {
-        let mut h = map(&[
+        let parts = |h: HeaderMap| {
+            let mut r = http::Response::new(());
+            *r.headers_mut() = h;
+            r.into_parts().0
+        };
+        let mut p = parts(map(&[
             ("set-cookie", "a=1"),
             ("set-cookie", "b=2"),
             ("www-authenticate", "Bearer error=\"invalid_token\""),
             ("content-type", "text/plain"),
-        ]);
-        assert_eq!(response(&mut h), Ok(()));
-        assert!(!h.contains_key("set-cookie"));
-        assert!(h.contains_key("www-authenticate"));
+        ]));
+        p.extensions
+            .insert(hyper::ext::ReasonPhrase::try_from(b"Invalid key sk-1".to_vec()).unwrap());
+        assert_eq!(response(&mut p), Ok(()));
+        assert!(!p.headers.contains_key("set-cookie"));
+        assert!(p.headers.contains_key("www-authenticate"));
+        assert!(p.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
         for (name, value) in [
             ("content-encoding", "gzip"),
             ("content-encoding", "br"),
@@ -270,13 +285,13 @@ mod tests {
         ] {
             // Even when the upstream's Connection header names it (it would be removed as
             // hop-by-hop afterwards).
-            let mut h = map(&[(name, value), ("connection", "content-encoding")]);
-            assert_eq!(response(&mut h).unwrap_err().rule, "compression", "{value}");
+            let mut p = parts(map(&[(name, value), ("connection", "content-encoding")]));
+            assert_eq!(response(&mut p).unwrap_err().rule, "compression", "{value}");
         }
-        let mut h = map(&[
+        let mut p = parts(map(&[
             ("content-encoding", "identity"),
             ("transfer-encoding", "chunked"),
-        ]);
-        assert_eq!(response(&mut h), Ok(()));
+        ]));
+        assert_eq!(response(&mut p), Ok(()));
     }
 }

@@ -878,7 +878,7 @@ pub async fn handle(
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
-    if let Err(r) = super::headers::response(&mut rparts.headers) {
+    if let Err(r) = super::headers::response(&mut rparts) {
         return Ok(refuse(&mut exchange, r.status, r.rule, &r.message, r.next));
     }
     strip_hop_by_hop(&mut rparts.headers);
