@@ -16,10 +16,11 @@
 //!   [`MIN_CORE`] characters are left out (they would match ordinary text);
 //! - for basic auth, the base64 of `username:secret`;
 //! - JSON string escapes of each of the above as common encoders write them: `\/` for `/`
-//!   (PHP), `\u002b`-style escapes of `+ < > & ' "` and backquote (.NET, Go), and `\\` / `\"`.
+//!   (PHP), `\u002b`-style escapes of `+ < > & ' "` and backquote (.NET, Go), and `\\` / `\"`;
+//!   and HTML escapes as Go's `html/template` writes them (`&#43;` for `+`).
 //!
 //! Not found (see SECURITY.md): transformations beyond these (hex or escapes with mixed-case
-//! digits, hashes, encryption, other escapings, MIME base64 with line breaks inside the
+//! digits, hashes, encryption, other escapings (other HTML entity spellings), MIME base64 with line breaks inside the
 //! secret, compression inside a JSON field), and a secret the upstream returns in pieces
 //! (split across headers, fields, `Range` responses or pages).
 //!
@@ -91,15 +92,25 @@ fn base64_core(secret: &[u8], align: usize, engine: &impl base64::Engine) -> Vec
         .to_vec()
 }
 
-/// JSON-escaped spellings of `form`: PHP (`\\/`), the `\\u00xx` style of Go (lower-case
-/// hex) and .NET (upper-case), and plain (`\\\\`, `\\"`). Equal spellings are removed later.
-fn json_spellings(form: &[u8]) -> [Vec<u8>; 4] {
+/// Escaped spellings of `form` in JSON strings and HTML text: PHP (`\\/`), the `\\u00xx`
+/// style of Go (lower-case hex) and .NET (upper-case), plain JSON (`\\\\`, `\\"`), and
+/// HTML as Go's `html/template` writes it (`+` → `&#43;`, `"` → `&#34;`, `'` → `&#39;`,
+/// `&amp;`, `&lt;`, `&gt;`). Equal spellings are removed later.
+fn escaped_spellings(form: &[u8]) -> [Vec<u8>; 5] {
     let plain = |c: u8| !matches!(c, b'"' | b'\\');
     let quote = |c: u8| match c {
         b'"' => "\\\"".to_owned(),
         _ => "\\\\".to_owned(),
     };
     let escaped = |c: u8| plain(c) && !matches!(c, b'+' | b'<' | b'>' | b'&' | b'\'' | b'`');
+    let html = |c: u8| match c {
+        b'+' => "&#43;".to_owned(),
+        b'"' => "&#34;".to_owned(),
+        b'\'' => "&#39;".to_owned(),
+        b'&' => "&amp;".to_owned(),
+        b'<' => "&lt;".to_owned(),
+        _ => "&gt;".to_owned(),
+    };
     [
         per_byte(
             form,
@@ -112,6 +123,11 @@ fn json_spellings(form: &[u8]) -> [Vec<u8>; 4] {
         per_byte(form, escaped, |c| format!("\\u{c:04x}")),
         per_byte(form, escaped, |c| format!("\\u{c:04X}")),
         per_byte(form, plain, quote),
+        per_byte(
+            form,
+            |c| !matches!(c, b'+' | b'"' | b'\'' | b'&' | b'<' | b'>'),
+            html,
+        ),
     ]
 }
 
@@ -176,7 +192,7 @@ impl Scanner {
             }
         }
         for form in &base {
-            forms.extend(json_spellings(form).map(Zeroizing::new));
+            forms.extend(escaped_spellings(form).map(Zeroizing::new));
         }
         forms.extend(base);
         forms.retain(|f| !f.is_empty());
@@ -404,6 +420,15 @@ mod tests {
             ),
             ("lower".to_owned(), value.to_ascii_lowercase()),
             (
+                "gohtml".to_owned(),
+                String::from_utf8_lossy(value)
+                    .replace('&', "&amp;")
+                    .replace('+', "&#43;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .into_bytes(),
+            ),
+            (
                 "json-u".to_owned(),
                 value
                     .iter()
@@ -430,6 +455,10 @@ mod tests {
                 STANDARD.encode(&shifted).replace('/', "\\/").into_bytes(),
             ));
             out.push((
+                format!("gohtml-{k}"),
+                STANDARD.encode(&shifted).replace('+', "&#43;").into_bytes(),
+            ));
+            out.push((
                 format!("dotnet-{k}"),
                 STANDARD
                     .encode(&shifted)
@@ -454,6 +483,7 @@ mod tests {
                 .filter(|(name, _)| {
                     !name.starts_with("b64")
                         && !name.starts_with("php")
+                        && !name.starts_with("gohtml")
                         && !name.starts_with("dotnet")
                 })
                 .map(|(_, t)| t.to_ascii_lowercase())
