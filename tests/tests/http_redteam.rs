@@ -422,6 +422,8 @@ async fn path_differentials_are_refused_or_forwarded_as_matched() -> anyhow::Res
         // Method names are case-sensitive (RFC 9110 §9.1): `get` is not GET.
         ("get", "/echo/x", 403, "allow_list"),
         ("OPTIONS", "*", 403, "path"),
+        // A fragment is not part of the target (RFC 9112 §3.2); nothing after `#` is used.
+        ("GET", "/echo/x#/../../admin", 200, "/echo/x"),
     ];
     for (method, target, status, want) in cases {
         let resp = raw(port, &tok, method, target, "").await?;
