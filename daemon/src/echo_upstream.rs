@@ -11,6 +11,19 @@
 //!   back in an `x-reflected` header and in the body, with the body split into two chunks
 //!   K bytes into the value (a hostile upstream echoing the credential).
 //! - `GET /hang`: the head and one line, then nothing until the client goes away.
+//! - `GET /mirror?form=F`: the request's `Authorization` (or `x-api-key`) value sent back
+//!   transformed, as the text `form=<value>` (a hostile echo, for the scanner): `hex`,
+//!   `b64-K` / `b64url-K` (base64 of K bytes of `x` then the value, K = 0, 1, 2), `pct-all`
+//!   (every byte `%xx`), `json-u` (every byte `\u00XX`), `php` (standard base64 with `/`
+//!   written `\/`), `upper` (upper-cased).
+//! - `GET /reason`: 401 whose HTTP/1.1 reason phrase is `Invalid key ` and the request's
+//!   `Authorization` value (an upstream naming the bad key in its status line).
+//! - `GET /hidden-gzip`: gzip bytes with `Content-Encoding: gzip` and
+//!   `Connection: content-encoding` (HTTP/1.1: a hop-by-hop trick that would remove the
+//!   header saying the body is compressed).
+//! - `GET /bigheader?n=N`: an empty 200 with an `x-big` header of N bytes.
+//! - `GET /cookie`: an empty 200 with two `Set-Cookie` headers (a session the upstream
+//!   hands out).
 //! - `PUT /s3/…`: an S3-like empty 200 with an `ETag` (boto3 reads a body there as an
 //!   error), after recording the body's SHA-256.
 //! - anything else: a JSON echo of what was received (headers included: agentd redacts the
@@ -51,6 +64,8 @@ pub struct Recorded {
     pub body_sha256: Option<String>,
     /// Which of the upstream's connections it came on (1 = the first accepted).
     pub connection: u64,
+    /// Names of the trailer fields that followed the body (the echo route only).
+    pub trailers: Vec<String>,
 }
 
 impl std::fmt::Debug for Recorded {
@@ -93,13 +108,13 @@ impl EchoUpstream {
         self._dir.path()
     }
 
-    /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime), offering HTTP/2 and
-    /// HTTP/1.1 by ALPN.
+    /// Starts the upstream on `127.0.0.1:0` (inside a tokio runtime), HTTP/2 or HTTP/1.1 by
+    /// ALPN.
     ///
     /// # Errors
     /// Certificate generation, the temp dir or the bind.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(&[b"h2", b"http/1.1"]).await
+        Self::start_with(true).await
     }
 
     /// As [`Self::start`], offering only HTTP/1.1 by ALPN.
@@ -107,10 +122,15 @@ impl EchoUpstream {
     /// # Errors
     /// As [`Self::start`].
     pub async fn start_http1() -> anyhow::Result<Self> {
-        Self::start_with(&[b"http/1.1"]).await
+        Self::start_with(false).await
     }
 
-    async fn start_with(alpn: &[&[u8]]) -> anyhow::Result<Self> {
+    /// [`EchoUpstream::start`], offering HTTP/2 by ALPN only when `h2` (without it clients
+    /// speak HTTP/1.1, where a response has a reason phrase and hop-by-hop headers).
+    ///
+    /// # Errors
+    /// Certificate generation, the temp dir or the bind.
+    pub async fn start_with(h2: bool) -> anyhow::Result<Self> {
         let (ca, cert, key) = crate::pgcluster::localhost_ca_and_cert("agentd throwaway HTTP CA")?;
         let dir = tempfile::Builder::new()
             .prefix("agentd-upstream-")
@@ -126,7 +146,11 @@ impl EchoUpstream {
                 rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .context("upstream certificate")?;
-        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tls.alpn_protocols = if h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -167,6 +191,11 @@ impl EchoUpstream {
         })
     }
 
+    /// Stops accepting connections (the port refuses from now on; open connections stay).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// `https://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
@@ -191,6 +220,25 @@ fn stream(chunks: futures_util::stream::BoxStream<'static, Bytes>) -> Body {
     ))
 }
 
+/// `value` transformed as `/mirror?form=` names (see the module docs).
+fn mirror(form: &str, value: &[u8]) -> String {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::Engine as _;
+    let shifted = |k: usize| [vec![b'x'; k], value.to_vec()].concat();
+    match form {
+        "hex" => value.iter().map(|b| format!("{b:02x}")).collect(),
+        "pct-all" => value.iter().map(|b| format!("%{b:02x}")).collect(),
+        "json-u" => value.iter().map(|b| format!("\\u{b:04X}")).collect(),
+        "php" => STANDARD.encode(value).replace('/', "\\/"),
+        "upper" => String::from_utf8_lossy(value).to_ascii_uppercase(),
+        f => match f.split_once('-') {
+            Some(("b64", k)) => STANDARD.encode(shifted(k.parse().unwrap_or(0))),
+            Some(("b64url", k)) => URL_SAFE.encode(shifted(k.parse().unwrap_or(0))),
+            _ => String::from_utf8_lossy(value).into_owned(),
+        },
+    }
+}
+
 async fn route(
     req: Request<Incoming>,
     requests: Arc<Mutex<Vec<Recorded>>>,
@@ -211,11 +259,21 @@ async fn route(
     }
     let echo_route = !matches!(
         req.uri().path(),
-        "/sse" | "/bytes" | "/upload" | "/reflect" | "/hang"
+        "/sse"
+            | "/bytes"
+            | "/upload"
+            | "/reflect"
+            | "/hang"
+            | "/mirror"
+            | "/cookie"
+            | "/bigheader"
+            | "/reason"
+            | "/hidden-gzip"
     );
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let echo_body = if echo_route { body.take() } else { None };
+    let mut trailers = Vec::new();
     let body_sha256 = match echo_body {
         Some(incoming) => match http_body_util::Limited::new(incoming, 1 << 20)
             .collect()
@@ -223,6 +281,9 @@ async fn route(
         {
             Ok(c) => {
                 use sha2::Digest as _;
+                if let Some(t) = c.trailers() {
+                    trailers = t.keys().map(|k| k.as_str().to_owned()).collect();
+                }
                 let digest = sha2::Sha256::digest(c.to_bytes());
                 Some(
                     digest
@@ -238,6 +299,7 @@ async fn route(
     let req = Request::from_parts(parts, ());
     let recorded = Recorded {
         body_sha256: body_sha256.clone(),
+        trailers,
         method: req.method().as_str().to_owned(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().map(str::to_owned),
@@ -338,6 +400,57 @@ async fn route(
             }
             r
         }
+        "/mirror" => {
+            let value = headers
+                .get("authorization")
+                .or_else(|| headers.get("x-api-key"))
+                .cloned()
+                .unwrap_or_default();
+            let form = query.get("form").map(String::as_str).unwrap_or_default();
+            Response::new(full(format!("form={}\n", mirror(form, value.as_bytes()))))
+        }
+        "/reason" => {
+            let value = headers.get("authorization").cloned().unwrap_or_default();
+            let mut r = Response::new(full("bad key"));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            if let Ok(phrase) =
+                hyper::ext::ReasonPhrase::try_from(format!("Invalid key {value}").into_bytes())
+            {
+                r.extensions_mut().insert(phrase);
+            }
+            r
+        }
+        "/hidden-gzip" => {
+            // gzip of "data" (RFC 1952), fixed bytes.
+            const GZ: &[u8] = &[
+                0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x4b, 0x49, 0x2c, 0x49,
+                0x04, 0x00, 0x63, 0xf3, 0xf3, 0xad, 0x04, 0x00, 0x00, 0x00,
+            ];
+            let mut r = Response::new(full(GZ));
+            r.headers_mut()
+                .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+            r.headers_mut().insert(
+                "connection",
+                http::HeaderValue::from_static("content-encoding"),
+            );
+            r
+        }
+        "/bigheader" => {
+            let mut r = Response::new(full(Bytes::new()));
+            let big = "b".repeat(number("n") as usize);
+            if let Ok(v) = http::HeaderValue::from_str(&big) {
+                r.headers_mut().insert("x-big", v);
+            }
+            r
+        }
+        "/cookie" => {
+            let mut r = Response::new(full(Bytes::new()));
+            for c in ["session=s3ss10n; HttpOnly; Secure", "csrf=abc; Path=/"] {
+                r.headers_mut()
+                    .append("set-cookie", http::HeaderValue::from_static(c));
+            }
+            r
+        }
         "/hang" => {
             let chunks = futures_util::stream::once(async { Bytes::from_static(b"started\n") })
                 .chain(futures_util::stream::pending())
@@ -369,6 +482,5 @@ async fn route(
         resp.headers_mut()
             .insert("connection", http::HeaderValue::from_static("close"));
     }
-    *resp.status_mut() = StatusCode::OK;
     resp
 }

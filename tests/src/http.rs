@@ -89,7 +89,16 @@ impl HttpFixture {
     /// # Errors
     /// Any step failing.
     pub async fn start(extra_daemon: &str) -> anyhow::Result<Self> {
-        Self::start_with(extra_daemon, EchoUpstream::start().await?).await
+        Self::start_with_allow(extra_daemon, ALLOW).await
+    }
+
+    /// Starts everything with `allow` (an `allow = [...]` line) as every permission's allow
+    /// list instead of [`ALLOW`].
+    ///
+    /// # Errors
+    /// Any step failing.
+    pub async fn start_with_allow(extra_daemon: &str, allow: &str) -> anyhow::Result<Self> {
+        Self::start_with_upstream(extra_daemon, allow, EchoUpstream::start().await?).await
     }
 
     /// As [`Self::start`], with an upstream that offers only HTTP/1.1 by ALPN.
@@ -97,10 +106,19 @@ impl HttpFixture {
     /// # Errors
     /// Any step failing.
     pub async fn start_http1_upstream(extra_daemon: &str) -> anyhow::Result<Self> {
-        Self::start_with(extra_daemon, EchoUpstream::start_http1().await?).await
+        Self::start_with_upstream(extra_daemon, ALLOW, EchoUpstream::start_http1().await?).await
     }
 
-    async fn start_with(extra_daemon: &str, upstream: EchoUpstream) -> anyhow::Result<Self> {
+    /// Starts everything with `allow` in front of `upstream` (e.g. an HTTP/1.1-only one,
+    /// [`EchoUpstream::start_with`]).
+    ///
+    /// # Errors
+    /// Any step failing.
+    pub async fn start_with_upstream(
+        extra_daemon: &str,
+        allow: &str,
+        upstream: EchoUpstream,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("agentd-http-").tempdir()?;
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -115,7 +133,7 @@ impl HttpFixture {
         );
         for (resource, auth) in SCHEMES {
             config.push_str(&format!(
-                "\n[resources.{resource}]\nkind = \"http\"\ndescription = \"Test API ({resource})\"\nbase_url = \"{}\"\nca_file = \"{}\"\nauth = {auth}\n\n[resources.{resource}.permissions.reader]\ndescription = \"reads\"\ncredential = {{ source = \"keyring\" }}\npolicy = \"auto\"\n{ALLOW}\n",
+                "\n[resources.{resource}]\nkind = \"http\"\ndescription = \"Test API ({resource})\"\nbase_url = \"{}\"\nca_file = \"{}\"\nauth = {auth}\n\n[resources.{resource}.permissions.reader]\ndescription = \"reads\"\ncredential = {{ source = \"keyring\" }}\npolicy = \"auto\"\n{allow}\n",
                 upstream.base_url(),
                 upstream.ca_file.display(),
             ));

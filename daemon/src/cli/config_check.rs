@@ -336,6 +336,12 @@ fn permission_report(
             "{field}.credential: a fixed login; if this permission can write, prefer source = \"dynamic\": the role is created per grant and dies with it (its VALID UNTIL bounds even a killed daemon), so nothing done inside a grant outlives it. With a fixed login agentd refuses ALTER ROLE … PASSWORD on the wire, but dynamic SQL (DO blocks, EXECUTE) is only found after the grant, by a login check"
         ));
     }
+    let auth = config.resources.get(resource).and_then(|r| r.auth.as_ref());
+    warnings.extend(crate::config::http::allow_warnings(
+        &field,
+        auth,
+        &perm.allow,
+    ));
     let default_ttl = perm.effective_default_ttl();
     PermissionReport {
         name: name.to_owned(),

@@ -137,6 +137,11 @@ impl AllowRule {
 }
 
 /// Matches a `/`-separated `pattern` against a normalised `path` segment by segment.
+///
+/// At most `path segments × pattern segments` steps: the classic wildcard algorithm, which
+/// backtracks only to the last `**` seen. (A recursive matcher that tries every split for
+/// every `**` takes n³ steps for three of them: one long path from an agent held a daemon
+/// thread for hours.)
 pub fn glob(pattern: &str, path: &str) -> bool {
     let pat: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -144,16 +149,32 @@ pub fn glob(pattern: &str, path: &str) -> bool {
 }
 
 fn glob_segments(pat: &[&str], segs: &[&str]) -> bool {
-    match pat.split_first() {
-        None => segs.is_empty(),
-        Some((&"**", rest)) => (0..=segs.len()).any(|skip| glob_segments(rest, &segs[skip..])),
-        Some((&p, rest)) => match segs.split_first() {
-            Some((&s, srest)) => {
-                (p == "*" && !s.is_empty() || p == s) && glob_segments(rest, srest)
+    let (mut p, mut s) = (0, 0);
+    // After a `**`: the pattern index following it, and the first path index it has not
+    // absorbed yet.
+    let mut star: Option<(usize, usize)> = None;
+    while s < segs.len() {
+        match pat.get(p) {
+            Some(&"**") => {
+                p += 1;
+                star = Some((p, s));
             }
-            None => false,
-        },
+            Some(&q) if (q == "*" && !segs[s].is_empty()) || q == segs[s] => {
+                p += 1;
+                s += 1;
+            }
+            _ => match star {
+                // Let the last `**` absorb one more segment and retry from there.
+                Some((after, absorbed)) => {
+                    star = Some((after, absorbed + 1));
+                    p = after;
+                    s = absorbed + 1;
+                }
+                None => return false,
+            },
+        }
     }
+    pat[p..].iter().all(|&q| q == "**")
 }
 
 /// Checks an http resource's `base_url` and `auth`; the error is `(field, message)`.
@@ -274,6 +295,49 @@ pub(super) fn validate_allow(allow: &[AllowRule]) -> Result<(), (String, String)
     Ok(())
 }
 
+/// Methods that change state upstream (everything in [`METHODS`] but GET, HEAD, OPTIONS).
+pub const WRITE_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
+
+/// `agentd config check` warnings for one permission's allow list (`field` names the
+/// permission, e.g. `resources.github.permissions.rw`): a write method on a pattern with
+/// `**` reaches every endpoint below it, including ones that mint credentials (API keys,
+/// tokens, deploy keys, users, webhooks) — the HTTP twin of `ALTER ROLE … PASSWORD`:
+/// the agent would keep a credential of its own after the grant, unseen by agentd.
+///
+/// For `aws_sigv4` services other than S3 it also says that the allow list cannot limit the
+/// operation: AWS JSON-protocol services choose it in the `X-Amz-Target` header and
+/// Query-protocol ones in the `Action` parameter (even on GET), on path `/`.
+pub fn allow_warnings(field: &str, auth: Option<&HttpAuth>, allow: &[AllowRule]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(HttpAuth::AwsSigv4 { service, .. }) = auth {
+        if service != "s3" {
+            out.push(format!(
+                "{field}.allow: {service} picks the operation in the X-Amz-Target header or the Action parameter (GET /?Action=… included), which the allow list does not see: every operation the key's IAM policy allows is reachable, including ones that mint credentials (sts:GetSessionToken, iam:CreateAccessKey). Limit the key's IAM policy to the operations the task needs"
+            ));
+        }
+    }
+    for (i, rule) in allow.iter().enumerate() {
+        let writes: Vec<&str> = rule
+            .methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| WRITE_METHODS.contains(m))
+            .collect();
+        if writes.is_empty() {
+            continue;
+        }
+        for p in &rule.paths {
+            if p.split('/').any(|seg| seg == "**") {
+                out.push(format!(
+                    "{field}.allow[{i}]: {} on {p} reaches every endpoint below it, including ones that create API keys, tokens, deploy keys, users or webhooks; a credential the agent mints that way is its own, outlives the grant and never passes agentd again. List the write paths the task needs (e.g. \"/repos/*/*/issues\") and keep ** for GET",
+                    writes.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// A permission's allow list in words, e.g. "may GET, HEAD on /repos/*/*/issues/** (any
 /// one segment for *, any depth for **); everything else is refused".
 pub fn explain_allow(allow: &[AllowRule]) -> String {
@@ -301,5 +365,102 @@ mod tests {
         assert!(glob("/v1/models", "/v1/models"));
         assert!(!glob("/v1/models", "/v1/models/x"));
         assert!(!glob("/v1/*", "/v1/"));
+        assert!(glob("/**", "/"));
+        assert!(glob("/a/**", "/a"));
+        assert!(glob("/a/**/b", "/a/b"));
+        assert!(glob("/a/**/b", "/a/x/y/b"));
+        assert!(!glob("/a/**/b", "/a/x/y/b/c"));
+        assert!(glob("/a/**/b/**/c", "/a/b/b/x/c"));
+        assert!(glob("/**/b/*", "/x/b/b/y"));
+        assert!(!glob("/**/b/*", "/x/b"));
+        assert!(glob("/deep/**/b/**/c/**/d", "/deep/x/b/y/c/z/d"));
+    }
+
+    /// The old recursive matcher, as the reference.
+    fn reference(pat: &[&str], segs: &[&str]) -> bool {
+        match pat.split_first() {
+            None => segs.is_empty(),
+            Some((&"**", rest)) => (0..=segs.len()).any(|k| reference(rest, &segs[k..])),
+            Some((&p, rest)) => match segs.split_first() {
+                Some((&s, srest)) => {
+                    (p == "*" && !s.is_empty() || p == s) && reference(rest, srest)
+                }
+                None => false,
+            },
+        }
+    }
+
+    #[test]
+    fn glob_agrees_with_the_recursive_matcher_on_every_small_case() {
+        let atoms = ["a", "b", "*", "**"];
+        let segs = ["a", "b", ""];
+        let mut pats: Vec<Vec<&str>> = vec![vec![]];
+        for _ in 0..4 {
+            let next: Vec<Vec<&str>> = pats
+                .iter()
+                .flat_map(|p| atoms.iter().map(move |a| [p.clone(), vec![*a]].concat()))
+                .collect();
+            pats.extend(next);
+        }
+        let mut paths: Vec<Vec<&str>> = vec![vec![]];
+        for _ in 0..5 {
+            let next: Vec<Vec<&str>> = paths
+                .iter()
+                .flat_map(|p| segs.iter().map(move |a| [p.clone(), vec![*a]].concat()))
+                .collect();
+            paths.extend(next);
+        }
+        for pat in &pats {
+            for path in &paths {
+                assert_eq!(
+                    glob_segments(pat, path),
+                    reference(pat, path),
+                    "{pat:?} {path:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn broad_write_rules_are_warned_about() {
+        let rule = |m: &[&str], p: &[&str]| AllowRule {
+            methods: m.iter().map(|s| (*s).to_owned()).collect(),
+            paths: p.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let w = allow_warnings(
+            "resources.gh.permissions.rw",
+            Some(&HttpAuth::Bearer),
+            &[
+                rule(&["GET", "HEAD"], &["/**"]),
+                rule(&["GET", "POST"], &["/repos/*/*/issues", "/repos/**"]),
+                rule(&["DELETE"], &["/**"]),
+            ],
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("resources.gh.permissions.rw.allow[1]: POST on /repos/**"));
+        assert!(w[1].starts_with("resources.gh.permissions.rw.allow[2]: DELETE on /**"));
+        assert!(allow_warnings(
+            "f",
+            None,
+            &[rule(&["POST"], &["/v1/chat/completions", "/v1/*"])]
+        )
+        .is_empty());
+        let aws = |service: &str| HttpAuth::AwsSigv4 {
+            service: service.to_owned(),
+            region: "us-east-1".to_owned(),
+        };
+        let get_root = [rule(&["GET"], &["/"])];
+        let w = allow_warnings("f", Some(&aws("sts")), &get_root);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("sts picks the operation in the X-Amz-Target header"));
+        assert!(allow_warnings("f", Some(&aws("s3")), &get_root).is_empty());
+    }
+
+    #[test]
+    fn glob_is_fast_on_long_paths_with_many_double_stars() {
+        let path = format!("/deep/{}x", "b/c/".repeat(5_000));
+        let started = std::time::Instant::now();
+        assert!(!glob("/deep/**/b/**/c/**/d", &path));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }

@@ -3,22 +3,24 @@
 //!
 //! Each request ([`proxy`]): the grant token is checked in constant time where the client
 //! would send the real credential ([`auth`]), then removed; absolute-form targets, CONNECT
-//! and upgrades are refused; the path is normalised ([`path`]) and matched against the
-//! permission's allow list (deny by default); the real credential is injected, `Host` set
-//! from the base URL, `Accept-Encoding: identity` asked for, and the request forwarded over
-//! a keep-alive upstream connection checked out of the grant's per-runtime pool for the
-//! request ([`upstream`]: HTTP/1.1 or HTTP/2 by ALPN, driven in the client connection's
-//! task, [`local`]).
-//! Response headers and body stream back through [`scan`], which replaces any occurrence
-//! of the secret (or an encoded form) with `[REDACTED]`. One `http_request` audit record is
-//! written per request. Refusals get 403 (401 for a missing or wrong token) with a JSON body
-//! naming the rule and the next step.
+//! and upgrades are refused; the path is normalised ([`path`]); the header policy
+//! ([`headers`]) refuses method and path overrides and drops forwarding headers; the path
+//! is matched against the permission's allow list (deny by default); the real credential
+//! is injected, `Host` set from the base URL, `Accept-Encoding: identity` asked for, and the
+//! request forwarded over a keep-alive upstream connection checked out of the grant's
+//! per-runtime pool for the request ([`upstream`]: HTTP/1.1 or HTTP/2 by ALPN, driven in
+//! the client connection's task, [`local`]). Response headers (without `Set-Cookie`,
+//! [`headers`]) and body stream back through [`scan`], which replaces any occurrence of the
+//! secret (or an encoded form) with `[REDACTED]`. One `http_request` audit record is written
+//! per request. Refusals get 403 (401 for a missing or wrong token) with a JSON body naming
+//! the rule and the next step.
 //!
 //! Compression: the proxy asks the upstream for `identity`. A response that arrives
 //! compressed anyway is refused (502): scanning it would need decompress + recompress on
 //! the hot path, and passing it unscanned would let an encoded secret through.
 
 pub mod auth;
+pub mod headers;
 mod local;
 pub mod path;
 pub mod proxy;

@@ -84,6 +84,8 @@ impl Body for RequestBody {
             RequestBodyInner::Stream(incoming) => incoming,
         };
         match Pin::new(incoming).poll_frame(cx) {
+            // Request trailers are dropped (see `headers`): they would bypass the header policy.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => Poll::Ready(None),
             Poll::Ready(Some(Ok(frame))) => {
                 this.waiting = None;
                 if let Some(data) = frame.data_ref() {
@@ -736,6 +738,9 @@ pub async fn handle(
         }
     };
     exchange.path = path.chars().take(512).collect();
+    if let Err(r) = super::headers::request(&parts.method, &mut parts.headers, &query) {
+        return Ok(refuse(&mut exchange, r.status, r.rule, &r.message, r.next));
+    }
     let method = parts.method.as_str();
     let Some(rule) = grant.allow.iter().find(|r| r.allows(method, &path)) else {
         let allowed: Vec<String> = grant.allow.iter().map(|r| r.describe()).collect();
@@ -823,21 +828,11 @@ pub async fn handle(
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    if rparts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
+    if let Err(r) = super::headers::response(&mut rparts) {
         exchange.end = "refused";
-        return Ok(refuse(
-            &mut exchange,
-            StatusCode::BAD_GATEWAY,
-            "compression",
-            "the upstream sent a compressed response although agentd asked for identity; agentd cannot scan it for the secret",
-            "ask the upstream's owner to honour Accept-Encoding: identity",
-        ));
+        return Ok(refuse(&mut exchange, r.status, r.rule, &r.message, r.next));
     }
+    strip_hop_by_hop(&mut rparts.headers);
     exchange.reflected = redact_headers(&grant.scanner, &mut rparts.headers);
     let exchange_reflected = exchange.reflected;
     if exchange.reflected > 0 {
