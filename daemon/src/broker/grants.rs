@@ -193,6 +193,7 @@ impl Broker {
             owner_uid: request.owner.uid,
             auth,
             allow: permission.allow.clone(),
+            allow_described: permission.allow.iter().map(|r| r.describe()).collect(),
             upstream,
             scanner,
             limits: http::Limits {

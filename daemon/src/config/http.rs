@@ -143,8 +143,10 @@ impl AllowRule {
 /// every `**` takes n³ steps for three of them: one long path from an agent held a daemon
 /// thread for hours.)
 pub fn glob(pattern: &str, path: &str) -> bool {
-    let pat: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // On the stack for up to 16 segments (no allocation per request for usual paths).
+    type Segments<'a> = smallvec::SmallVec<[&'a str; 16]>;
+    let pat: Segments = pattern.trim_start_matches('/').split('/').collect();
+    let segs: Segments = path.trim_start_matches('/').split('/').collect();
     glob_segments(&pat, &segs)
 }
 

@@ -91,6 +91,9 @@ pub struct HttpGrantListener {
     pub auth: auth::Injector,
     /// The permission's allow list.
     pub allow: Vec<AllowRule>,
+    /// Each rule of `allow` as [`AllowRule::describe`] words it (the audit record's `rule`),
+    /// made once for the grant.
+    pub allow_described: Vec<String>,
     /// The upstream (each client connection opens its own connection to it).
     pub upstream: proxy::Upstream,
     /// The secret's forms, for response scanning.

@@ -273,7 +273,9 @@ impl Drop for Exchange {
             conn.release(&self.grant.upstream, reusable);
         }
         self.activity.end();
-        if self.end == "client" && self.grant.is_cut() {
+        // (`cut.is_cancelled`, not `is_cut`: a daemon shutdown cancels the token before it
+        // sets each grant's reason; this path is taken only when a client left early.)
+        if self.end == "client" && self.grant.cut.is_cancelled() {
             // The connection was dropped by the cut before the body finished.
             self.end = "revoked";
         }
@@ -515,6 +517,14 @@ async fn refuse_token(
     )
 }
 
+/// The first `max` characters of `s`, copied once (for the audit record's bounded fields).
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => s[..cut].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
 /// The length of `uri` as sent on the request line (without building the string).
 fn uri_len(uri: &Uri) -> usize {
     let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
@@ -534,11 +544,11 @@ pub async fn handle(
     grant.total_requests.fetch_add(1, Ordering::Relaxed);
     activity.begin();
     let bytes_up = Arc::new(AtomicU64::new(0));
-    let raw_path: String = req.uri().path().chars().take(512).collect();
+    let raw_path = bounded(req.uri().path(), 512);
     let mut exchange = Exchange {
         grant: grant.clone(),
         session,
-        method: req.method().as_str().chars().take(32).collect(),
+        method: bounded(req.method().as_str(), 32),
         path: raw_path,
         query: Vec::new(),
         status: 0,
@@ -737,13 +747,13 @@ pub async fn handle(
             ))
         }
     };
-    exchange.path = path.chars().take(512).collect();
+    exchange.path = bounded(&path, 512);
     if let Err(r) = super::headers::request(&parts.method, &mut parts.headers, &query) {
         return Ok(refuse(&mut exchange, r.status, r.rule, &r.message, r.next));
     }
     let method = parts.method.as_str();
-    let Some(rule) = grant.allow.iter().find(|r| r.allows(method, &path)) else {
-        let allowed: Vec<String> = grant.allow.iter().map(|r| r.describe()).collect();
+    let Some(rule_index) = grant.allow.iter().position(|r| r.allows(method, &path)) else {
+        let allowed = &grant.allow_described;
         return Ok(refuse(
             &mut exchange,
             StatusCode::FORBIDDEN,
@@ -755,7 +765,7 @@ pub async fn handle(
             ),
         ));
     };
-    exchange.rule = Some(rule.describe());
+    exchange.rule = grant.allow_described.get(rule_index).cloned();
 
     // Forward.
     strip_hop_by_hop(&mut parts.headers);
