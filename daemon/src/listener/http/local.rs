@@ -69,8 +69,10 @@ impl Wake for HalfWaker {
 /// The client side `C` (hyper's server connection) and the upstream connection held by
 /// its current request, run as one future; resolves when the client side ends or one of
 /// `ends` does.
-pub(super) struct Pair<'a, C> {
+pub(super) struct Pair<'a, C, A> {
     client: Pin<Box<C>>,
+    /// Called at the end of every poll (the connection's audit records).
+    after_poll: A,
     upstream: &'a ConnUpstream,
     ends: Ends,
     flags: Arc<Flags>,
@@ -78,11 +80,12 @@ pub(super) struct Pair<'a, C> {
     upstream_waker: Waker,
 }
 
-impl<'a, C> Pair<'a, C>
+impl<'a, C, A> Pair<'a, C, A>
 where
     C: Future<Output = hyper::Result<()>>,
+    A: FnMut() + Unpin,
 {
-    pub(super) fn new(client: C, upstream: &'a ConnUpstream, ends: Ends) -> Self {
+    pub(super) fn new(client: C, upstream: &'a ConnUpstream, ends: Ends, after_poll: A) -> Self {
         let flags = Arc::new(Flags::default());
         // Both halves are polled on the first poll.
         flags.client.store(true, Ordering::SeqCst);
@@ -97,6 +100,7 @@ where
             client_waker: waker(Half::Client),
             upstream_waker: waker(Half::Upstream),
             client: Box::pin(client),
+            after_poll,
             upstream,
             ends,
             flags,
@@ -140,16 +144,19 @@ where
     }
 }
 
-impl<C> Future for Pair<'_, C>
+impl<C, A> Future for Pair<'_, C, A>
 where
     C: Future<Output = hyper::Result<()>>,
+    A: FnMut() + Unpin,
 {
     type Output = ConnectionEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnectionEnd> {
         let this = self.get_mut();
         this.flags.task.register(cx.waker());
-        if let Some(r) = this.run_halves(cx) {
+        let client_end = this.run_halves(cx);
+        (this.after_poll)();
+        if let Some(r) = client_end {
             return Poll::Ready(ConnectionEnd::Client(r));
         }
         match this.ends.poll_next_unpin(cx) {

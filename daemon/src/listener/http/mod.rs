@@ -266,7 +266,7 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(proxy::Activity::default());
+    let activity = Arc::new(proxy::Activity::new(grant.clone()));
     let conn_upstream = Arc::new(upstream::ConnUpstream::default());
     let service = {
         let (grant, activity, conn_upstream) =
@@ -309,7 +309,9 @@ async fn serve_connection<S>(
     }));
     // The client side and the upstream connection a request of it holds run in this one
     // task (see [`upstream`]), each polled when its own waker fired ([`local::Pair`]).
-    let end = local::Pair::new(conn, &conn_upstream, ends).await;
+    let end = local::Pair::new(conn, &conn_upstream, ends, || activity.write_records()).await;
+    // Records of requests the connection's end cut short.
+    activity.write_records();
     span.in_scope(|| match end {
         ConnectionEnd::Client(Ok(())) | ConnectionEnd::Cut => {}
         ConnectionEnd::Client(Err(e)) => info!(error = %e, "client connection ended with an error"),

@@ -168,7 +168,6 @@ async fn read_body(
 /// timeout (hyper closes slow request heads itself, not idle keep-alive connections), and
 /// whether a request body stalled. Plain atomics: a request touches no lock and wakes no
 /// task here; the idle timer checks them when it fires.
-#[derive(Debug)]
 pub struct Activity {
     inflight: AtomicU64,
     /// When the last request ended, in milliseconds after `born`.
@@ -176,21 +175,62 @@ pub struct Activity {
     born: Instant,
     stalled: std::sync::atomic::AtomicBool,
     stall_waker: futures_util::task::AtomicWaker,
+    /// `http_request` records of requests that ended, written by
+    /// [`Activity::write_records`] once the connection's task has sent what it had to send
+    /// (so the audit write is not between the upstream's response and the client).
+    records: std::sync::Mutex<Vec<AuditEvent>>,
+    grant: Arc<HttpGrantListener>,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activity")
+            .field("inflight", &self.inflight)
+            .field("stalled", &self.stalled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        self.write_records();
+    }
+}
+
+impl Activity {
+    /// The state of a new client connection of `grant`.
+    pub fn new(grant: Arc<HttpGrantListener>) -> Self {
         Self {
             inflight: AtomicU64::new(0),
             last_end_ms: AtomicU64::new(0),
             born: Instant::now(),
             stalled: std::sync::atomic::AtomicBool::new(false),
             stall_waker: futures_util::task::AtomicWaker::new(),
+            records: std::sync::Mutex::new(Vec::new()),
+            grant,
         }
     }
-}
 
-impl Activity {
+    /// Keeps a finished request's record for [`Activity::write_records`].
+    fn defer_record(&self, event: AuditEvent) {
+        match self.records.lock() {
+            Ok(mut records) => records.push(event),
+            Err(_) => self.grant.record(&event),
+        }
+    }
+
+    /// Appends the records of the requests that ended since the last call, in order. Called
+    /// by the connection's task after each poll and when the connection ends (and on drop).
+    pub fn write_records(&self) {
+        let records = match self.records.lock() {
+            Ok(mut r) if !r.is_empty() => std::mem::take(&mut *r),
+            _ => return,
+        };
+        for event in &records {
+            self.grant.record(event);
+        }
+    }
+
     /// A request body stalled past the body idle timeout: the connection is closed.
     fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
@@ -282,7 +322,7 @@ impl Drop for Exchange {
         if self.activity.is_stalled() && self.end != "complete" {
             self.end = "client body idle";
         }
-        self.grant.record(&AuditEvent::HttpRequest {
+        self.activity.defer_record(AuditEvent::HttpRequest {
             grant_id: self.grant.grant_id.clone(),
             session: self.session,
             method: std::mem::take(&mut self.method),
