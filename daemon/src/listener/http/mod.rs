@@ -41,6 +41,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+/// hyper's limit on request headers when none is set (`http1::Builder::max_headers`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Limits on what one client may send.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -286,8 +289,12 @@ async fn serve_connection<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(grant.limits.header_timeout)
         .max_buf_size(grant.limits.max_head_bytes)
-        .max_headers(grant.limits.max_headers)
         .keep_alive(true);
+    // hyper's own default is 100 and uses a fixed array; an explicit limit makes it fill a
+    // vector of that many slots for every request head it parses.
+    if grant.limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(grant.limits.max_headers);
+    }
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     // What ends a connection other than its client, each polled only when its own waker
     // fires (FuturesUnordered), not on every request.
