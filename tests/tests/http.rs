@@ -278,6 +278,72 @@ async fn an_upstream_connection_left_mid_response_is_never_reused() -> anyhow::R
     Ok(())
 }
 
+/// `Content-Length` survives the proxy: a small body of known length goes out with its
+/// length, not re-chunked, and when the scanner redacts the secret in it the length is the
+/// redacted body's (the echo upstream echoes the injected credential back in a JSON body
+/// with a `Content-Length`); a `HEAD` answer keeps the upstream's length (S3's
+/// `HeadObject` and download tools read the size from it).
+#[tokio::test]
+async fn content_length_is_kept_for_head_and_small_bodies() -> anyhow::Result<()> {
+    let fx = HttpFixture::start("").await?;
+    let view = fx.grant("api").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    let auth = format!("Authorization: Bearer {tok}");
+    let header = |text: &str, name: &str| -> Option<String> {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    let mut outputs = vec![];
+    let get = curl(&["-sS", "-H", &auth, "-D", "-", &format!("{base}/echo/len")]).await?;
+    outputs.extend(out("curl get", &get));
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    let (head_part, body) = get.stdout.split_once("\r\n\r\n").unwrap_or_default();
+    assert_eq!(
+        header(head_part, "content-length"),
+        Some(body.len().to_string()),
+        "{head_part}"
+    );
+    assert!(
+        header(head_part, "transfer-encoding").is_none(),
+        "{head_part}"
+    );
+    assert!(body.contains("Bearer [REDACTED]"), "{body}");
+    let head = curl(&["-sS", "-I", "-H", &auth, &format!("{base}/echo/len")]).await?;
+    outputs.extend(out("curl head", &head));
+    assert_eq!(head.code, 0, "{}", head.stderr);
+    // The echo upstream's HEAD answer has the length its GET answer to that same request
+    // would have (it echoes the method and headers): present and a number.
+    let head_len = header(&head.stdout, "content-length");
+    assert!(
+        head_len
+            .as_deref()
+            .and_then(|l| l.parse::<u64>().ok())
+            .is_some_and(|l| l > 0),
+        "HEAD lost its content-length:\n{}",
+        head.stdout
+    );
+    assert!(
+        header(&head.stdout, "transfer-encoding").is_none(),
+        "{}",
+        head.stdout
+    );
+    let records = fx.wait_http_records(2).await?;
+    assert!(
+        records.iter().all(|r| r["end"] == "complete"),
+        "{records:?}"
+    );
+    assert!(
+        records[0]["secret_reflected"].as_u64().unwrap_or(0) >= 1,
+        "{records:?}"
+    );
+    fx.assert_clean(&outputs)?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn allow_list_and_token_refusals() -> anyhow::Result<()> {
     let fx = HttpFixture::start("").await?;

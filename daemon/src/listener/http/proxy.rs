@@ -859,6 +859,7 @@ pub async fn handle(
         None => RequestBodyInner::Stream(body),
     };
     let body = RequestBody::new(body, bytes_up, &grant, exchange.activity.clone());
+    let is_head = parts.method == Method::HEAD;
     let upstream_req = Request::from_parts(parts, body);
     exchange.upstream = Some(conn_upstream.clone());
     // From here the request is the upstream's: if the client connection goes (or the
@@ -884,24 +885,98 @@ pub async fn handle(
     }
     strip_hop_by_hop(&mut rparts.headers);
     exchange.reflected = redact_headers(&grant.scanner, &mut rparts.headers);
-    let exchange_reflected = exchange.reflected;
-    if exchange.reflected > 0 {
-        // The body length may change with redaction.
-        rparts.headers.remove(header::CONTENT_LENGTH);
-    }
     exchange.status = rparts.status.as_u16();
     exchange.end = "client";
+    // A HEAD answer, 204 and 304 have no body to change: their headers, Content-Length
+    // included, go out as they came.
+    if is_head
+        || rparts.status == StatusCode::NO_CONTENT
+        || rparts.status == StatusCode::NOT_MODIFIED
+    {
+        exchange.end = "complete";
+        return Ok(Response::from_parts(rparts, empty_body()));
+    }
+    // A small body of known length is read whole (it is usually in the same read as the
+    // head), scanned at once and sent with its (possibly redacted) length, not re-chunked.
+    let small = rparts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .filter(|n| *n <= SMALL_BODY_BYTES);
+    if let Some(length) = small {
+        return Ok(send_small_body(&grant, exchange, rparts, rbody, length).await);
+    }
+    // Otherwise the body streams through the scanner; redaction can change its length, so it
+    // goes out chunked.
+    rparts.headers.remove(header::CONTENT_LENGTH);
+    let in_headers = exchange.reflected;
     let body = ScannedBody {
         inner: rbody,
         scan: StreamScan::default(),
         exchange,
         done: false,
-        in_headers: exchange_reflected,
+        in_headers,
     };
-    // Redaction can change the length, so the body goes out chunked (204 and 304 keep
-    // their headers: they have no body to change).
-    if !(rparts.status == StatusCode::NO_CONTENT || rparts.status == StatusCode::NOT_MODIFIED) {
-        rparts.headers.remove(header::CONTENT_LENGTH);
-    }
     Ok(Response::from_parts(rparts, body.boxed_unsync()))
+}
+
+/// Largest response body with a `Content-Length` that is read whole before it is sent
+/// (bytes); larger ones, and bodies of unknown length, stream.
+const SMALL_BODY_BYTES: u64 = 64 * 1024;
+
+fn empty_body() -> ResponseBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Reads a response body of `length` bytes (at most [`SMALL_BODY_BYTES`]) whole, redacts the
+/// secret in it and answers with the result and its length.
+async fn send_small_body(
+    grant: &HttpGrantListener,
+    mut exchange: Exchange,
+    mut rparts: http::response::Parts,
+    mut rbody: Incoming,
+    length: u64,
+) -> Response<ResponseBody> {
+    let mut buf = bytes::BytesMut::with_capacity(usize::try_from(length).unwrap_or(0));
+    loop {
+        match rbody.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if (buf.len() + data.len()) as u64 > length {
+                        break;
+                    }
+                    buf.extend_from_slice(data);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(grant = %grant.grant_id, session = exchange.session, error = %e, "upstream response body failed");
+                exchange.end = "upstream error";
+                exchange.status = 502;
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"error": {"type": "agentd_upstream", "message": "the upstream's response body failed", "next_step": "retry later; `agentd status` shows the grant"}}),
+                );
+            }
+        }
+    }
+    let body = buf.freeze();
+    let (body, found) = match grant.scanner.redact(&body) {
+        Some((clean, n)) => (Bytes::from(clean), n as u64),
+        None => (body, 0),
+    };
+    exchange.reflected += found;
+    exchange.bytes_down = body.len() as u64;
+    exchange.end = "complete";
+    rparts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(
+        rparts,
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
 }
