@@ -158,6 +158,22 @@ impl HttpFixture {
         })
     }
 
+    /// Starts `agentd-mcp` against this daemon (its log in the fixture's directory): the
+    /// MCP-only agent.
+    ///
+    /// # Errors
+    /// As [`crate::McpSession::start_in_dir`].
+    pub async fn mcp(&self) -> anyhow::Result<crate::McpSession> {
+        crate::McpSession::start_in_dir(
+            self.dir.path(),
+            &self.socket_path,
+            &self.config_path,
+            &[],
+            &[],
+        )
+        .await
+    }
+
     /// Runs the CLI against this daemon.
     ///
     /// # Errors

@@ -936,3 +936,39 @@ pub fn assert_sandbox_clean(
     )?;
     Ok(places.len())
 }
+
+/// Creates the system user `name` (no home, `nologin` shell) unless it exists, and returns
+/// its uid. Tests that play another local OS user call it (they run as root); two tests
+/// creating the same user at once is fine.
+///
+/// # Errors
+/// Running `id` or `useradd`, or the user still missing after `useradd`.
+pub fn ensure_system_user(name: &str) -> anyhow::Result<u32> {
+    let id = || {
+        std::process::Command::new("id")
+            .args(["-u", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            })
+    };
+    if let Some(uid) = id() {
+        return Ok(uid);
+    }
+    // Another test may create it at the same moment: its "already exists" is fine.
+    let _ = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .status()?;
+    id().ok_or_else(|| anyhow::anyhow!("useradd {name} failed"))
+}

@@ -977,14 +977,7 @@ async fn python_requests_httpx_openai_and_node_fetch_work_unchanged() -> anyhow:
 async fn mcp_lists_http_resources_and_calls_through_http_request() -> anyhow::Result<()> {
     use serde_json::json;
     let fx = HttpFixture::start("").await?;
-    let mcp = agentd_tests::McpSession::start_in_dir(
-        fx.dir.path(),
-        &fx.socket_path,
-        &fx.config_path,
-        &[],
-        &[],
-    )
-    .await?;
+    let mcp = fx.mcp().await?;
     let mut outputs = vec![];
     let listed = mcp.call("list_resources", json!({"kind": "http"})).await?;
     outputs.push(("list_resources".to_owned(), listed.raw.clone()));

@@ -155,14 +155,7 @@ async fn method_and_path_override_headers_are_refused_and_forwarding_headers_dro
     }
 
     // The MCP-only agent: the same header through the http_request tool is a tool error.
-    let mcp = agentd_tests::McpSession::start_in_dir(
-        fx.dir.path(),
-        &fx.socket_path,
-        &fx.config_path,
-        &[],
-        &[],
-    )
-    .await?;
+    let mcp = fx.mcp().await?;
     let granted = mcp
         .call(
             "request_access",
@@ -472,40 +465,9 @@ async fn a_long_path_against_a_many_wildcard_rule_is_answered_at_once() -> anyho
     Ok(())
 }
 
-/// Creates the local user `name` when it is missing (the tests run as root).
-fn ensure_user(name: &str) -> anyhow::Result<u32> {
-    let id = || {
-        std::process::Command::new("id")
-            .args(["-u", name])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-            })
-    };
-    if let Some(uid) = id() {
-        return Ok(uid);
-    }
-    // Another test may create it at the same moment: its "already exists" is fine.
-    let _ = std::process::Command::new("useradd")
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ])
-        .status()?;
-    id().ok_or_else(|| anyhow::anyhow!("useradd {name} failed"))
-}
-
 #[tokio::test]
 async fn another_os_user_with_the_token_is_refused() -> anyhow::Result<()> {
-    let uid = ensure_user("agentd-rt-other")?;
+    let uid = agentd_tests::ensure_system_user("agentd-rt-other")?;
     let fx = HttpFixture::start("").await?;
     let view = fx.grant("api").await?;
     let (base, tok) = (base_url(&view), token(&view));

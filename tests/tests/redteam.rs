@@ -180,28 +180,6 @@ fn as_user(user: &str, argv: &[&str], env: &[(String, String)]) -> tokio::proces
     cmd
 }
 
-fn ensure_user(name: &str) -> anyhow::Result<()> {
-    let exists = std::process::Command::new("id")
-        .args(["-u", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?
-        .success();
-    if !exists {
-        let status = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .status()?;
-        anyhow::ensure!(status.success(), "useradd {name} failed");
-    }
-    Ok(())
-}
-
 fn chown(path: &Path, user: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("chown")
         .arg(format!("{user}:{user}"))
@@ -805,7 +783,7 @@ async fn start_system(
     let installed = std::env::var("AGENTD_REDTEAM_INSTALLED").is_ok_and(|v| v == "1");
     let daemon_user = if installed { "agentd" } else { RT_DAEMON };
     for u in [daemon_user, AGENT, OTHER] {
-        ensure_user(u)?;
+        agentd_tests::ensure_system_user(u)?;
     }
     let (root, layout, agentd) = if installed {
         (
@@ -1139,7 +1117,7 @@ async fn user_half(
 ) -> anyhow::Result<Vec<Outcome>> {
     use std::os::unix::fs::PermissionsExt as _;
     for u in [AGENT, OTHER] {
-        ensure_user(u)?;
+        agentd_tests::ensure_system_user(u)?;
     }
     // The agent's "home": config, data and socket dirs of a user-mode daemon run as it.
     let base = tempfile::Builder::new()
@@ -1545,7 +1523,7 @@ async fn system_mode_refuses_unsafe_layouts() -> anyhow::Result<()> {
         return Ok(());
     }
     for u in [RT_DAEMON, AGENT] {
-        ensure_user(u)?;
+        agentd_tests::ensure_system_user(u)?;
     }
     let root = tempfile::Builder::new()
         .prefix("agentd-rt-bad-")
