@@ -504,6 +504,68 @@ async fn another_os_user_with_the_token_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Another local user waits for a grant to end and binds its port, to receive what the
+/// agent keeps sending to the handle's address (and to answer it). agentd keeps an ended
+/// grant's port for 10 minutes and answers 410 with the reason, so the bind fails (even with
+/// SO_REUSEADDR and SO_REUSEPORT: the listening socket is another uid's) and the agent
+/// learns the grant ended.
+#[tokio::test]
+async fn another_os_user_cannot_take_an_ended_grants_port() -> anyhow::Result<()> {
+    let uid = agentd_tests::ensure_system_user("agentd-rt-other")?;
+    let fx = HttpFixture::start("").await?;
+    let view = fx.grant("api").await?;
+    let (base, tok) = (base_url(&view), token(&view));
+    let port = agentd_tests::handle_port(&view["handle"]);
+    let grant_id = view["grant"]["id"].as_str().unwrap_or_default().to_owned();
+    let r = fx.cli(&["revoke", &grant_id]).await?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let bind = format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\ntry:\n    s.bind(('127.0.0.1', {port}))\n    s.listen()\n    print('bound')\nexcept OSError as e:\n    print('refused', e.errno)\n"
+    );
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                // Debian's interpreter: the other user cannot reach root's pyenv.
+                "/usr/bin/python3",
+                "-c",
+                &bind,
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        said.trim(),
+        "refused 98",
+        "the other user's bind: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The agent, still using its handle, is told the grant ended.
+    let r = curl(&[
+        "-sS",
+        "-i",
+        "-H",
+        &format!("Authorization: Bearer {tok}"),
+        &format!("{base}/echo/after"),
+    ])
+    .await?;
+    assert!(r.stdout.starts_with("HTTP/1.1 410"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&format!("agentd grant {grant_id} was revoked")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("request access again"), "{}", r.stdout);
+    fx.assert_clean(&[("after revoke".to_owned(), r.stdout)])?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn config_check_warns_about_write_rules_that_could_mint_credentials() -> anyhow::Result<()> {
     // The fixture allows POST and PUT on `/v1/**` and `/s3/**`: broad enough to reach an

@@ -40,6 +40,59 @@ where
     }
 }
 
+/// How long a grant's TCP listener keeps its port after the grant ended: 10 minutes.
+pub(crate) const ENDED_PORT_HOLD: Duration = Duration::from_secs(600);
+/// Most ended TCP listeners holding their port at once, daemon-wide (a descriptor each).
+const MAX_ENDED_HOLDS: usize = 256;
+/// Refusals being sent at once by one held port; connections beyond are closed at once.
+const ENDED_REFUSALS: usize = 8;
+static ENDED_HOLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Keeps an ended grant's TCP port bound for [`ENDED_PORT_HOLD`] and answers every
+/// connection with `refuse` (the kind's "this grant ended, request access again").
+///
+/// Without it the port is free the moment a grant ends, and any local user can bind it and
+/// receive what the grant's clients keep sending to the handle's address: the (dead) token,
+/// SQL, request bodies, and answer with made-up rows. The loopback ports are ephemeral, so
+/// a held port costs nobody else a thing. Past [`MAX_ENDED_HOLDS`] held ports the port is
+/// released at once (logged).
+pub(crate) async fn hold_ended_port<F, Fut>(listener: tokio::net::TcpListener, refuse: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if ENDED_HOLDS.fetch_add(1, Ordering::Relaxed) >= MAX_ENDED_HOLDS {
+        ENDED_HOLDS.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(
+            limit = MAX_ENDED_HOLDS,
+            "too many ended listeners hold their port: this one is released now"
+        );
+        return;
+    }
+    let refusing = Arc::new(tokio::sync::Semaphore::new(ENDED_REFUSALS));
+    let hold = tokio::time::sleep(ENDED_PORT_HOLD);
+    tokio::pin!(hold);
+    loop {
+        tokio::select! {
+            () = &mut hold => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                        let refusal = refuse(stream);
+                        tokio::spawn(async move {
+                            refusal.await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
+            },
+        }
+    }
+    ENDED_HOLDS.fetch_sub(1, Ordering::Relaxed);
+    tracing::info!("ended listener released its port");
+}
+
 /// Binds a grant's Unix socket `dir/name`, the one place both listener kinds get it, and
 /// returns the listener and the socket's path. The connection's peer uid must still be
 /// checked at accept time (`SO_PEERCRED`) against the grant owner's.

@@ -179,29 +179,58 @@ async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
         let _ = stream.set_nodelay(true);
         spawn_connection(&grant, stream, peer.to_string());
     }
-    info!("listener closed");
+    info!("listener closed; its port is held for clients that still use it");
+    let body = ended_body(&grant);
+    super::hold_ended_port(listener, move |stream| {
+        answer_and_close(stream, "410 Gone", body.clone())
+    })
+    .await;
+}
+
+/// The JSON an ended grant's held port answers with ([`super::hold_ended_port`]).
+fn ended_body(grant: &HttpGrantListener) -> Arc<str> {
+    let why = grant
+        .cut_reason
+        .get()
+        .map(|r| r.trim_start_matches("terminating connection: ").to_owned())
+        .unwrap_or_else(|| format!("agentd grant {} ended", grant.grant_id));
+    let body = serde_json::json!({
+        "error": {
+            "type": "agentd_refused",
+            "rule": "grant",
+            "message": format!("{why}; this address no longer serves it"),
+            "next_step": "request access again for a new handle",
+        }
+    });
+    body.to_string().into()
+}
+
+/// Writes one HTTP response (`status`, a JSON `body`, `Connection: close`) without reading
+/// the request, then closes with a lingering close (so the client reads the answer, not a
+/// reset); at most 1 s for the write.
+async fn answer_and_close<S>(mut stream: S, status: &'static str, body: Arc<str>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    crate::listener::postgres::wire::linger(&mut stream).await;
 }
 
 /// Answers a peer this listener does not serve (another uid) with a 403 JSON refusal and a
-/// lingering close (so it reads the answer, not a reset), without reading its request.
-fn refuse_peer<S>(grant: &HttpGrantListener, mut stream: S)
+/// lingering close, without reading its request.
+fn refuse_peer<S>(grant: &HttpGrantListener, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio::io::AsyncWriteExt as _;
     const BODY: &str = r#"{"error":{"type":"agentd_refused","rule":"peer","message":"this listener serves only the OS user that owns the grant","next_step":"use a grant of your own: request access as this OS user"}}"#;
-    grant.sessions.spawn(async move {
-        let answer = format!(
-            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.write_all(answer.as_bytes()),
-        )
-        .await;
-        crate::listener::postgres::wire::linger(&mut stream).await;
-    });
+    grant
+        .sessions
+        .spawn(answer_and_close(stream, "403 Forbidden", Arc::from(BODY)));
 }
 
 fn spawn_connection<S>(grant: &Arc<HttpGrantListener>, stream: S, peer: String)

@@ -111,7 +111,20 @@ async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
             .clone()
             .spawn(serve_connection(stream, peer, grant, slot).instrument(span));
     }
-    info!("listener closed");
+    info!("listener closed; its port is held for clients that still use it");
+    let why = grant
+        .cut_reason
+        .get()
+        .map(|r| r.trim_start_matches("terminating connection: ").to_owned())
+        .unwrap_or_else(|| format!("agentd grant {} ended", grant.grant_id));
+    let message: Arc<str> =
+        format!("{why}; this address no longer serves it: request access again for a new handle")
+            .into();
+    super::hold_ended_port(listener, move |mut stream| {
+        let message = message.clone();
+        async move { wire::refuse(&mut stream, "08004", &message).await }
+    })
+    .await;
 }
 
 /// A handshake slot for a new connection from `peer`, or `None` (logged) when the listener
