@@ -181,6 +181,8 @@ async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
     }
     info!("listener closed; its port is held for clients that still use it");
     let body = ended_body(&grant);
+    // The grant (its credential, scanner, pool) is not kept for the hold.
+    drop(grant);
     super::hold_ended_port(listener, move |stream| {
         answer_and_close(stream, "410 Gone", body.clone())
     })

@@ -120,6 +120,8 @@ async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
     let message: Arc<str> =
         format!("{why}; this address no longer serves it: request access again for a new handle")
             .into();
+    // The grant (its upstream credential) is not kept for the hold.
+    drop(grant);
     super::hold_ended_port(listener, move |mut stream| {
         let message = message.clone();
         async move { wire::refuse(&mut stream, "08004", &message).await }
