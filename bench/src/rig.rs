@@ -347,45 +347,28 @@ impl Rig {
     /// Versions of everything measured, for the report.
     pub async fn versions(&self) -> Vec<(String, String)> {
         let mut v = Vec::new();
-        let first_line = |s: String| s.lines().next().unwrap_or_default().trim().to_owned();
+        let agentd = self.agentd.display().to_string();
         for (name, program, args) in [
-            (
-                "agentd",
-                self.agentd.display().to_string(),
-                vec!["--version"],
-            ),
-            ("pgbench", "pgbench".to_owned(), vec!["--version"]),
-            ("psql", "psql".to_owned(), vec!["--version"]),
-            ("PgBouncer", "pgbouncer".to_owned(), vec!["--version"]),
-            ("rustc", "rustc".to_owned(), vec!["--version"]),
-            ("kernel", "uname".to_owned(), vec!["-sr"]),
+            ("agentd", agentd.as_str(), &["--version"][..]),
+            ("pgbench", "pgbench", &["--version"]),
+            ("psql", "psql", &["--version"]),
+            ("PgBouncer", "pgbouncer", &["--version"]),
+            ("rustc", "rustc", &["--version"]),
+            ("kernel", "uname", &["-sr"]),
         ] {
-            let out = tokio::process::Command::new(&program)
-                .args(&args)
-                .output()
-                .await;
-            let text = out
-                .map(|o| first_line(String::from_utf8_lossy(&o.stdout).into_owned()))
-                .unwrap_or_else(|e| format!("unavailable: {e}"));
-            v.push((name.to_owned(), text));
+            v.push((name.to_owned(), program_version(program, args).await));
         }
         let server = self
             .admin_sql("SHOW server_version")
             .await
             .unwrap_or_default();
         v.push(("PostgreSQL server".to_owned(), server));
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let model = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            .unwrap_or_default();
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0);
-        v.push(("CPU".to_owned(), format!("{cpus} × {model}")));
+        v.push(("CPU".to_owned(), cpu_summary()));
         let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        v.push(("memory".to_owned(), first_line(mem)));
+        v.push((
+            "memory".to_owned(),
+            mem.lines().next().unwrap_or_default().trim().to_owned(),
+        ));
         v
     }
 
@@ -606,4 +589,34 @@ pub async fn wait_listening(port: u16, name: &str, log: &Path) -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// The first line of what `program args` prints on stdout, trimmed (a version line for the
+/// report), or `unavailable: ERROR` when it cannot run.
+pub async fn program_version(program: &str, args: &[&str]) -> String {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+    {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        Err(e) => format!("unavailable: {e}"),
+    }
+}
+
+/// This machine's CPU for the report: `N × model` (`/proc/cpuinfo`'s model name).
+pub fn cpu_summary() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpus} × {model}")
 }

@@ -266,39 +266,18 @@ async fn measure(
         ("nginx".to_owned(), Nginx::version().await),
         ("wrk".to_owned(), wrk::version().await),
     ];
+    let agentd = agentd_bin.display().to_string();
     for (name, program, args) in [
-        (
-            "agentd",
-            agentd_bin.display().to_string(),
-            vec!["--version"],
-        ),
-        ("rustc", "rustc".to_owned(), vec!["--version"]),
-        ("kernel", "uname".to_owned(), vec!["-sr"]),
+        ("agentd", agentd.as_str(), &["--version"][..]),
+        ("rustc", "rustc", &["--version"]),
+        ("kernel", "uname", &["-sr"]),
     ] {
-        let out = tokio::process::Command::new(&program)
-            .args(&args)
-            .output()
-            .await;
-        let text = out
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            })
-            .unwrap_or_else(|e| format!("unavailable: {e}"));
-        versions.push((name.to_owned(), text));
+        versions.push((
+            name.to_owned(),
+            crate::rig::program_version(program, args).await,
+        ));
     }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    versions.push(("CPU".to_owned(), format!("{cpus} × {model}")));
+    versions.push(("CPU".to_owned(), crate::rig::cpu_summary()));
     report.add_versions(versions);
 
     let scratch = tempfile::Builder::new()

@@ -79,18 +79,7 @@ pub struct WrkRun<'a> {
 
 /// `wrk --version`'s first line.
 pub async fn version() -> String {
-    match tokio::process::Command::new("wrk")
-        .arg("--version")
-        .output()
-        .await
-    {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-        Err(e) => format!("unavailable: {e}"),
-    }
+    crate::rig::program_version("wrk", &["--version"]).await
 }
 
 /// Runs `wrk -t1 -cC -dSs --latency --timeout 10s -s SCRIPT URL`.
