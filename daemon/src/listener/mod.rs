@@ -48,6 +48,16 @@ const MAX_ENDED_HOLDS: usize = 256;
 const ENDED_REFUSALS: usize = 8;
 static ENDED_HOLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Why grant `grant_id` ended, for the refusals of its held port: the cut's reason without
+/// the "terminating connection: " a live session is told (e.g. "agentd grant g_… was
+/// revoked").
+pub(crate) fn ended_reason(cut_reason: &std::sync::OnceLock<String>, grant_id: &str) -> String {
+    cut_reason.get().map_or_else(
+        || format!("agentd grant {grant_id} ended"),
+        |r| r.trim_start_matches("terminating connection: ").to_owned(),
+    )
+}
+
 /// Keeps an ended grant's TCP port bound for [`ENDED_PORT_HOLD`] and answers every
 /// connection with `refuse` (the kind's "this grant ended, request access again").
 ///

@@ -191,11 +191,7 @@ async fn accept_loop(listener: TcpListener, grant: Arc<HttpGrantListener>) {
 
 /// The JSON an ended grant's held port answers with ([`super::hold_ended_port`]).
 fn ended_body(grant: &HttpGrantListener) -> Arc<str> {
-    let why = grant
-        .cut_reason
-        .get()
-        .map(|r| r.trim_start_matches("terminating connection: ").to_owned())
-        .unwrap_or_else(|| format!("agentd grant {} ended", grant.grant_id));
+    let why = super::ended_reason(&grant.cut_reason, &grant.grant_id);
     let body = serde_json::json!({
         "error": {
             "type": "agentd_refused",

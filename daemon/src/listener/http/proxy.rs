@@ -507,6 +507,17 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Respon
     resp
 }
 
+/// The 502 for an upstream that failed (`message` says how); the record ends as
+/// `upstream error`.
+fn upstream_failed(exchange: &mut Exchange, message: &str) -> Response<ResponseBody> {
+    exchange.end = "upstream error";
+    exchange.status = StatusCode::BAD_GATEWAY.as_u16();
+    json_response(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({"error": {"type": "agentd_upstream", "message": message, "next_step": "retry later; `agentd status` shows the grant"}}),
+    )
+}
+
 /// A refusal by agentd: status, `rule` (what refused it), message and the next step.
 fn refusal(status: StatusCode, rule: &str, message: &str, next: &str) -> Response<ResponseBody> {
     json_response(
@@ -870,11 +881,9 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(grant = %grant.grant_id, session, error = %e, "upstream request failed");
-            exchange.end = "upstream error";
-            exchange.status = 502;
-            return Ok(json_response(
-                StatusCode::BAD_GATEWAY,
-                serde_json::json!({"error": {"type": "agentd_upstream", "message": "the upstream could not be reached or the request failed", "next_step": "retry later; `agentd status` shows the grant"}}),
+            return Ok(upstream_failed(
+                &mut exchange,
+                "the upstream could not be reached or the request failed",
             ));
         }
     };
@@ -953,12 +962,7 @@ async fn send_small_body(
             }
             Some(Err(e)) => {
                 tracing::warn!(grant = %grant.grant_id, session = exchange.session, error = %e, "upstream response body failed");
-                exchange.end = "upstream error";
-                exchange.status = 502;
-                return json_response(
-                    StatusCode::BAD_GATEWAY,
-                    serde_json::json!({"error": {"type": "agentd_upstream", "message": "the upstream's response body failed", "next_step": "retry later; `agentd status` shows the grant"}}),
-                );
+                return upstream_failed(&mut exchange, "the upstream's response body failed");
             }
         }
     }

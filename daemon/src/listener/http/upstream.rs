@@ -204,14 +204,12 @@ impl Pool {
 
     fn take(&self) -> Option<(Sender, Driver)> {
         let mut idle = self.slot()?.lock().ok()?;
-        let now = Instant::now();
-        while let Some(conn) = idle.pop() {
-            if now.duration_since(conn.since) < Self::IDLE_TIMEOUT {
-                return Some((conn.sender, conn.driver));
-            }
-            // The rest are older still.
-            idle.clear();
+        let conn = idle.pop()?;
+        if conn.since.elapsed() < Self::IDLE_TIMEOUT {
+            return Some((conn.sender, conn.driver));
         }
+        // The newest is too old, so are the rest.
+        idle.clear();
         None
     }
 

@@ -112,11 +112,7 @@ async fn accept_loop(listener: TcpListener, grant: Arc<GrantListener>) {
             .spawn(serve_connection(stream, peer, grant, slot).instrument(span));
     }
     info!("listener closed; its port is held for clients that still use it");
-    let why = grant
-        .cut_reason
-        .get()
-        .map(|r| r.trim_start_matches("terminating connection: ").to_owned())
-        .unwrap_or_else(|| format!("agentd grant {} ended", grant.grant_id));
+    let why = super::ended_reason(&grant.cut_reason, &grant.grant_id);
     let message: Arc<str> =
         format!("{why}; this address no longer serves it: request access again for a new handle")
             .into();
