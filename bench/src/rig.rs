@@ -406,6 +406,8 @@ async fn init_pgbench(sandbox: &Sandbox, scale: u32) -> anyhow::Result<()> {
         .arg("-h")
         .arg(&cluster.socket_dir)
         .args(["-p", &cluster.port.to_string(), "-U", "postgres", DATABASE])
+        // The cluster's local logins use SCRAM too: the password in the child's environment.
+        .env("PGPASSWORD", cluster.superuser_password().expose_secret())
         .stdin(Stdio::null())
         .output()
         .await
