@@ -358,16 +358,7 @@ pub async fn run(serve: bool, dynamic: bool) -> anyhow::Result<()> {
         sandbox.keyring_service
     );
     let result = run_in(&sandbox, serve, &mut signals).await;
-    demo_cleanup::say(&format!("{LABEL}: cleaning up"));
-    let cleaned = demo_cleanup::finish(
-        tokio::task::spawn_blocking(move || sandbox.cleanup()),
-        &mut signals,
-        LABEL,
-    )
-    .await;
-    result?;
-    cleaned??;
-    Ok(())
+    demo_cleanup::close(result, move || sandbox.cleanup(), &mut signals, LABEL).await
 }
 
 async fn run_in(sandbox: &Sandbox, serve: bool, signals: &mut Signals) -> anyhow::Result<()> {

@@ -368,6 +368,27 @@ pub async fn finish<T>(
     }
 }
 
+/// A demo's way out: says it is cleaning up, runs `cleanup` on a blocking thread to its end
+/// (signals meanwhile only reported, as in [`finish`]), then returns the run's `result`, or
+/// the cleanup's error when the run succeeded.
+///
+/// # Errors
+/// The run's error first, then the cleanup's, or the cleanup task panicking.
+pub async fn close<F>(
+    result: anyhow::Result<()>,
+    cleanup: F,
+    signals: &mut Signals,
+    label: &str,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> anyhow::Result<()> + Send + 'static,
+{
+    say(&format!("{label}: cleaning up"));
+    let cleaned = finish(tokio::task::spawn_blocking(cleanup), signals, label).await;
+    result?;
+    cleaned?
+}
+
 /// Sweeps what killed demos left (see [`sweep_stale`]) and tells the user.
 pub async fn sweep_and_report(label: &str) {
     if let Ok(lines) = tokio::task::spawn_blocking(sweep_stale).await {

@@ -44,17 +44,8 @@ pub async fn run() -> anyhow::Result<()> {
         Ok(()) => run_in(&upstream, &dir, &secret, &mut signals).await,
         Err(e) => Err(e),
     };
-    demo_cleanup::say(&format!("{LABEL}: cleaning up"));
     drop(upstream);
-    let cleaned = demo_cleanup::finish(
-        tokio::task::spawn_blocking(move || dir.cleanup()),
-        &mut signals,
-        LABEL,
-    )
-    .await;
-    result?;
-    cleaned??;
-    Ok(())
+    demo_cleanup::close(result, move || dir.cleanup(), &mut signals, LABEL).await
 }
 
 async fn run_in(
